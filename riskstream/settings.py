@@ -1,0 +1,241 @@
+"""One typed settings object for every riskstream process.
+
+Each field is read from ``RISKSTREAM_<FIELD>`` (upper case), then from an optional YAML file
+(``RISKSTREAM_CONFIG`` or ``--config``), then falls back to its default. Environment wins over
+the file so that ``eval "$(riskstream stack up)"`` can point a configured worker at the
+embedded stack.
+
+A field left empty for Kafka, Redis or ClickHouse means "use the embedded stack": the broker
+and Valkey that ``riskstream stack up`` started (their addresses are read from
+``<data_dir>/stack.json``), and chDB under ``<data_dir>/clickhouse``.
+
+>>> s = Settings(data_dir="/tmp/rs-doc")
+>>> s.clickhouse_url()
+'chdb:///tmp/rs-doc/clickhouse'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; the message names the file and line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RISKSTREAM_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        Path(".riskstream"),
+        description="Where the embedded stack keeps its data: Valkey AOF, chDB tables, keys, logs.",
+    )
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "", description="Kafka bootstrap servers, e.g. 'kafka1:9092,kafka2:9092'. Empty: embedded broker."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security.protocol."
+    )
+    kafka_sasl_mechanism: str = Field("", description="SASL mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.")
+    kafka_sasl_username: str = Field("", description="SASL user name.")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (never printed).")
+    kafka_ssl_cafile: str = Field("", description="CA bundle for TLS to Kafka.")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="Partitions for topics riskstream creates.")
+    topic_replication: int = Field(1, ge=1, le=5, description="Replication factor for topics riskstream creates.")
+    topic_prefix: str = Field("", description="Prefix for every topic name, to share a cluster.")
+    consumer_group: str = Field("riskstream-worker", description="Consumer group of the transaction path.")
+    session_timeout_ms: int = Field(
+        6000, ge=1000, description="Consumer session timeout; short, because a first join takes half of it."
+    )
+    # --- Redis ----------------------------------------------------------------------------
+    redis_url: SecretStr = Field(
+        SecretStr(""), description="Redis URL, e.g. redis://:pw@host:6379/0. Empty: embedded Valkey."
+    )
+    limit_key_prefix: str = Field("rs:limit:", description="Prefix of the Redis hash per controlled entity.")
+    # --- ClickHouse ------------------------------------------------------------------------
+    clickhouse_dsn: SecretStr = Field(
+        SecretStr(""),
+        description="ClickHouse DSN, e.g. https://user:pw@host:8443/risk. Empty: chDB under data_dir.",
+    )
+    sink_query_port: int = Field(
+        0, ge=0, le=65535, description="Port of the sink's query endpoint (embedded mode); 0 picks a free one."
+    )
+    # --- Hot path --------------------------------------------------------------------------
+    batch_max_events: int = Field(5000, ge=1, le=100_000, description="Most transactions in one batch.")
+    batch_max_wait_ms: int = Field(
+        5, ge=0, le=5000, description="Longest a partial batch waits for more events (latency bound)."
+    )
+    max_message_bytes: int = Field(
+        65536, ge=512, description="Larger input messages are dead-lettered as oversized."
+    )
+    max_amount: float = Field(
+        10_000_000.0, gt=0, description="Amounts above this are absurd and dead-lettered."
+    )
+    pan_key: SecretStr = Field(
+        SecretStr(""),
+        description="Key for tokenizing card numbers (HMAC-SHA256). Empty: a random key kept in data_dir.",
+    )
+    rules_file: str = Field("", description="Rule set loaded at start-up. Empty: the built-in rule set.")
+    shutdown_timeout_s: float = Field(8.0, gt=0, description="Bound on a worker's graceful stop.")
+    web_port: int = Field(0, ge=0, le=65535, description="Faust web port; 0 picks a free one.")
+    log_level: str = Field("WARNING", description="Log level of workers.")
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_bootstrap
+
+    def stack_file(self) -> Path:
+        return self.data_dir.resolve() / "stack.json"
+
+    def stack_state(self) -> dict[str, Any]:
+        path = self.stack_file()
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text())
+
+    def kafka_servers(self) -> str:
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        state = self.stack_state()
+        if "kafka" not in state:
+            raise ConfigError(
+                "No Kafka to talk to: RISKSTREAM_KAFKA_BOOTSTRAP is empty and no embedded stack is up "
+                f"under {self.data_dir}. Run `riskstream stack up` (or `riskstream demo`)."
+            )
+        return state["kafka"]
+
+    def redis_target(self) -> str:
+        url = self.redis_url.get_secret_value()
+        if url:
+            return url
+        state = self.stack_state()
+        if "redis" not in state:
+            raise ConfigError(
+                "No Redis to talk to: RISKSTREAM_REDIS_URL is empty and no embedded stack is up "
+                f"under {self.data_dir}. Run `riskstream stack up`."
+            )
+        return state["redis"]
+
+    def clickhouse_url(self) -> str:
+        dsn = self.clickhouse_dsn.get_secret_value()
+        if dsn:
+            return dsn
+        return f"chdb://{(self.data_dir.resolve() / 'clickhouse').as_posix()}"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) settings: servers plus security."""
+        conf = {"bootstrap.servers": self.kafka_servers(), "security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = self.kafka_ssl_cafile
+        return conf
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_servers(),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl_mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl_plain_username"] = self.kafka_sasl_username
+            conf["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            from aiokafka.helpers import create_ssl_context
+
+            conf["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        return conf
+
+    def pan_key_bytes(self) -> bytes:
+        """The tokenization key; in embedded mode a random one is created once per data dir."""
+        key = self.pan_key.get_secret_value()
+        if key:
+            return key.encode()
+        path = self.data_dir.resolve() / "pan.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+    def describe(self) -> dict[str, str]:
+        """Settings for display, secrets masked."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "******" if value.get_secret_value() else ""
+            out[name] = str(value)
+        return out
+
+
+def _yaml_key_lines(text: str) -> dict[str, int]:
+    """Line number (1-based) of every top-level key, for error messages."""
+    node = yaml.compose(text)
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = key_node.start_mark.line + 1
+    return lines
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from env vars, an optional YAML file and explicit overrides.
+
+    Errors name the file and line of the offending key, and say what is expected.
+    """
+    config_file = config_file or os.environ.get("RISKSTREAM_CONFIG") or None
+    file_values: dict[str, Any] = {}
+    key_lines: dict[str, int] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found (from --config or RISKSTREAM_CONFIG).")
+        text = path.read_text()
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}:1: expected a mapping of setting: value, got {type(loaded).__name__}.")
+        key_lines = _yaml_key_lines(text)
+        # Environment variables win over the file.
+        file_values = {
+            k: v for k, v in loaded.items() if f"RISKSTREAM_{str(k).upper()}" not in os.environ
+        }
+    try:
+        return Settings(**{**file_values, **overrides})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            if field in key_lines and field in file_values:
+                where = f"{config_file}:{key_lines[field]}"
+            elif f"RISKSTREAM_{field.upper()}" in os.environ:
+                where = f"env RISKSTREAM_{field.upper()}"
+            else:
+                where = "settings"
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(Settings.model_fields))
+                problems.append(f"{where}: unknown setting '{field}'. Known settings: {known}")
+            else:
+                problems.append(f"{where}: {field}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("\n".join(problems)) from exc

@@ -1,0 +1,62 @@
+"""`riskstream stack up|down|status`: the embedded services alone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from riskstream.settings import load_settings
+from riskstream.stack import EmbeddedStack, pid_alive, running_stack, stop_detached
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    stack = EmbeddedStack(settings, detached=True)
+    state = stack.start(progress=lambda s: print(f"  up: {s}", file=sys.stderr))
+    data_dir = settings.data_dir.resolve()
+    # stdout carries only the export lines, so `eval "$(riskstream stack up)"` works.
+    print(f"export RISKSTREAM_DATA_DIR={data_dir}")
+    print(f"export RISKSTREAM_KAFKA_BOOTSTRAP={state['kafka']}")
+    print(f"export RISKSTREAM_REDIS_URL={state['redis']}")
+    print(
+        "Stack is up. Next: `riskstream worker` in another shell, `riskstream replay FILE --stream transactions`,\n"
+        "`riskstream sql \"SHOW TABLES\"`; stop it with `riskstream stack down`. Logs: "
+        f"{data_dir / 'logs'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    stopped = stop_detached(settings)
+    if stopped:
+        print(f"Stopped: {', '.join(stopped)}. Data kept in {settings.data_dir.resolve()} "
+              "(broker topics are in memory and are gone).")
+    else:
+        print(f"No embedded stack was running under {settings.data_dir.resolve()}.")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    state = settings.stack_state()
+    if not state:
+        print(f"No embedded stack under {settings.data_dir.resolve()}. Start one: `riskstream stack up`.")
+        return 1
+    healthy = running_stack(settings)
+    for name, pid in state.get("pids", {}).items():
+        print(f"{name:8s} pid {pid:<8d} {'running' if pid_alive(pid) else 'STOPPED'}")
+    print(f"kafka    {state.get('kafka')}\nredis    {state.get('redis')}\nqueries  {state.get('sink_query', '-')}")
+    if not healthy:
+        print("Some services are down; the stale state was cleared. Run `riskstream stack up` again.")
+        return 1
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stack", help="Start, stop or inspect the embedded broker, Valkey and ClickHouse sink.")
+    ss = p.add_subparsers(dest="stack_command", metavar="up|down|status", required=True)
+    ss.add_parser("up", help="Start the services and print export lines for `eval`.").set_defaults(run=_up)
+    ss.add_parser("down", help="Stop the services started by `stack up`.").set_defaults(run=_down)
+    ss.add_parser("status", help="Show what is running.").set_defaults(run=_status)

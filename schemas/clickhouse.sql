@@ -1,0 +1,143 @@
+-- riskstream's ClickHouse tables. Created idempotently by the sink at start-up.
+-- Replacing engines keyed by the event make replays and retries idempotent: a re-delivered
+-- batch replaces its rows instead of adding to them. Query with FINAL (or after
+-- OPTIMIZE ... FINAL) to see exactly one row per key.
+
+-- One row per decided event (transaction or loan application).
+CREATE TABLE IF NOT EXISTS decisions (
+    event_id      String,
+    stream        LowCardinality(String),
+    entity_id     String,
+    event_time    DateTime64(3, 'UTC'),
+    decided_at    DateTime64(3, 'UTC'),
+    score         Float32,                 -- risk probability in [0, 1]
+    decision      LowCardinality(String),  -- approve | review | step_up | decline
+    reasons       Array(String),           -- reason codes with readable text
+    rules_version String,
+    model_version String,
+    amount        Float64
+) ENGINE = ReplacingMergeTree(decided_at)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (stream, event_id);
+
+-- Alerts for the risk desk; severity = likelihood x impact.
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id       String,
+    event_id       String,
+    stream         LowCardinality(String),
+    entity_id      String,
+    event_time     DateTime64(3, 'UTC'),
+    raised_at      DateTime64(3, 'UTC'),
+    kind           LowCardinality(String),
+    severity       Float32,
+    severity_level LowCardinality(String),  -- low | medium | high | critical
+    score          Float32,
+    amount_at_risk Float64,
+    reasons        Array(String),
+    rules_version  String
+) ENGINE = ReplacingMergeTree(raised_at)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY alert_id;
+
+-- Limit controls sent to transaction services (also in Redis and on the limits topic).
+CREATE TABLE IF NOT EXISTS limits (
+    entity_type   LowCardinality(String),
+    entity_id     String,
+    action        LowCardinality(String),  -- block | cut_limit
+    max_amount    Float64,                 -- 0 for a block
+    valid_until   DateTime64(3, 'UTC'),
+    reason        String,
+    event_id      String,
+    issued_at     DateTime64(3, 'UTC'),
+    rules_version String
+) ENGINE = ReplacingMergeTree(issued_at)
+ORDER BY (entity_type, entity_id, event_id);
+
+-- Records that could not be processed, with the reason and their bytes (card numbers masked).
+CREATE TABLE IF NOT EXISTS dead_letters (
+    received_at DateTime64(3, 'UTC'),
+    topic       LowCardinality(String),
+    partition   Int32,
+    offset      Int64,
+    error       String,
+    payload     String
+) ENGINE = ReplacingMergeTree(received_at)
+ORDER BY (topic, partition, offset, cityHash64(payload));
+
+-- The scored transactions themselves (card ids are tokens when a PAN came in).
+CREATE TABLE IF NOT EXISTS transactions (
+    transaction_id String,
+    event_time     DateTime64(3, 'UTC'),
+    card_id        String,
+    merchant_id    String,
+    terminal_id    String,
+    customer_id    String,
+    amount         Float64,
+    currency       LowCardinality(String),
+    country        LowCardinality(String),
+    channel        LowCardinality(String),
+    mcc            LowCardinality(String),
+    device_id      String,
+    ip             String,
+    account_id     String,
+    lat            Float64,
+    lon            Float64,
+    score          Float32,
+    decision       LowCardinality(String),
+    partition      Int32,
+    offset         Int64
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(event_time)
+ORDER BY transaction_id;
+
+CREATE TABLE IF NOT EXISTS market_ticks (
+    instrument String,
+    event_time DateTime64(3, 'UTC'),
+    price      Float64,
+    volume     Float64
+) ENGINE = ReplacingMergeTree
+ORDER BY (instrument, event_time);
+
+CREATE TABLE IF NOT EXISTS positions (
+    portfolio_id String,
+    instrument   String,
+    event_time   DateTime64(3, 'UTC'),
+    quantity     Float64,
+    price        Float64
+) ENGINE = ReplacingMergeTree
+ORDER BY (portfolio_id, instrument, event_time);
+
+CREATE TABLE IF NOT EXISTS loan_applications (
+    application_id String,
+    event_time     DateTime64(3, 'UTC'),
+    customer_id    String,
+    amount         Float64,
+    income         Float64,
+    term_months    Int32,
+    existing_debt  Float64,
+    credit_score   Float64
+) ENGINE = ReplacingMergeTree
+ORDER BY application_id;
+
+-- Late outcomes: chargebacks, analyst verdicts, defaults, repayments.
+CREATE TABLE IF NOT EXISTS labels (
+    event_id    String,
+    stream      LowCardinality(String),
+    label       LowCardinality(String),
+    is_positive UInt8,
+    label_time  DateTime64(3, 'UTC'),
+    entity_id   String,
+    source      LowCardinality(String)
+) ENGINE = ReplacingMergeTree(label_time)
+ORDER BY (stream, event_id, label);
+
+-- Rolling model quality from labels, and drift.
+CREATE TABLE IF NOT EXISTS model_quality (
+    measured_at   DateTime64(3, 'UTC'),
+    model_version String,
+    metric        LowCardinality(String),
+    window        LowCardinality(String),
+    value         Float64,
+    n_labels      UInt64
+) ENGINE = ReplacingMergeTree
+ORDER BY (model_version, metric, window, measured_at);

@@ -1,0 +1,299 @@
+"""The ClickHouse sink: one process owns ClickHouse, writes batches idempotently, answers queries.
+
+Workers never write ClickHouse themselves. They publish rows for each table to the ``sink``
+topic (key = table name, value = a JSONEachRow block), and the sink inserts them in batches
+and commits its offsets only after the insert: a crash re-inserts at most the last batch,
+which the Replacing engines (keyed by event) fold back into one row per event.
+
+Why a single owner: chDB (ClickHouse in-process) lets one process open a data path. With the
+sink as the owner, any number of workers can run, and ``riskstream sql`` reaches the data
+through the sink's small query endpoint while everything runs. Pointed at a ClickHouse server
+(``RISKSTREAM_CLICKHOUSE_DSN=https://...``) the same sink code writes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from riskstream.settings import ConfigError, Settings, load_settings
+
+# Kafka's default message limit is 1 MB; keep blocks safely under it.
+MAX_BLOCK_BYTES = 900_000
+SINK_GROUP = "riskstream-sink"
+FORMATS = {"pretty": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow", "tsv": "TSVWithNames"}
+
+
+def ddl_statements() -> list[str]:
+    text = resources.files("riskstream.schemas").joinpath("clickhouse.sql").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def table_names() -> list[str]:
+    return [s.split("EXISTS", 1)[1].split("(", 1)[0].strip() for s in ddl_statements()]
+
+
+def open_client(settings: Settings):
+    import clickhouse_connect
+
+    dsn = settings.clickhouse_url()
+    if dsn.startswith("chdb://"):
+        from pathlib import Path
+
+        Path(dsn[len("chdb://"):]).mkdir(parents=True, exist_ok=True)
+    return clickhouse_connect.get_client(dsn=dsn)
+
+
+def ensure_schema(client) -> None:
+    for stmt in ddl_statements():
+        client.command(stmt)
+
+
+# --------------------------------------------------------------------------------------
+# Row encoding (worker side)
+# --------------------------------------------------------------------------------------
+def ms_to_ch(ms: int | float) -> float:
+    """ClickHouse reads a JSON number for DateTime64 as seconds since the epoch."""
+    return ms / 1000.0
+
+
+def encode_blocks(rows: Iterable[bytes]) -> list[bytes]:
+    """Join already-encoded JSON rows into newline-separated blocks under the message limit."""
+    blocks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for row in rows:
+        if size + len(row) + 1 > MAX_BLOCK_BYTES and current:
+            blocks.append(b"\n".join(current))
+            current, size = [], 0
+        current.append(row)
+        size += len(row) + 1
+    if current:
+        blocks.append(b"\n".join(current))
+    return blocks
+
+
+def encode_dict_rows(rows: Iterable[dict[str, Any]]) -> list[bytes]:
+    dumps = orjson.dumps
+    return encode_blocks(dumps(r) for r in rows)
+
+
+# --------------------------------------------------------------------------------------
+# Sink service
+# --------------------------------------------------------------------------------------
+class SinkWriter:
+    """Inserts JSONEachRow blocks; a block ClickHouse rejects goes to dead_letters whole."""
+
+    def __init__(self, client):
+        self.client = client
+        self.lock = threading.Lock()  # chDB connections are not shared across threads safely
+        self.rows_written: dict[str, int] = {}
+        self.known_tables = set(table_names())
+
+    def insert_blocks(self, blocks: dict[str, list[bytes]]) -> None:
+        from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+        for table, parts in blocks.items():
+            if table not in self.known_tables:
+                self._dead_letter(table, b"\n".join(parts), f"sink: unknown table {table!r}")
+                continue
+            blob = b"\n".join(parts)
+            try:
+                with self.lock:
+                    self.client.raw_insert(table, None, blob, fmt="JSONEachRow")
+            except OperationalError:
+                raise  # outage: the caller retries, offsets stay uncommitted
+            except DatabaseError as exc:
+                if _is_outage(exc):
+                    raise
+                self._dead_letter(table, blob, f"sink: ClickHouse rejected the block: {str(exc)[:500]}")
+                continue
+            self.rows_written[table] = self.rows_written.get(table, 0) + blob.count(b"\n") + 1
+
+    def _dead_letter(self, table: str, blob: bytes, error: str) -> None:
+        row = orjson.dumps({
+            "received_at": time.time(), "topic": "sink", "partition": -1, "offset": -1,
+            "error": f"{error} (table {table})", "payload": blob.decode("utf-8", "replace")[:1_000_000],
+        })
+        with self.lock:
+            self.client.raw_insert("dead_letters", None, row, fmt="JSONEachRow")
+        self.rows_written["dead_letters"] = self.rows_written.get("dead_letters", 0) + 1
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        with self.lock:
+            return self.client.raw_query(sql, fmt=fmt)
+
+
+def _is_outage(exc: Exception) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("Connection refused", "timed out", "NETWORK_ERROR", "Code: 210", "Code: 209"))
+
+
+class _QueryHandler(BaseHTTPRequestHandler):
+    writer: SinkWriter
+
+    def log_message(self, *args) -> None:  # quiet: the sink log is for the sink
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/ready"):
+            self._reply(200, b"ok\n")
+        else:
+            self._reply(404, b"POST /query?format=FORMAT with the SQL as body\n")
+
+    def do_POST(self) -> None:
+        parsed = urllib.parse.urlparse(self.path)
+        if parsed.path != "/query":
+            self._reply(404, b"unknown path\n")
+            return
+        fmt = urllib.parse.parse_qs(parsed.query).get("format", ["PrettyCompactMonoBlock"])[0]
+        sql = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        try:
+            self._reply(200, self.writer.query(sql, fmt))
+        except Exception as exc:  # the analyst sees ClickHouse's message
+            self._reply(400, str(exc).encode())
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def run_sink(settings: Settings, stop: threading.Event, query_port: int = 0,
+             ready: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Consume the sink topic into ClickHouse until ``stop`` is set; returns rows per table."""
+    from confluent_kafka import Consumer, KafkaError
+
+    client = open_client(settings)
+    ensure_schema(client)
+    writer = SinkWriter(client)
+    server = None
+    if query_port is not None:
+        handler = type("Handler", (_QueryHandler,), {"writer": writer})
+        server = ThreadingHTTPServer(("127.0.0.1", query_port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True, name="sink-query").start()
+    consumer = Consumer({
+        **settings.kafka_client_config(),
+        "group.id": SINK_GROUP,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+    })
+    consumer.subscribe([settings.topic("sink")])
+    if ready:
+        ready(server.server_address[1] if server else 0)
+    try:
+        while not stop.is_set():
+            msgs = consumer.consume(num_messages=2000, timeout=0.2)
+            if msgs:
+                _write_with_retry(writer, consumer, msgs, stop, log)
+        # Drain what is already fetched so that a stop loses nothing buffered.
+        msgs = consumer.consume(num_messages=2000, timeout=0.5)
+        if msgs:
+            _write_with_retry(writer, consumer, msgs, threading.Event(), log)
+    finally:
+        consumer.close()
+        if server:
+            server.shutdown()
+    return writer.rows_written
+
+
+def _write_with_retry(writer: SinkWriter, consumer, msgs, stop: threading.Event, log) -> None:
+    blocks: dict[str, list[bytes]] = {}
+    for m in msgs:
+        if m.error():
+            continue
+        table = (m.key() or b"").decode()
+        blocks.setdefault(table, []).append(m.value() or b"")
+    delay = 0.5
+    while True:
+        try:
+            writer.insert_blocks(blocks)
+            break
+        except Exception as exc:
+            # An outage: keep the rows, keep the offsets, back off, try again.
+            log(f"sink: ClickHouse unavailable ({str(exc)[:200]}); retrying in {delay:.1f}s")
+            if stop.wait(delay) and delay > 8:
+                raise
+            delay = min(delay * 2, 30)
+    consumer.commit(asynchronous=False)
+
+
+# --------------------------------------------------------------------------------------
+# Queries for analysts
+# --------------------------------------------------------------------------------------
+def run_query(settings: Settings, sql: str, fmt: str = "pretty") -> bytes:
+    """Run SQL where the data is: a ClickHouse server, the running sink, or chDB directly."""
+    ch_format = FORMATS.get(fmt, fmt)
+    if not settings.clickhouse_dsn.get_secret_value():
+        from riskstream.stack import running_stack
+
+        state = running_stack(settings)
+        if state.get("sink_query"):
+            url = f"{state['sink_query']}/query?format={urllib.parse.quote(ch_format)}"
+            req = urllib.request.Request(url, data=sql.encode(), method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    return resp.read()
+            except urllib.error.HTTPError as exc:
+                raise QueryError(exc.read().decode(errors="replace")) from None
+    client = open_client(settings)
+    ensure_schema(client)
+    try:
+        return client.raw_query(sql, fmt=ch_format)
+    except Exception as exc:
+        raise QueryError(str(exc)) from None
+
+
+class QueryError(Exception):
+    pass
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    try:
+        out = run_query(settings, args.query, args.format)
+    except QueryError as exc:
+        print(f"riskstream sql: ClickHouse said:\n{str(exc)[:2000]}", file=sys.stderr)
+        print("Tables: " + ", ".join(table_names()) + " (see README, 'Tables for analysts').", file=sys.stderr)
+        return 1
+    sys.stdout.write(out.decode(errors="replace"))
+    return 0
+
+
+def _cmd_sink(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    port = settings.sink_query_port
+
+    def ready(p: int) -> None:
+        print(f"sink: writing to {settings.clickhouse_url().split('@')[-1]}, queries on 127.0.0.1:{p}", flush=True)
+
+    rows = run_sink(settings, stop, port, ready=ready, log=lambda s: print(s, flush=True))
+    print(f"sink: stopped; rows written this run: {rows}", flush=True)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sql", help="Query ClickHouse (works while the stack and workers run).")
+    p.add_argument("query", help='SQL, e.g. "SELECT decision, count() FROM decisions FINAL GROUP BY decision"')
+    p.add_argument("--format", default="pretty", choices=sorted(FORMATS), help="Output format.")
+    p.set_defaults(run=_cmd_sql)
+    s = sub.add_parser("sink", help="Run the ClickHouse sink (the embedded stack starts one for you).")
+    s.set_defaults(run=_cmd_sink)

@@ -1,0 +1,1209 @@
+"""The fraud team's rule language: YAML rule sets, parsed and validated without eval.
+
+A rule set names its lists and its rules; each rule has a condition tree (``when``), an
+action and a reason. Conditions come in a structured form and in a compact string form
+parsed by the small tokenizer/parser below (never Python ``eval``):
+
+>>> text = '''
+... version: "2024.06"
+... lists:
+...   deny_countries: [KP, IR]
+... rules:
+...   - id: velocity_1h
+...     version: 3
+...     description: Card testing, many small payments within an hour.
+...     action: review
+...     reason: {code: VELOCITY_1H, text: "{card_txn_count_1h} transactions on this card in the last hour"}
+...     when: card_txn_count_1h >= 5 and amount < 5
+...   - id: deny_country
+...     version: 1
+...     description: Countries we do not serve.
+...     action: decline
+...     reason: {code: DENY_COUNTRY, text: "country {country} is on the deny list"}
+...     when: {feature: country, op: in_list, list: deny_countries}
+...   - id: big_vs_habit
+...     version: 1
+...     mode: shadow
+...     description: Far above what this card usually spends.
+...     action: step_up
+...     reason: {code: AMOUNT_VS_HABIT, text: "{amount:.2f} is {card_amount_ratio_30d:.1f}x the usual"}
+...     when:
+...       all:
+...         - amount between 500 and 1e6
+...         - {feature: card_amount_ratio_30d, op: ">", value: 8}
+...         - not (channel == 'pos')
+... '''
+>>> rs = validate_rule_set(text, "demo.yaml")
+>>> [r.id for r in rs.rules], rs.version_tag.startswith("2024.06#")
+(['velocity_1h', 'deny_country', 'big_vs_habit'], True)
+>>> rs.rules[0].when.to_text()
+'((card_txn_count_1h >= 5.0) and (amount < 5.0))'
+>>> try:
+...     validate_rule_set(text.replace(">= 5", "=> 5"), "demo.yaml")
+... except RuleSetError as exc:
+...     print(exc)
+demo.yaml:11: rule 'velocity_1h': unknown operator '=>' (use one of >, >=, <, <=, ==, !=) in "card_txn_count_1h => 5 and amount < 5"
+
+Semantics worth knowing:
+
+* Numbers are compared as float64. A missing value is NaN, and every comparison with NaN
+  is false, so ``not (x > 5)`` is true when ``x`` is missing. ``between`` is inclusive.
+* Text columns (``STRING_COLUMNS``) take only ``== 'text'``, ``!= 'text'``, ``in LIST`` and
+  ``not in LIST``; numeric columns take only arithmetic comparisons and ``between``.
+* ``mode: shadow`` on a rule (or on the whole set) means the rule is evaluated and its hits
+  recorded, but it never changes a decision.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+from riskstream.schemas.events import looks_like_pan
+
+COMPARISON_OPS = (">", ">=", "<", "<=", "==", "!=")
+ARITH_OPS = ("+", "-", "*", "/")
+STRUCTURED_OPS = COMPARISON_OPS + ("between", "in_list", "not_in_list")
+ACTIONS = ("decline", "review", "step_up", "allow", "block_card", "cut_limit")
+# Parameters of the limit-control actions the worker turns into Redis limit entries.
+ACTION_PARAMS: dict[str, dict[str, tuple[bool, float]]] = {
+    # name: (required, default)
+    "block_card": {"hours": (False, 24.0)},
+    "cut_limit": {"limit": (True, 0.0), "hours": (False, 24.0)},
+}
+SEVERITIES = ("low", "medium", "high", "critical")
+MODES = ("active", "shadow")
+
+# Text columns of a transaction batch (numpy object arrays, "" when absent).
+STRING_COLUMNS = frozenset({
+    "card_id", "merchant_id", "terminal_id", "device_id", "ip", "country", "currency",
+    "channel", "mcc", "account_id", "customer_id",
+})
+# The numeric features known today; `rules validate` checks against these (plus text columns)
+# unless told otherwise. The worker compiles against the columns it really has.
+KNOWN_NUMERIC_COLUMNS = frozenset({
+    "amount", "card_txn_count_1h", "card_amount_sum_1d", "card_amount_zscore_30d",
+    "card_amount_ratio_30d", "card_amount_mean_30d", "card_seconds_since_prev", "card_first_seen",
+    "card_distinct_merchants_1d", "card_new_country", "card_new_device", "card_speed_kmh_from_prev",
+    "merchant_txn_count_1h", "merchant_fraud_rate_7d", "terminal_fraud_rate_7d", "hour_of_day",
+    "is_night", "is_weekend", "score",
+})
+KNOWN_COLUMNS = KNOWN_NUMERIC_COLUMNS | STRING_COLUMNS
+
+_RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_REASON_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+_LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# ======================================================================================
+# Errors
+# ======================================================================================
+class RuleSetError(Exception):
+    """Every problem found in a rule set, each as ``file:line: rule 'id': message``."""
+
+    def __init__(self, errors: Sequence[str]):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Errors:
+    def __init__(self, source: str):
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, line: int, message: str, rule: str | None = None) -> None:
+        where = f"{self.source}:{line}:"
+        who = f" rule '{rule}':" if rule else ""
+        self.items.append(f"{where}{who} {message}")
+
+
+# ======================================================================================
+# Condition trees
+# ======================================================================================
+# Expressions (numeric)
+@dataclass(frozen=True)
+class Num:
+    value: float
+    line: int = 0
+
+    def to_text(self) -> str:
+        return repr(float(self.value))
+
+    def columns(self) -> set[str]:
+        return set()
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    line: int = 0
+
+    def to_text(self) -> str:
+        return self.name
+
+    def columns(self) -> set[str]:
+        return {self.name}
+
+
+@dataclass(frozen=True)
+class Arith:
+    op: str  # one of ARITH_OPS
+    left: "Expr"
+    right: "Expr"
+    line: int = 0
+
+    def to_text(self) -> str:
+        return f"({self.left.to_text()} {self.op} {self.right.to_text()})"
+
+    def columns(self) -> set[str]:
+        return self.left.columns() | self.right.columns()
+
+
+Expr = Num | Col | Arith
+
+
+# Conditions (boolean)
+@dataclass(frozen=True)
+class Compare:
+    op: str  # one of COMPARISON_OPS
+    left: Expr
+    right: Expr
+    line: int = 0
+
+    def to_text(self) -> str:
+        return f"({self.left.to_text()} {self.op} {self.right.to_text()})"
+
+    def columns(self) -> set[str]:
+        return self.left.columns() | self.right.columns()
+
+
+@dataclass(frozen=True)
+class Between:
+    """Inclusive at both ends."""
+
+    expr: Expr
+    low: Expr
+    high: Expr
+    line: int = 0
+
+    def to_text(self) -> str:
+        return f"({self.expr.to_text()} between {self.low.to_text()} and {self.high.to_text()})"
+
+    def columns(self) -> set[str]:
+        return self.expr.columns() | self.low.columns() | self.high.columns()
+
+
+@dataclass(frozen=True)
+class InList:
+    """Membership of a text column in a named list, or equality with one literal text
+    (``channel == 'pos'`` is a one-value list)."""
+
+    column: str
+    list_name: str | None = None
+    literal: str | None = None
+    negate: bool = False
+    line: int = 0
+
+    def to_text(self) -> str:
+        if self.list_name is not None:
+            return f"({self.column} {'not in' if self.negate else 'in'} {self.list_name})"
+        return f"({self.column} {'!=' if self.negate else '=='} {json.dumps(self.literal)})"
+
+    def columns(self) -> set[str]:
+        return {self.column}
+
+
+@dataclass(frozen=True)
+class All:
+    children: tuple["Condition", ...]
+    line: int = 0
+
+    def to_text(self) -> str:
+        return "(" + " and ".join(c.to_text() for c in self.children) + ")"
+
+    def columns(self) -> set[str]:
+        return set().union(*(c.columns() for c in self.children))
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    children: tuple["Condition", ...]
+    line: int = 0
+
+    def to_text(self) -> str:
+        return "(" + " or ".join(c.to_text() for c in self.children) + ")"
+
+    def columns(self) -> set[str]:
+        return set().union(*(c.columns() for c in self.children))
+
+
+@dataclass(frozen=True)
+class Not:
+    child: "Condition"
+    line: int = 0
+
+    def to_text(self) -> str:
+        return f"(not {self.child.to_text()})"
+
+    def columns(self) -> set[str]:
+        return self.child.columns()
+
+
+Condition = Compare | Between | InList | All | AnyOf | Not
+
+
+def walk(node: Condition) -> Iterable[Condition]:
+    yield node
+    if isinstance(node, (All, AnyOf)):
+        for child in node.children:
+            yield from walk(child)
+    elif isinstance(node, Not):
+        yield from walk(node.child)
+
+
+def expr_columns_with_lines(node: Condition | Expr) -> list[tuple[str, int]]:
+    """Every column reference with the line it was written on (for error messages)."""
+    out: list[tuple[str, int]] = []
+
+    def visit(n: Any) -> None:
+        if isinstance(n, Col):
+            out.append((n.name, n.line))
+        elif isinstance(n, Arith):
+            visit(n.left), visit(n.right)
+        elif isinstance(n, Compare):
+            visit(n.left), visit(n.right)
+        elif isinstance(n, Between):
+            visit(n.expr), visit(n.low), visit(n.high)
+        elif isinstance(n, InList):
+            out.append((n.column, n.line))
+        elif isinstance(n, (All, AnyOf)):
+            for c in n.children:
+                visit(c)
+        elif isinstance(n, Not):
+            visit(n.child)
+
+    visit(node)
+    return out
+
+
+# ======================================================================================
+# Compact condition strings: tokenizer and recursive-descent parser
+# ======================================================================================
+class ConditionSyntaxError(ValueError):
+    def __init__(self, message: str, pos: int):
+        super().__init__(message)
+        self.pos = pos
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # num, name, str, op, arith, lparen, rparen, kw, end
+    text: str
+    pos: int
+
+
+_KEYWORDS = {"and", "or", "not", "in", "between"}
+_NUMBER = re.compile(r"(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][+-]?\d+)?")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OP_CHARS = "<>=!"
+_OPS_HELP = "use one of " + ", ".join(COMPARISON_OPS)
+
+
+def tokenize(text: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch.isdigit() or (ch == "." and i + 1 < n and text[i + 1].isdigit()):
+            m = _NUMBER.match(text, i)
+            assert m is not None
+            toks.append(_Tok("num", m.group(0), i))
+            i = m.end()
+        elif ch.isalpha() or ch == "_":
+            m = _NAME.match(text, i)
+            assert m is not None
+            word = m.group(0)
+            toks.append(_Tok("kw" if word in _KEYWORDS else "name", word, i))
+            i = m.end()
+        elif ch in "'\"":
+            end = text.find(ch, i + 1)
+            if end < 0:
+                raise ConditionSyntaxError("unterminated text literal", i)
+            toks.append(_Tok("str", text[i + 1:end], i))
+            i = end + 1
+        elif ch in _OP_CHARS:
+            j = i
+            while j < n and text[j] in _OP_CHARS:
+                j += 1
+            op = text[i:j]
+            if op not in COMPARISON_OPS:
+                raise ConditionSyntaxError(f"unknown operator '{op}' ({_OPS_HELP})", i)
+            toks.append(_Tok("op", op, i))
+            i = j
+        elif ch in "+-*/":
+            toks.append(_Tok("arith", ch, i))
+            i += 1
+        elif ch == "(":
+            toks.append(_Tok("lparen", ch, i))
+            i += 1
+        elif ch == ")":
+            toks.append(_Tok("rparen", ch, i))
+            i += 1
+        elif ch == "&" or ch == "|":
+            word = "and" if ch == "&" else "or"
+            raise ConditionSyntaxError(f"unexpected '{ch}' (write '{word}')", i)
+        else:
+            raise ConditionSyntaxError(f"unexpected character {ch!r}", i)
+    toks.append(_Tok("end", "", n))
+    return toks
+
+
+class _Parser:
+    """Grammar (lowest precedence first)::
+
+        condition := conj ('or' conj)*
+        conj      := unary ('and' unary)*
+        unary     := 'not' unary | '(' condition ')' | predicate
+        predicate := arith ( CMP (arith | TEXT) | 'between' arith 'and' arith
+                           | 'in' LIST | 'not' 'in' LIST )
+        arith     := term (('+' | '-') term)*
+        term      := factor (('*' | '/') factor)*
+        factor    := NUMBER | COLUMN | '-' factor | '(' arith ')'
+    """
+
+    def __init__(self, text: str, line_of: Any):
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+        self.line_of = line_of  # char offset -> file line
+
+    # -- helpers ---------------------------------------------------------------
+    @property
+    def tok(self) -> _Tok:
+        return self.toks[self.i]
+
+    def take(self) -> _Tok:
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def at(self, kind: str, text: str | None = None) -> bool:
+        t = self.tok
+        return t.kind == kind and (text is None or t.text == text)
+
+    def expect(self, kind: str, text: str | None, what: str) -> _Tok:
+        if not self.at(kind, text):
+            self.fail(f"expected {what}")
+        return self.take()
+
+    def fail(self, message: str) -> None:
+        t = self.tok
+        got = "end of condition" if t.kind == "end" else f"'{t.text}'"
+        raise ConditionSyntaxError(f"{message}, got {got}", t.pos)
+
+    # -- grammar ---------------------------------------------------------------
+    def parse(self) -> Condition:
+        cond = self.condition()
+        if not self.at("end"):
+            self.fail("expected 'and', 'or' or the end of the condition")
+        return cond
+
+    def condition(self) -> Condition:
+        line = self.line_of(self.tok.pos)
+        parts = [self.conj()]
+        while self.at("kw", "or"):
+            self.take()
+            parts.append(self.conj())
+        return parts[0] if len(parts) == 1 else AnyOf(tuple(parts), line)
+
+    def conj(self) -> Condition:
+        line = self.line_of(self.tok.pos)
+        parts = [self.unary()]
+        while self.at("kw", "and"):
+            self.take()
+            parts.append(self.unary())
+        return parts[0] if len(parts) == 1 else All(tuple(parts), line)
+
+    def unary(self) -> Condition:
+        if self.at("kw", "not"):
+            line = self.line_of(self.take().pos)
+            return Not(self.unary(), line)
+        if self.at("lparen"):
+            # '(' opens either a grouped condition or an arithmetic expression such as
+            # '(amount - 5) > 3': try the predicate first, then the group, and report the
+            # attempt that got further.
+            start = self.i
+            try:
+                return self.predicate()
+            except ConditionSyntaxError as as_predicate:
+                self.i = start
+                self.take()
+                try:
+                    cond = self.condition()
+                    self.expect("rparen", None, "')'")
+                    return cond
+                except ConditionSyntaxError as as_group:
+                    raise max(as_predicate, as_group, key=lambda e: e.pos) from None
+        return self.predicate()
+
+    def predicate(self) -> Condition:
+        first = self.tok
+        line = self.line_of(first.pos)
+        left = self.arith()
+        t = self.tok
+        if t.kind == "op":
+            self.take()
+            if self.at("str"):
+                literal = self.take().text
+                if t.text not in ("==", "!=") or not isinstance(left, Col):
+                    raise ConditionSyntaxError(
+                        f"text can only be compared to a column with == or != (got '{t.text}')", t.pos)
+                return InList(left.name, literal=literal, negate=t.text == "!=", line=line)
+            return Compare(t.text, left, self.arith(), line)
+        if t.kind == "kw" and t.text == "between":
+            self.take()
+            low = self.arith()
+            self.expect("kw", "and", "'and' in 'between LOW and HIGH'")
+            return Between(left, low, self.arith(), line)
+        if t.kind == "kw" and t.text in ("in", "not"):
+            negate = self.take().text == "not"
+            if negate:
+                self.expect("kw", "in", "'in' after 'not'")
+            name = self.expect("name", None, "a list name after 'in'")
+            if not isinstance(left, Col):
+                raise ConditionSyntaxError("only a column can be looked up in a list", first.pos)
+            return InList(left.name, list_name=name.text, negate=negate, line=line)
+        if isinstance(left, Col):
+            self.fail(f"expected a comparison after '{left.name}' (e.g. {left.name} == 1)")
+        self.fail(f"expected a comparison operator ({_OPS_HELP}), 'between' or 'in'")
+        raise AssertionError  # unreachable
+
+    def arith(self) -> Expr:
+        node = self.term()
+        while self.at("arith", "+") or self.at("arith", "-"):
+            t = self.take()
+            node = Arith(t.text, node, self.term(), self.line_of(t.pos))
+        return node
+
+    def term(self) -> Expr:
+        node = self.factor()
+        while self.at("arith", "*") or self.at("arith", "/"):
+            t = self.take()
+            node = Arith(t.text, node, self.factor(), self.line_of(t.pos))
+        return node
+
+    def factor(self) -> Expr:
+        t = self.tok
+        line = self.line_of(t.pos)
+        if t.kind == "num":
+            self.take()
+            return Num(_to_float(t.text, t.pos), line)
+        if t.kind == "name":
+            self.take()
+            return Col(t.text, line)
+        if t.kind == "arith" and t.text == "-":
+            self.take()
+            inner = self.factor()
+            if isinstance(inner, Num):
+                return Num(-inner.value, line)
+            return Arith("-", Num(0.0, line), inner, line)
+        if t.kind == "lparen":
+            self.take()
+            node = self.arith()
+            self.expect("rparen", None, "')'")
+            return node
+        self.fail("expected a number, a column or '('")
+        raise AssertionError  # unreachable
+
+
+def _to_float(text: str, pos: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConditionSyntaxError(f"bad number '{text}'", pos) from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConditionSyntaxError(f"number '{text}' is not finite", pos)
+    return value
+
+
+def parse_condition(text: str, first_line: int = 1) -> Condition:
+    """Parse a compact condition string.
+
+    >>> parse_condition("amount > 5 * card_amount_mean_30d or country in deny").to_text()
+    '((amount > (5.0 * card_amount_mean_30d)) or (country in deny))'
+    """
+
+    def line_of(pos: int) -> int:
+        return first_line + text.count("\n", 0, pos)
+
+    return _Parser(text, line_of).parse()
+
+
+def parse_expression(text: str, first_line: int = 1) -> Expr:
+    """Parse an arithmetic expression string such as ``5 * card_amount_mean_30d``."""
+    parser = _Parser(text, lambda pos: first_line + text.count("\n", 0, pos))
+    expr = parser.arith()
+    if not parser.at("end"):
+        parser.fail("expected the end of the expression")
+    return expr
+
+
+# ======================================================================================
+# Rules and rule sets
+# ======================================================================================
+@dataclass(frozen=True)
+class ReasonTemplate:
+    """A reason code and a human text with ``{column}`` or ``{column:.2f}`` fields.
+
+    Rendered by our own loop over ``string.Formatter().parse`` so that a template can only
+    read plain columns of the row (``str.format`` would allow ``{x.__class__}`` tricks)."""
+
+    code: str
+    text: str
+    parts: tuple[tuple[str, str | None, str], ...] = ()  # (literal, column or None, spec)
+    line: int = 0
+
+    def columns(self) -> set[str]:
+        return {c for _, c, _ in self.parts if c}
+
+    def render(self, value_of: Any) -> str:
+        out = []
+        for literal, column, spec in self.parts:
+            out.append(literal)
+            if column is not None:
+                out.append(format_value(value_of(column), spec))
+        return "".join(out)
+
+
+def format_value(value: Any, spec: str = "") -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if x != x:
+        return "n/a"
+    if spec:
+        return format(x, spec)
+    if x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:.2f}" if abs(x) >= 1 else f"{x:.4g}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    version: int
+    description: str
+    action: str
+    reason: ReasonTemplate
+    when: Condition
+    action_params: Mapping[str, float] = field(default_factory=dict)
+    severity: str = "medium"
+    mode: str = "active"
+    enabled: bool = True
+    line: int = 0
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == "shadow"
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    version: str
+    rules: tuple[Rule, ...]
+    lists: Mapping[str, frozenset[str]]
+    source_name: str
+    text: str
+    canonical: str  # sorted-key JSON of the set, list files inlined: what the hash covers
+    mode: str = "active"
+    description: str = ""
+    list_lines: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def version_tag(self) -> str:
+        """What decisions record: ``version#sha256(canonical)[:8]``. Comments and layout do
+        not change it; any change of meaning (including a list file's content) does."""
+        return f"{self.version}#{hashlib.sha256(self.canonical.encode()).hexdigest()[:8]}"
+
+    @property
+    def enabled_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.enabled)
+
+    def summary(self) -> str:
+        enabled = self.enabled_rules
+        shadow = sum(1 for r in enabled if r.shadow)
+        disabled = len(self.rules) - len(enabled)
+        parts = [f"{len(enabled)} rules ({shadow} shadow" + (f", {disabled} disabled)" if disabled else ")"),
+                 f"{len(self.lists)} lists ({sum(len(v) for v in self.lists.values())} values)"]
+        mode = " [whole set in shadow mode]" if self.mode == "shadow" else ""
+        return f"{self.source_name}: rule set {self.version_tag}: " + ", ".join(parts) + mode
+
+
+# ======================================================================================
+# Validation: YAML node tree -> RuleSet, all errors at once
+# ======================================================================================
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _plain(node: yaml.Node) -> Any:
+    """The Python value of a node (safe constructors only)."""
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _mapping(node: yaml.Node, err: _Errors, what: str, rule: str | None = None) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
+    if not isinstance(node, yaml.MappingNode):
+        err.add(_line(node), f"{what} must be a mapping", rule)
+        return None
+    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, value in node.value:
+        name = str(key.value)
+        if name in out:
+            # PyYAML would silently keep the last one; a fraud rule must not change by accident.
+            err.add(_line(key), f"duplicate key '{name}' in {what}", rule)
+        out[name] = (key, value)
+    return out
+
+
+def _unknown_keys(m: dict[str, tuple[yaml.Node, yaml.Node]], allowed: Sequence[str], err: _Errors,
+                  what: str, rule: str | None = None) -> None:
+    for name, (key, _) in m.items():
+        if name not in allowed:
+            err.add(_line(key), f"unknown key '{name}' in {what}{did_you_mean(name, allowed)}; "
+                                f"allowed: {', '.join(allowed)}", rule)
+
+
+def _scalar_text(node: yaml.Node, err: _Errors, what: str, rule: str | None = None) -> str | None:
+    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
+        err.add(_line(node), f"{what} must be a text value", rule)
+        return None
+    return str(node.value)
+
+
+def _string_line_of(node: yaml.ScalarNode) -> Any:
+    """Map a char offset in a scalar's value to its file line. Exact for plain, quoted and
+    literal (``|``) scalars; folded (``>``) scalars point at their first line."""
+    first = _line(node) + (1 if node.style in ("|", ">") else 0)
+    text = str(node.value)
+    if node.style == ">":
+        return lambda pos: first
+    if node.style in ("|",):
+        return lambda pos: first + text.count("\n", 0, pos)
+    # Plain and quoted multi-line scalars fold newlines into spaces: use the first line.
+    return lambda pos: first
+
+
+_LIST_KEYS = ("values", "file", "description")
+_RULE_KEYS = ("id", "version", "description", "action", "params", "reason", "severity", "mode",
+              "enabled", "when")
+_TOP_KEYS = ("version", "description", "mode", "lists", "rules")
+_COND_KEYS = ("all", "any", "not", "feature")
+
+
+class _Validator:
+    def __init__(self, source: str, err: _Errors, list_files: Mapping[str, str] | None,
+                 base_dir: Path | None, available: set[str] | None):
+        self.source = source
+        self.available = available
+        self.rule_lines: dict[str, int] = {}
+        self.err = err
+        self.list_files = dict(list_files or {})
+        self.base_dir = base_dir
+        self.lists: dict[str, frozenset[str]] = {}
+        self.list_lines: dict[str, int] = {}
+        self.resolved_files: dict[str, list[str]] = {}
+
+    # -- lists -----------------------------------------------------------------
+    def lists_node(self, node: yaml.Node) -> None:
+        m = _mapping(node, self.err, "'lists'")
+        if m is None:
+            return
+        for name, (key, value) in m.items():
+            line = _line(key)
+            if not _LIST_NAME.match(name):
+                self.err.add(line, f"list name '{name}' must be letters, digits and _")
+                continue
+            self.list_lines[name] = line
+            values = self.list_values(name, value)
+            if values is not None:
+                self.lists[name] = frozenset(values)
+
+    def list_values(self, name: str, node: yaml.Node) -> list[str] | None:
+        where = f"list '{name}'"
+        if isinstance(node, yaml.SequenceNode):
+            return self.value_items(name, node)
+        m = _mapping(node, self.err, where)
+        if m is None:
+            return None
+        _unknown_keys(m, _LIST_KEYS, self.err, where)
+        if ("values" in m) == ("file" in m):
+            self.err.add(_line(node), f"{where} needs exactly one of 'values' or 'file'")
+            return None
+        if "values" in m:
+            value_node = m["values"][1]
+            if not isinstance(value_node, yaml.SequenceNode):
+                self.err.add(_line(value_node), f"{where}: 'values' must be a sequence")
+                return None
+            return self.value_items(name, value_node)
+        path = _scalar_text(m["file"][1], self.err, f"{where}: 'file'")
+        if path is None:
+            return None
+        content = self.read_list_file(path, _line(m["file"][1]), where)
+        if content is None:
+            return None
+        values = []
+        for lineno, raw in enumerate(content.splitlines(), 1):
+            value = raw.strip()
+            if not value or value.startswith("#"):
+                continue
+            if looks_like_pan(value):
+                self.err.add(_line(m["file"][1]), f"{where}: {path}:{lineno} looks like a card number; "
+                                                  "lists hold card tokens as they appear in the stream, never PANs")
+                continue
+            values.append(value)
+        self.resolved_files[path] = sorted(set(values))
+        return values
+
+    def read_list_file(self, path: str, line: int, where: str) -> str | None:
+        if path in self.list_files:
+            return self.list_files[path]
+        full = Path(path)
+        if not full.is_absolute() and self.base_dir is not None:
+            full = self.base_dir / full
+        try:
+            return full.read_text()
+        except OSError as exc:
+            self.err.add(line, f"{where}: cannot read list file {full}: {exc.strerror or exc}")
+            return None
+
+    def value_items(self, name: str, node: yaml.SequenceNode) -> list[str]:
+        values = []
+        for item in node.value:
+            if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
+                self.err.add(_line(item), f"list '{name}': values must be plain text")
+                continue
+            value = str(item.value)
+            if looks_like_pan(value):
+                self.err.add(_line(item), f"list '{name}': a value looks like a card number; lists hold "
+                                          "card tokens as they appear in the stream, never PANs")
+                continue
+            values.append(value)
+        return values
+
+    # -- rules -----------------------------------------------------------------
+    def rule(self, node: yaml.Node, index: int, set_mode: str) -> Rule | None:
+        err = self.err
+        m = _mapping(node, err, f"rule #{index + 1}")
+        if m is None:
+            return None
+        rid = None
+        if "id" in m:
+            rid = _scalar_text(m["id"][1], err, "'id'")
+            if rid is not None and not _RULE_ID.match(rid):
+                err.add(_line(m["id"][1]), f"rule id '{rid}' must start with a letter and hold only "
+                                           "letters, digits, '_', '.', '-' (at most 64)")
+        else:
+            err.add(_line(node), f"rule #{index + 1} has no 'id'")
+        label = rid or f"#{index + 1}"
+        _unknown_keys(m, _RULE_KEYS, err, "a rule", label)
+        ok = True
+
+        def required(key: str) -> yaml.Node | None:
+            nonlocal ok
+            if key not in m:
+                err.add(_line(node), f"missing '{key}'", label)
+                ok = False
+                return None
+            return m[key][1]
+
+        version = 0
+        vnode = required("version")
+        if vnode is not None:
+            v = _plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                err.add(_line(vnode), "'version' must be a whole number >= 1 (bump it on every change)", label)
+                ok = False
+            else:
+                version = v
+        description = ""
+        dnode = required("description")
+        if dnode is not None:
+            description = (_scalar_text(dnode, err, "'description'", label) or "").strip()
+            if not description:
+                err.add(_line(dnode), "'description' must say what the rule catches and why", label)
+                ok = False
+
+        action, params = self.action(m, node, label)
+        ok = ok and action is not None
+        reason = None
+        rnode = required("reason")
+        if rnode is not None:
+            reason = self.reason(rnode, label)
+            ok = ok and reason is not None
+
+        severity = "medium"
+        if "severity" in m:
+            severity = self.choice(m["severity"][1], SEVERITIES, "severity", label) or severity
+        mode = "active"
+        if "mode" in m:
+            mode = self.choice(m["mode"][1], MODES, "mode", label) or mode
+        if set_mode == "shadow":
+            mode = "shadow"
+        enabled = True
+        if "enabled" in m:
+            e = _plain(m["enabled"][1]) if isinstance(m["enabled"][1], yaml.ScalarNode) else None
+            if not isinstance(e, bool):
+                err.add(_line(m["enabled"][1]), "'enabled' must be true or false", label)
+            else:
+                enabled = e
+
+        when = None
+        wnode = required("when")
+        if wnode is not None:
+            when = self.condition(wnode, label)
+            ok = ok and when is not None
+        # Check what did parse even when something else is wrong: all errors in one go.
+        if when is not None:
+            self.check_types(when, label)
+        if self.available is not None:
+            refs = expr_columns_with_lines(when) if when is not None else []
+            if reason is not None:
+                refs += [(c, reason.line) for c in sorted(reason.columns())]
+            self.err.items += _column_errors(refs, self.available, self.source, label)
+        if rid is not None:
+            if rid in self.rule_lines:
+                err.add(_line(node), f"duplicate rule id (first defined at line {self.rule_lines[rid]})", rid)
+                return None
+            self.rule_lines[rid] = _line(node)
+        if not ok or rid is None or when is None or reason is None or action is None:
+            return None
+        return Rule(id=rid, version=version, description=description, action=action, reason=reason,
+                    when=when, action_params=params, severity=severity, mode=mode, enabled=enabled,
+                    line=_line(node))
+
+    def choice(self, node: yaml.Node, choices: Sequence[str], what: str, rule: str) -> str | None:
+        value = _scalar_text(node, self.err, f"'{what}'", rule)
+        if value is None:
+            return None
+        if value not in choices:
+            self.err.add(_line(node), f"unknown {what} '{value}'{did_you_mean(value, choices)} "
+                                      f"(use one of {', '.join(choices)})", rule)
+            return None
+        return value
+
+    def action(self, m: dict, node: yaml.Node, rule: str) -> tuple[str | None, dict[str, float]]:
+        if "action" not in m:
+            self.err.add(_line(node), "missing 'action'", rule)
+            return None, {}
+        action = self.choice(m["action"][1], ACTIONS, "action", rule)
+        params: dict[str, float] = {}
+        spec = ACTION_PARAMS.get(action or "", {})
+        if "params" in m:
+            pnode = m["params"][1]
+            if action is not None and not spec:
+                self.err.add(_line(pnode), f"action '{action}' takes no params "
+                                           f"(only {', '.join(ACTION_PARAMS)} do)", rule)
+            pm = _mapping(pnode, self.err, "'params'", rule)
+            if pm is not None and spec:
+                _unknown_keys(pm, tuple(spec), self.err, f"params of '{action}'", rule)
+                for name, (_, vnode) in pm.items():
+                    if name not in spec:
+                        continue
+                    v = _plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                        self.err.add(_line(vnode), f"param '{name}' must be a number >= 0", rule)
+                    else:
+                        params[name] = float(v)
+        for name, (needed, default) in spec.items():
+            if name not in params:
+                if needed:
+                    self.err.add(_line(m["action"][1]), f"action '{action}' needs params: {{{name}: ...}}", rule)
+                    return None, {}
+                params[name] = default
+        return action, params
+
+    def reason(self, node: yaml.Node, rule: str) -> ReasonTemplate | None:
+        m = _mapping(node, self.err, "'reason' (write {code: CODE, text: \"...\"})", rule)
+        if m is None:
+            return None
+        _unknown_keys(m, ("code", "text"), self.err, "'reason'", rule)
+        if "code" not in m or "text" not in m:
+            self.err.add(_line(node), "'reason' needs both 'code' and 'text'", rule)
+            return None
+        code = _scalar_text(m["code"][1], self.err, "reason 'code'", rule)
+        text = _scalar_text(m["text"][1], self.err, "reason 'text'", rule)
+        if code is None or text is None:
+            return None
+        if not _REASON_CODE.match(code):
+            self.err.add(_line(m["code"][1]), f"reason code '{code}' must be UPPER_SNAKE_CASE", rule)
+            return None
+        try:
+            raw = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            self.err.add(_line(m["text"][1]), f"reason text: {exc} (write {{{{ and }}}} for braces)", rule)
+            return None
+        parts = []
+        for literal, fname, spec, conversion in raw:
+            if fname is None:
+                parts.append((literal, None, ""))
+                continue
+            if not _IDENT.match(fname) or conversion:
+                self.err.add(_line(m["text"][1]), f"reason text field '{{{fname}}}' must be a plain "
+                                                  "column name, e.g. {amount} or {amount:.2f}", rule)
+                return None
+            try:
+                format(1.5, spec or "")
+            except ValueError:
+                self.err.add(_line(m["text"][1]), f"reason text field '{{{fname}:{spec}}}' has a bad "
+                                                  "number format", rule)
+                return None
+            parts.append((literal, fname, spec or ""))
+        return ReasonTemplate(code, text, tuple(parts), _line(m["text"][1]))
+
+    # -- conditions ------------------------------------------------------------
+    def condition(self, node: yaml.Node, rule: str) -> Condition | None:
+        if isinstance(node, yaml.ScalarNode):
+            text = _scalar_text(node, self.err, "a condition", rule)
+            if text is None:
+                return None
+            line_of = _string_line_of(node)
+            try:
+                return _Parser(text, line_of).parse()
+            except ConditionSyntaxError as exc:
+                self.err.add(line_of(exc.pos), f"{exc} in \"{text.strip()}\"", rule)
+                return None
+        if isinstance(node, yaml.SequenceNode):
+            self.err.add(_line(node), "a list of conditions needs 'all:' or 'any:' in front", rule)
+            return None
+        m = _mapping(node, self.err, "a condition", rule)
+        if m is None:
+            return None
+        line = _line(node)
+        kinds = [k for k in ("all", "any", "not", "feature") if k in m]
+        if len(kinds) != 1:
+            self.err.add(line, "a condition needs exactly one of 'all', 'any', 'not', 'feature' "
+                               "or a condition string", rule)
+            return None
+        kind = kinds[0]
+        if kind in ("all", "any"):
+            _unknown_keys(m, (kind,), self.err, f"'{kind}'", rule)
+            seq = m[kind][1]
+            if not isinstance(seq, yaml.SequenceNode) or not seq.value:
+                self.err.add(_line(seq), f"'{kind}' needs a non-empty list of conditions", rule)
+                return None
+            children = [self.condition(c, rule) for c in seq.value]
+            if any(c is None for c in children):
+                return None
+            return (All if kind == "all" else AnyOf)(tuple(children), line)  # type: ignore[arg-type]
+        if kind == "not":
+            _unknown_keys(m, ("not",), self.err, "'not'", rule)
+            child = self.condition(m["not"][1], rule)
+            return None if child is None else Not(child, line)
+        return self.structured(m, line, rule)
+
+    def structured(self, m: dict, line: int, rule: str) -> Condition | None:
+        err = self.err
+        _unknown_keys(m, ("feature", "op", "value", "list"), err, "a comparison", rule)
+        feature = _scalar_text(m["feature"][1], err, "'feature'", rule)
+        if "op" not in m:
+            err.add(line, "a comparison needs 'op'", rule)
+            return None
+        opnode = m["op"][1]
+        op = _scalar_text(opnode, err, "'op'", rule)
+        if feature is None or op is None:
+            return None
+        fline = _line(m["feature"][1])
+        if op not in STRUCTURED_OPS:
+            err.add(_line(opnode), f"unknown operator '{op}' (use one of {', '.join(STRUCTURED_OPS)})", rule)
+            return None
+        if op in ("in_list", "not_in_list"):
+            if "list" not in m:
+                err.add(line, f"'{op}' needs 'list: NAME'", rule)
+                return None
+            name = _scalar_text(m["list"][1], err, "'list'", rule)
+            return None if name is None else InList(feature, list_name=name, negate=op == "not_in_list", line=fline)
+        if "value" not in m:
+            err.add(line, f"'{op}' needs 'value'", rule)
+            return None
+        vnode = m["value"][1]
+        if op == "between":
+            if not isinstance(vnode, yaml.SequenceNode) or len(vnode.value) != 2:
+                err.add(_line(vnode), "'between' needs value: [LOW, HIGH]", rule)
+                return None
+            low, high = (self.operand(v, rule) for v in vnode.value)
+            if low is None or high is None:
+                return None
+            return Between(Col(feature, fline), low, high, fline)
+        if feature in STRING_COLUMNS and isinstance(vnode, yaml.ScalarNode) and op in ("==", "!="):
+            return InList(feature, literal=str(vnode.value), negate=op == "!=", line=fline)
+        right = self.operand(vnode, rule)
+        return None if right is None else Compare(op, Col(feature, fline), right, fline)
+
+    def operand(self, node: yaml.Node, rule: str) -> Expr | None:
+        """A number, or an arithmetic expression string such as '5 * card_amount_mean_30d'."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.err.add(_line(node), "a value must be a number or an expression", rule)
+            return None
+        value = _plain(node)
+        if isinstance(value, bool) or value is None:
+            self.err.add(_line(node), f"a value must be a number or an expression, got {node.value!r}", rule)
+            return None
+        if isinstance(value, (int, float)):
+            if value != value or value in (float("inf"), float("-inf")):
+                self.err.add(_line(node), "a value must be a finite number", rule)
+                return None
+            return Num(float(value), _line(node))
+        line_of = _string_line_of(node)
+        try:
+            return parse_expression(str(value), line_of(0))
+        except ConditionSyntaxError as exc:
+            self.err.add(line_of(exc.pos), f"{exc} in \"{value}\"", rule)
+            return None
+
+    def check_types(self, when: Condition, rule: str) -> None:
+        """Text columns only with lists and text literals; numbers only with arithmetic."""
+        for node in walk(when):
+            if isinstance(node, InList):
+                if node.column not in STRING_COLUMNS:
+                    how = "in/not in a list" if node.list_name else "== / != with text"
+                    self.err.add(node.line, f"'{node.column}' is not a text column, so it cannot be used "
+                                            f"with {how} (text columns: {', '.join(sorted(STRING_COLUMNS))})", rule)
+                if node.list_name is not None and node.list_name not in self.lists:
+                    known = sorted(self.lists)
+                    if node.list_name not in self.list_lines:  # unreadable lists already reported
+                        self.err.add(node.line, f"unknown list '{node.list_name}'"
+                                                f"{did_you_mean(node.list_name, known)} "
+                                                f"(lists: {', '.join(known) or 'none defined'})", rule)
+            elif isinstance(node, (Compare, Between)):
+                for name, line in expr_columns_with_lines(node):
+                    if name in STRING_COLUMNS:
+                        self.err.add(line, f"'{name}' is a text column: compare it with == 'value', "
+                                           "!= 'value', in LIST or not in LIST", rule)
+
+
+def _column_errors(refs: Iterable[tuple[str, int]], available: set[str], source: str, rule: str) -> list[str]:
+    errors = _Errors(source)
+    seen: set[tuple[str, int]] = set()
+    for name, line in refs:
+        if name in available or (name, line) in seen:
+            continue
+        seen.add((name, line))
+        errors.add(line, f"unknown column '{name}'{did_you_mean(name, available)}", rule)
+    return errors.items
+
+
+def _error_line(message: str) -> int:
+    m = re.match(r"^.*?:(\d+):", message)
+    return int(m.group(1)) if m else 0
+
+
+def check_columns(rule_set: RuleSet, available: Iterable[str]) -> list[str]:
+    """Errors for every column a rule names that the batch will not have."""
+    available = set(available)
+    errors: list[str] = []
+    for rule in rule_set.enabled_rules:
+        refs = expr_columns_with_lines(rule.when)
+        refs += [(c, rule.reason.line or rule.line) for c in sorted(rule.reason.columns())]
+        errors += _column_errors(refs, available, rule_set.source_name, rule.id)
+    return errors
+
+
+def validate_rule_set(
+    text: str,
+    source_name: str = "<rules>",
+    *,
+    available_columns: Iterable[str] | None = None,
+    list_files: Mapping[str, str] | None = None,
+    base_dir: str | Path | None = None,
+) -> RuleSet:
+    """Parse and check a rule set; raise :class:`RuleSetError` with every problem found.
+
+    ``list_files`` maps ``file:`` paths to their content (a published rule set carries its
+    list files this way); other paths are read relative to ``base_dir``. With
+    ``available_columns`` the column names are checked too (the compiler always checks).
+    """
+    err = _Errors(source_name)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise RuleSetError([f"{source_name}:{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    if root is None:
+        raise RuleSetError([f"{source_name}:1: empty rule set (needs 'version' and 'rules')"])
+    top = _mapping(root, err, "the rule set")
+    if top is None:
+        raise RuleSetError(err.items)
+    _unknown_keys(top, _TOP_KEYS, err, "the rule set")
+    validator = _Validator(source_name, err, list_files, Path(base_dir) if base_dir else None,
+                           None if available_columns is None else set(available_columns))
+
+    version = ""
+    if "version" not in top:
+        err.add(_line(root), "missing 'version' (e.g. version: \"2024.06.1\")")
+    else:
+        version = _scalar_text(top["version"][1], err, "'version'") or ""
+        if version and not re.match(r"^[A-Za-z0-9_.+-]{1,40}$", version):
+            err.add(_line(top["version"][1]), "'version' must be short: letters, digits, '.', '_', '+', '-'")
+    set_mode = "active"
+    if "mode" in top:
+        set_mode = validator.choice(top["mode"][1], MODES, "mode", None) or set_mode  # type: ignore[arg-type]
+    description = ""
+    if "description" in top:
+        description = _scalar_text(top["description"][1], err, "'description'") or ""
+    if "lists" in top:
+        validator.lists_node(top["lists"][1])
+
+    rules: list[Rule] = []
+    if "rules" not in top:
+        err.add(_line(root), "missing 'rules'")
+    else:
+        rnode = top["rules"][1]
+        if not isinstance(rnode, yaml.SequenceNode) or not rnode.value:
+            err.add(_line(rnode), "'rules' must be a non-empty list of rules")
+        else:
+            for i, item in enumerate(rnode.value):
+                rule = validator.rule(item, i, set_mode)
+                if rule is not None:
+                    rules.append(rule)
+
+    if err.items:
+        raise RuleSetError(sorted(err.items, key=_error_line))
+    data = yaml.safe_load(text)
+    # Inline list files so that the hash covers what the rules really match against.
+    for name, spec in (data.get("lists") or {}).items():
+        if isinstance(spec, dict) and "file" in spec:
+            data["lists"][name] = {"file": spec["file"], "values": validator.resolved_files.get(str(spec["file"]), [])}
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    rule_set = RuleSet(version=version, rules=tuple(rules), lists=validator.lists, source_name=source_name,
+                       text=text, canonical=canonical, mode=set_mode, description=description,
+                       list_lines=validator.list_lines)
+    return rule_set
+
+
+def default_rule_set_text() -> str:
+    """The built-in rule set shipped as ``rules/default.yaml``."""
+    return (Path(__file__).with_name("default.yaml")).read_text()

@@ -1,0 +1,499 @@
+"""Streaming transaction features: per-entity state in numpy arrays, updated by numba kernels.
+
+:class:`FeatureEngine` turns a :class:`~riskstream.schemas.events.TransactionBatch` into
+float32 feature columns (:data:`FEATURE_NAMES`). Every feature of a row describes the state
+*before* that row (the amount-profile features compare the row's amount to that history and
+are the only ones that look at the row itself); then the row is folded in. Rows are
+processed in arrival order, so a card seen ten times in one batch sees its own earlier rows.
+
+State, and what is approximate
+------------------------------
+* Counts and sums over 1h / 1d / 7d / 30d are exponentially decayed with a time constant
+  equal to the window (O(1) state per window). Under a steady rate they equal the trailing
+  window's value; a burst fades smoothly instead of dropping out at the window edge
+  (an event one window old still weighs 0.37). Event time, not wall time.
+* Mean / std / z-score / ratio of the amount: exponentially weighted, 30d time constant.
+* Fraud rates: decayed confirmed frauds / decayed transactions, with a prior of
+  ``FRAUD_PRIOR_WEIGHT`` transactions at ``FRAUD_PRIOR_RATE`` (new entity = prior).
+  A label is visible from its label time on: it is folded in just before the first row
+  whose event time reaches it. Rows arriving out of order after that row may see a label
+  up to the batch's time disorder early.
+* Distinct merchants of a card / cards of a device in 1d: exact (1 s resolution) up to 8,
+  then saturates at 8 (a ring of the 8 most recently seen members).
+* New country / new device of a card: not among the card's last 4 distinct ones.
+* Out-of-order rows read their entity's state as of its latest event time and are folded in
+  with their age at that time; ``card_seconds_since_prev`` is then 0.
+* Calendar features are UTC (events carry no time zone).
+
+Entities, memory and eviction
+-----------------------------
+Entity ids map to dense slots through one dict per entity type (``""`` = absent: the
+entity's features read 0 and no state is touched). Arrays grow by doubling. When a type
+holds ``max_entities``, the least recently seen ones (by latest event time) are evicted,
+``max_entities // 64`` beyond what is needed so eviction runs rarely; entities of the
+batch being processed are never evicted (a single batch with more distinct entities of a
+type than ``max_entities`` overshoots the bound until the next eviction). An evicted entity
+that comes back is first-seen again.
+
+Measured: 233 bytes of arrays per tracked card plus ~180 bytes for its dict entry, id
+string and slot int (``.venv/bin/python -m riskstream.bench.features_bench``), so about
+0.4 KB per card, 0.8 GB for 2M cards, before merchants and the other entity types.
+
+Partitions: each entity remembers the Kafka partition of its latest row;
+``snapshot(partitions)`` / ``drop_partitions`` select on that. Merchants, terminals,
+devices and IPs span partitions when the topic is keyed by card, so their state on a
+consumer is a local view of the traffic it sees.
+
+>>> from riskstream.schemas.events import TransactionBatch
+>>> engine = FeatureEngine(max_entities=1000)
+>>> batch = TransactionBatch.from_columns({
+...     "event_time": [1_700_000_000_000, 1_700_000_060_000, 1_700_000_120_000],
+...     "card_id": ["c1", "c1", "c2"], "merchant_id": ["m1", "m2", "m1"],
+...     "amount": [10.0, 20.0, 30.0]})
+>>> f = engine.compute(batch)
+>>> f["card_first_seen"].tolist(), float(f["card_seconds_since_prev"][1]), bool(f["merchant_txn_count_1d"][2] > 0.99)
+([1.0, 0.0, 1.0], 60.0, True)
+>>> engine.tracked_entities["card"], engine.tracked_entities["merchant"]
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from riskstream.detectors.kernels import KERNELS, StepInput, assign_last, calendar, fresh_state
+from riskstream.schemas.events import TransactionBatch
+
+# Entity type -> TransactionBatch column; order = order of resolution.
+ENTITY_COLUMNS: dict[str, str] = {
+    "card": "card_id",
+    "merchant": "merchant_id",
+    "terminal": "terminal_id",
+    "device": "device_id",
+    "ip": "ip",
+    "account": "account_id",
+    "customer": "customer_id",
+}
+LABELLED_ENTITIES = ("card", "merchant", "terminal")
+# Members that are attributes, not tracked entities: coded by a stable hash of the value.
+ATTRIBUTE_COLUMNS = {"country": "country"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel over one entity type. Feature names are ``{entity}_{kernel output}``;
+    ``keep`` lists the outputs that become features (None = all)."""
+
+    entity: str
+    kernel: str
+    params: dict = field(default_factory=dict)
+    keep: tuple[str, ...] | None = None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return KERNELS[self.kernel].outputs(self.params)
+
+    @property
+    def state_key(self) -> str:
+        member = self.params.get("member")
+        return f"{self.kernel}_{member}" if member else self.kernel
+
+
+_NO_GAP = ("txn_count_1h", "txn_count_1d", "amount_sum_1d")
+PLAN: tuple[Step, ...] = (
+    # The first step of every entity type is decayed_activity: its latest-time column is
+    # the entity's last-seen time for eviction.
+    Step("card", "decayed_activity", {"counts": ("1h", "1d"), "sums": ("1h", "1d")}),
+    Step("card", "decayed_amount_profile", {"window": "30d"}),
+    Step("card", "distinct_recent", {"member": "merchant", "window": "1d", "k": 8}),
+    Step("card", "novelty_recent", {"member": "country", "k": 4}),
+    Step("card", "novelty_recent", {"member": "device", "k": 4}),
+    Step("card", "geo_velocity"),
+    Step("card", "decayed_fraud_rate", {"windows": ("30d",)}),
+    Step("merchant", "decayed_activity", {"counts": ("1h", "1d"), "sums": ()},
+         keep=("first_seen", "txn_count_1h", "txn_count_1d")),
+    Step("merchant", "decayed_amount_profile", {"window": "30d"}, keep=("amount_mean_30d",)),
+    Step("merchant", "decayed_fraud_rate", {"windows": ("7d", "30d")}),
+    Step("terminal", "decayed_activity", {"counts": ("1d",), "sums": ()}, keep=_NO_GAP),
+    Step("terminal", "decayed_fraud_rate", {"windows": ("7d", "30d")}),
+    Step("device", "decayed_activity", {"counts": ("1d",), "sums": ()}, keep=_NO_GAP),
+    Step("device", "distinct_recent", {"member": "card", "window": "1d", "k": 8}),
+    Step("ip", "decayed_activity", {"counts": ("1h",), "sums": ()}, keep=_NO_GAP),
+    Step("account", "decayed_activity", {"counts": ("1d",), "sums": ("1d",)}, keep=_NO_GAP),
+    Step("customer", "decayed_activity", {"counts": ("1d",), "sums": ()}, keep=_NO_GAP),
+)
+TRANSACTION_FEATURES = ("amount", "log_amount", "hour_of_day", "is_night", "is_weekend")
+
+
+def _layout() -> tuple[tuple[str, ...], list[int], list[int]]:
+    """All kernel output rows in plan order, each step's first row, and the rows that are
+    features."""
+    rows = list(TRANSACTION_FEATURES)
+    starts, keep = [], list(range(len(TRANSACTION_FEATURES)))
+    for step in PLAN:
+        starts.append(len(rows))
+        for out in step.outputs:
+            if step.keep is None or out in step.keep:
+                keep.append(len(rows))
+            rows.append(f"{step.entity}_{out}")
+    return tuple(rows), starts, keep
+
+
+_ALL_ROWS, _STEP_ROW, _FEATURE_ROWS = _layout()
+FEATURE_NAMES: tuple[str, ...] = tuple(_ALL_ROWS[r] for r in _FEATURE_ROWS)
+
+
+def stable_code(value: str) -> int:
+    """Process-independent int32 code of an id (Python's str hash is salted per process and
+    codes travel in snapshots); 0 is reserved for absent."""
+    h = zlib.crc32(value.encode())
+    h = h - (1 << 32) if h >= 1 << 31 else h
+    return h or 1
+
+
+class EntityTable:
+    """Id -> slot map of one entity type, with the state arrays of its plan steps."""
+
+    def __init__(self, name: str, max_entities: int, steps: list[Step], initial: int = 1024):
+        self.name = name
+        self.max_entities = max_entities
+        self.steps = steps
+        self.index: dict[str, int] = {"": -1}  # "" resolves to absent without a miss
+        self.capacity = max(1, min(initial, max_entities))
+        self.used = 0  # slots [0, used) have been handed out at least once
+        self.free: list[int] = []
+        self.ids = np.full(self.capacity, None, dtype=object)
+        self.live = np.zeros(self.capacity, dtype=np.bool_)
+        self.partition = np.full(self.capacity, -1, dtype=np.int32)
+        self.code = np.zeros(self.capacity, dtype=np.int32)
+        self.states = {s.state_key: fresh_state(KERNELS[s.kernel], s.params, self.capacity) for s in steps}
+        self._blank = {s.state_key: fresh_state(KERNELS[s.kernel], s.params, 1)[0] for s in steps}
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.index) - 1
+
+    @property
+    def last_seen_ms(self) -> np.ndarray:
+        return self.states["decayed_activity"][:, 0]
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of known ids, -1 for unknown or absent; creates nothing."""
+        get = self.index.get
+        return np.array([get(k, -1) for k in ids.tolist()], dtype=np.int64)
+
+    def resolve(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of ids, creating the new ones (evicting if full)."""
+        keys = ids.tolist()
+        get = self.index.get
+        slots = [get(k, -2) for k in keys]
+        if -2 in slots:
+            self._insert_missing(keys, slots)
+        return np.array(slots, dtype=np.int64)
+
+    def _insert_missing(self, keys: list, slots: list) -> None:
+        miss = [i for i, s in enumerate(slots) if s == -2]
+        new_ids = list(dict.fromkeys(keys[i] for i in miss))
+        if len(self) + len(new_ids) > self.max_entities:
+            known = np.array(slots, dtype=np.int64)
+            self._make_room(len(new_ids), known[known >= 0])
+        new_slots = self._allocate(len(new_ids))
+        index = self.index
+        for key, s in zip(new_ids, new_slots.tolist()):
+            index[key] = s
+        self.ids[new_slots] = np.array(new_ids + [None], dtype=object)[:-1]  # keep str objects, no 'U' cast
+        self.live[new_slots] = True
+        self.code[new_slots] = [stable_code(k) for k in new_ids]
+        for i in miss:
+            slots[i] = index[keys[i]]
+
+    def _make_room(self, n_new: int, protected: np.ndarray) -> None:
+        excess = len(self) + n_new - self.max_entities
+        if excess <= 0:
+            return
+        excess += self.max_entities // 64
+        last_seen = self.last_seen_ms[: self.used].copy()
+        last_seen[~self.live[: self.used]] = np.inf
+        last_seen[protected] = np.inf
+        candidates = int(np.count_nonzero(last_seen != np.inf))
+        excess = min(excess, candidates)
+        if excess > 0:
+            victims = np.argpartition(last_seen, excess - 1)[:excess]
+            self.release(victims)
+
+    def release(self, victims: np.ndarray) -> None:
+        index = self.index
+        for key in self.ids[victims].tolist():
+            del index[key]
+        self.ids[victims] = None
+        self.live[victims] = False
+        self.partition[victims] = -1
+        self.code[victims] = 0
+        for key, state in self.states.items():
+            state[victims] = self._blank[key]
+        self.free.extend(victims.tolist())
+        self.evicted += len(victims)
+
+    def _allocate(self, n: int) -> np.ndarray:
+        take = min(n, len(self.free))
+        reused = self.free[len(self.free) - take:]
+        del self.free[len(self.free) - take:]
+        fresh = n - take
+        if self.used + fresh > self.capacity:
+            self._grow(self.used + fresh)
+        out = np.array(reused + list(range(self.used, self.used + fresh)), dtype=np.int64)
+        self.used += fresh
+        return out
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, min(2 * self.capacity, max(self.max_entities, need)))
+
+        def grown(a: np.ndarray, fill) -> np.ndarray:
+            b = np.empty((cap,) + a.shape[1:], dtype=a.dtype)
+            b[: self.capacity] = a
+            b[self.capacity:] = fill
+            return b
+
+        self.ids = grown(self.ids, None)
+        self.live = grown(self.live, False)
+        self.partition = grown(self.partition, -1)
+        self.code = grown(self.code, 0)
+        self.states = {k: grown(v, self._blank[k]) for k, v in self.states.items()}
+        self.capacity = cap
+
+    def nbytes(self) -> int:
+        arrays = self.ids.nbytes + self.live.nbytes + self.partition.nbytes + self.code.nbytes
+        arrays += sum(s.nbytes for s in self.states.values())
+        return arrays + self.dict_bytes()
+
+    def dict_bytes(self) -> int:
+        """The dict's table, plus id strings and slot ints (sampled sizes, not all entries)."""
+        n = len(self)
+        if n == 0:
+            return sys.getsizeof(self.index)
+        sample = self.ids[self.live][:256].tolist()
+        per_key = sum(sys.getsizeof(k) for k in sample) / len(sample)
+        return int(sys.getsizeof(self.index) + n * (per_key + 32))  # an int object is 28 B, 32 allocated
+
+    def row_bytes(self) -> int:
+        """Array bytes per slot."""
+        return (self.ids.itemsize + 1 + 4 + 4
+                + sum(s.itemsize * (s.shape[1] if s.ndim > 1 else 1) for s in self.states.values()))
+
+
+class FeatureEngine:
+    """Streaming features over transaction batches; see the module docstring."""
+
+    def __init__(self, max_entities: int = 2_000_000):
+        if max_entities < 1:
+            raise ValueError("max_entities must be at least 1")
+        self.max_entities = max_entities
+        self.tables = {
+            name: EntityTable(name, max_entities, [s for s in PLAN if s.entity == name])
+            for name in ENTITY_COLUMNS
+        }
+        self._attribute_codes: dict[str, dict[str, int]] = {a: {"": 0} for a in ATTRIBUTE_COLUMNS}
+        self._pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {e: [] for e in LABELLED_ENTITIES}
+
+    # ----------------------------------------------------------------------------- compute
+    def compute(self, batch: TransactionBatch) -> dict[str, np.ndarray]:
+        n = batch.n
+        t_ms = np.ascontiguousarray(batch.event_time_ms, dtype=np.int64)
+        amount = np.ascontiguousarray(batch.amount, dtype=np.float64)
+        rows = np.zeros((len(_ALL_ROWS), n), dtype=np.float32)
+        rows[0] = amount
+        rows[1] = np.log1p(amount)
+        calendar(t_ms, rows[2], rows[3], rows[4])
+        if n == 0:
+            return {name: rows[r] for name, r in zip(FEATURE_NAMES, _FEATURE_ROWS)}
+        partition = np.ascontiguousarray(batch.partition, dtype=np.int32)
+
+        slots: dict[str, np.ndarray | None] = {}
+        for name, table in self.tables.items():
+            ids = batch.column(ENTITY_COLUMNS[name])
+            if not ids.any():  # column absent from this batch: skip the dict pass
+                slots[name] = None
+                continue
+            s = table.resolve(ids)
+            assign_last(s, partition, table.partition)
+            slots[name] = s
+
+        t_max = int(t_ms.max())
+        lat = np.ascontiguousarray(batch.lat, dtype=np.float64)
+        lon = np.ascontiguousarray(batch.lon, dtype=np.float64)
+        for step, start in zip(PLAN, _STEP_ROW):
+            s = slots[step.entity]
+            if s is None:
+                if step.kernel != "decayed_fraud_rate" or not self._pending[step.entity]:
+                    continue  # rows stay 0
+                s = np.full(n, -1, dtype=np.int64)  # labels still come due for known entities
+            spec = KERNELS[step.kernel]
+            table = self.tables[step.entity]
+            x = StepInput(s, t_ms, amount)
+            if step.kernel in ("distinct_recent", "novelty_recent"):
+                x = StepInput(s, t_ms, amount, member_codes=self._member_codes(step.params["member"], batch, slots))
+            elif step.kernel == "geo_velocity":
+                x = StepInput(s, t_ms, amount, lat=lat, lon=lon)
+            elif step.kernel == "decayed_fraud_rate":
+                lk, le, lt = self._due_labels(step.entity, t_max)
+                x = StepInput(s, t_ms, amount, label_keys=table.lookup(lk), label_event_ms=le, label_time_ms=lt)
+            applied = spec.run(step.params, x, table.states[step.state_key], rows[start:start + len(step.outputs)])
+            if step.kernel == "decayed_fraud_rate" and applied != len(x.label_keys):
+                raise AssertionError("labels due by the batch's latest event time were not all applied")
+        return {name: rows[r] for name, r in zip(FEATURE_NAMES, _FEATURE_ROWS)}
+
+    def _member_codes(self, member: str, batch: TransactionBatch, slots: dict) -> np.ndarray:
+        if member in self.tables:
+            s = slots[member]
+            if s is None:
+                return np.zeros(batch.n, dtype=np.int32)
+            return np.where(s >= 0, self.tables[member].code[s], 0).astype(np.int32)
+        codes = self._attribute_codes[member]
+        values = batch.column(ATTRIBUTE_COLUMNS[member]).tolist()
+        get = codes.get
+        out = [get(v) for v in values]
+        if None in out:
+            for v in values:
+                if v not in codes:
+                    codes[v] = stable_code(v)
+            out = [codes[v] for v in values]
+        return np.array(out, dtype=np.int32)
+
+    # ------------------------------------------------------------------------------ labels
+    def apply_labels(self, entity_keys: dict[str, np.ndarray], event_time_ms: np.ndarray,
+                     label_time_ms: np.ndarray, is_positive: np.ndarray) -> None:
+        """Queue confirmed frauds; each counts for its card / merchant / terminal from its label
+        time on (folded in by the first later ``compute`` row that reaches it). Negative
+        labels change nothing: every transaction is already in the denominator. Send each
+        label once: duplicates count twice."""
+        unknown = set(entity_keys) - set(LABELLED_ENTITIES)
+        if unknown:
+            raise ValueError(f"label features exist for {LABELLED_ENTITIES}, not {sorted(unknown)}")
+        positive = np.asarray(is_positive).astype(bool)
+        event = np.asarray(event_time_ms, dtype=np.int64)[positive]
+        label = np.asarray(label_time_ms, dtype=np.int64)[positive]
+        for entity, keys in entity_keys.items():
+            keys = np.asarray(keys, dtype=object)[positive]
+            present = keys != ""
+            if present.any():
+                self._pending[entity].append((keys[present], event[present], label[present]))
+
+    def _due_labels(self, entity: str, t_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pending = self._pending[entity]
+        if not pending:
+            return np.empty(0, dtype=object), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+        keys = np.concatenate([p[0] for p in pending])
+        event = np.concatenate([p[1] for p in pending])
+        label = np.concatenate([p[2] for p in pending])
+        due = label <= t_max
+        self._pending[entity] = [(keys[~due], event[~due], label[~due])] if not due.all() else []
+        order = np.argsort(label[due], kind="stable")
+        return keys[due][order], event[due][order], label[due][order]
+
+    # ------------------------------------------------------------------- state management
+    @property
+    def tracked_entities(self) -> dict[str, int]:
+        return {name: len(t) for name, t in self.tables.items()}
+
+    def state_bytes(self) -> int:
+        return sum(t.nbytes() for t in self.tables.values())
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        parts = np.fromiter(partitions, dtype=np.int32)
+        for table in self.tables.values():
+            victims = np.flatnonzero(table.live & np.isin(table.partition, parts))
+            if len(victims):
+                table.release(victims)
+
+    def snapshot(self, partitions: set[int] | None = None) -> bytes:
+        """State of the entities last seen on ``partitions`` (all when None), as an .npz of
+        plain arrays: ids as UTF-8 bytes + offsets, so loading needs no pickle. Labels still
+        waiting for their label time are not included."""
+        arrays: dict[str, np.ndarray] = {"format_version": np.array([1])}
+        for name, table in self.tables.items():
+            mask = table.live.copy()
+            if partitions is not None:
+                mask &= np.isin(table.partition, np.fromiter(partitions, dtype=np.int32))
+            sel = np.flatnonzero(mask)
+            encoded = [k.encode() for k in table.ids[sel].tolist()]
+            arrays[f"{name}.id_offsets"] = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+            arrays[f"{name}.id_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            arrays[f"{name}.partition"] = table.partition[sel]
+            for key, state in table.states.items():
+                arrays[f"{name}.{key}"] = state[sel]
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    def restore(self, blob: bytes) -> None:
+        """Merge a snapshot in: its entities replace any state held for the same ids."""
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            if int(data["format_version"][0]) != 1:
+                raise ValueError(f"unknown feature snapshot format {int(data['format_version'][0])}")
+            for name, table in self.tables.items():
+                if f"{name}.id_offsets" not in data:
+                    continue
+                offsets = data[f"{name}.id_offsets"]
+                raw = data[f"{name}.id_bytes"].tobytes()
+                ids = np.array([raw[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:])] + [None],
+                               dtype=object)[:-1]
+                if len(ids) == 0:
+                    continue
+                slots = table.resolve(ids)
+                table.partition[slots] = data[f"{name}.partition"]
+                for key, state in table.states.items():
+                    incoming = data[f"{name}.{key}"]
+                    if incoming.shape[1:] != state.shape[1:] or incoming.dtype != state.dtype:
+                        raise ValueError(f"snapshot {name}.{key} has shape {incoming.shape[1:]} / {incoming.dtype}, "
+                                         f"expected {state.shape[1:]} / {state.dtype}")
+                    state[slots] = incoming
+
+
+class ReferenceFeatures:
+    """The same plan run by the plain-Python references over dicts keyed by entity id
+    (no slots, no eviction, no snapshots): the parity oracle for :class:`FeatureEngine`."""
+
+    def __init__(self):
+        self.states = [dict() for _ in PLAN]
+        self._pending: dict[str, list[tuple[str, int, int]]] = {e: [] for e in LABELLED_ENTITIES}
+
+    def compute(self, batch: TransactionBatch) -> dict[str, np.ndarray]:
+        n = batch.n
+        t_ms = np.asarray(batch.event_time_ms, dtype=np.int64)
+        amount = np.asarray(batch.amount, dtype=np.float64)
+        rows = np.zeros((len(_ALL_ROWS), n), dtype=np.float64)
+        rows[0] = amount
+        rows[1] = np.log1p(amount)
+        from riskstream.detectors.kernels import calendar_reference
+        calendar_reference(t_ms, rows[2], rows[3], rows[4])
+        keys = {name: [k if k else None for k in batch.column(col).tolist()] for name, col in ENTITY_COLUMNS.items()}
+        t_max = int(t_ms.max()) if n else None
+        for step, start, state in zip(PLAN, _STEP_ROW, self.states):
+            spec = KERNELS[step.kernel]
+            member = step.params.get("member")
+            codes = None
+            if member is not None:
+                values = keys[member] if member in keys else batch.column(ATTRIBUTE_COLUMNS[member]).tolist()
+                codes = np.array([stable_code(v) if v else 0 for v in values], dtype=np.int32)
+            labels = ([], np.empty(0, np.int64), np.empty(0, np.int64))
+            if step.kernel == "decayed_fraud_rate" and n:
+                due = [p for p in self._pending[step.entity] if p[2] <= t_max]
+                self._pending[step.entity] = [p for p in self._pending[step.entity] if p[2] > t_max]
+                labels = ([p[0] for p in due], np.array([p[1] for p in due], dtype=np.int64),
+                          np.array([p[2] for p in due], dtype=np.int64))
+            x = StepInput(keys[step.entity], t_ms, amount, member_codes=codes,
+                          lat=np.asarray(batch.lat, dtype=np.float64), lon=np.asarray(batch.lon, dtype=np.float64),
+                          label_keys=labels[0], label_event_ms=labels[1], label_time_ms=labels[2])
+            spec.run_reference(step.params, x, state, rows[start:start + len(step.outputs)])
+        return {name: rows[r] for name, r in zip(FEATURE_NAMES, _FEATURE_ROWS)}
+
+    def apply_labels(self, entity_keys, event_time_ms, label_time_ms, is_positive) -> None:
+        for entity, keys in entity_keys.items():
+            for k, e, lt, pos in zip(keys, event_time_ms, label_time_ms, is_positive):
+                if pos and k:
+                    self._pending[entity].append((k, int(e), int(lt)))

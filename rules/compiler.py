@@ -143,8 +143,8 @@ def _cost(node: Condition | Expr) -> int:
 
 
 class _KernelBuilder:
-    def __init__(self, numeric_columns: Sequence[str], order_by_cost: bool):
-        self.column_index = {name: j for j, name in enumerate(numeric_columns)}
+    def __init__(self, dtypes: Mapping[str, np.dtype], order_by_cost: bool):
+        self.dtypes = dtypes
         self.order_by_cost = order_by_cost
         self.used_columns: dict[str, int] = {}
         self.masks: list[tuple[str, frozenset[str], str]] = []  # (column, values, key)
@@ -154,6 +154,10 @@ class _KernelBuilder:
 
     def col(self, name: str) -> str:
         j = self.used_columns.setdefault(name, len(self.used_columns))
+        if self.dtypes[name] == np.float32:
+            # Widen on load: numba would keep float32 * float32 in float32, and rules are
+            # defined (and the reference evaluates them) in float64.
+            return f"float(c{j}[i])"
         return f"c{j}[i]"
 
     def const(self, value: float) -> str:
@@ -221,8 +225,7 @@ class CompiledRuleSet:
         self.rules = rule_set.enabled_rules
         self.version = rule_set.version_tag
         self.order_by_cost = order_by_cost
-        numeric = [c for c in column_dtypes if c not in STRING_COLUMNS]
-        builder = _KernelBuilder(numeric, order_by_cost)
+        builder = _KernelBuilder(column_dtypes, order_by_cost)
         builder.lists = rule_set.lists
         self.kernel_source = builder.source(self.rules)
         self.numeric_columns = tuple(builder.used_columns)  # kernel argument order

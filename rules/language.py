@@ -816,7 +816,10 @@ class _Validator:
     # -- rules -----------------------------------------------------------------
     def rule(self, node: yaml.Node, index: int, set_mode: str) -> Rule | None:
         err = self.err
-        m = _mapping(node, err, f"rule #{index + 1}")
+        # Name the rule in errors about its own keys too, when its id can be read.
+        peek = [v.value for k, v in getattr(node, "value", ()) if isinstance(node, yaml.MappingNode)
+                and getattr(k, "value", None) == "id" and isinstance(v, yaml.ScalarNode)]
+        m = _mapping(node, err, f"rule #{index + 1}", str(peek[0]) if peek else None)
         if m is None:
             return None
         rid = None

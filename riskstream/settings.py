@@ -137,7 +137,12 @@ class Settings(BaseSettings):
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka (confluent-kafka) settings: servers plus security."""
-        conf = {"bootstrap.servers": self.kafka_servers(), "security.protocol": self.kafka_security_protocol}
+        conf = {
+            "bootstrap.servers": self.kafka_servers(),
+            "security.protocol": self.kafka_security_protocol,
+            # A broker closing idle connections is normal; do not print it as a failure.
+            "log.connection.close": False,
+        }
         if self.kafka_sasl_mechanism:
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
             conf["sasl.username"] = self.kafka_sasl_username

@@ -1,0 +1,321 @@
+"""`riskstream demo`: the whole engine on the embedded stack, in one command.
+
+Starts the broker, Valkey and the ClickHouse sink; simulates a realistic mixed stream
+(card transactions with injected fraud, market ticks, positions, loan applications, delayed
+labels, and a few malformed records); runs a Faust worker; shows live progress; stops
+everything cleanly and prints a summary with the queries to look further.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from riskstream.settings import Settings, load_settings
+from riskstream.stack import EmbeddedStack, _die_with_parent
+
+DAY_MS = 86_400_000
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class DemoStream:
+    """Messages in event-time order: (topic name, key, value)."""
+
+    messages: list[tuple[str, bytes, bytes]]
+    transactions: int
+    loan_applications: int
+    malformed: int
+    counts: dict[str, int]
+    fraud: int
+
+
+def malformed_records(now_ms: int) -> list[bytes]:
+    """Bad input a real feed produces; each must end in the dead-letter table."""
+    good = {"transaction_id": "bad-0", "event_time": now_ms - 1000, "card_id": "c-x", "merchant_id": "m-x",
+            "amount": 10.0}
+    return [
+        b"{not json",
+        b"[1, 2, 3]",
+        orjson.dumps({k: v for k, v in good.items() if k != "amount"} | {"transaction_id": "bad-1"}),
+        orjson.dumps(good | {"transaction_id": "bad-2", "amount": "ten"}),
+        orjson.dumps(good | {"transaction_id": "bad-3", "amount": -5}),
+        orjson.dumps(good | {"transaction_id": "bad-4", "amount": 1e12}),
+        orjson.dumps(good | {"transaction_id": "bad-5", "event_time": (now_ms - 1000) // 1000}),
+        orjson.dumps(good | {"transaction_id": "bad-6", "merchant_id": None}),
+        # A malformed record that carries a card number: it is dead-lettered with the PAN masked.
+        orjson.dumps({"transaction_id": "bad-7", "pan": "4111111111111111", "amount": "x"}),
+        orjson.dumps(good | {"transaction_id": "bad-8", "note": "x" * 70_000}),
+    ]
+
+
+def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStream:
+    from riskstream.simulate import simulate
+
+    days = 14 if n_transactions >= 20_000 else 7
+    customers = max(50, int(n_transactions / (days * 2.2)) + 1)
+    terminals = max(20, customers // 4)
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - days * DAY_MS - 3_600_000
+    progress(f"simulating {days} days of {customers:,} customers at {terminals:,} terminals ...")
+    sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
+                   progress=lambda s: progress(f"  {s}"))
+    tx = sim.transactions
+    # Top up with more days if the simulated volume fell short, then keep exactly n.
+    while len(tx["amount"]) < n_transactions:
+        days += 7
+        start_ms = now_ms - days * DAY_MS - 3_600_000
+        sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms)
+        tx = sim.transactions
+    keep = slice(0, n_transactions)
+    tx = {k: v[keep] for k, v in tx.items()}
+    end_ms = int(tx["event_time"][-1])
+    kept_ids = set(tx["transaction_id"].tolist())
+
+    entries: list[tuple[int, str, bytes, bytes]] = []  # (time, topic, key, value)
+    tx_cols = [c for c in tx if c not in ("is_fraud", "fraud_scenario")]
+    for row in zip(*(tx[c].tolist() for c in tx_cols)):
+        rec = dict(zip(tx_cols, row))
+        entries.append((rec["event_time"], "transactions", rec["card_id"].encode(), orjson.dumps(rec)))
+
+    lab = sim.labels
+    for row in zip(*(lab[c].tolist() for c in lab)):
+        rec = dict(zip(lab, row))
+        if rec["label_time"] > end_ms:
+            continue  # not known yet at the end of the stream
+        if rec["stream"] == "transactions" and rec["event_id"] not in kept_ids:
+            continue
+        entries.append((rec["label_time"], "labels", str(rec.get("entity_id", "")).encode(), orjson.dumps(rec)))
+
+    counts = {"transactions": n_transactions}
+    for name, key_col in (("market", "instrument"), ("positions", "portfolio_id"), ("loan_applications", "customer_id")):
+        cols = getattr(sim, name)
+        if not cols:
+            continue
+        times = cols["event_time"]
+        sel = np.flatnonzero(times <= end_ms)
+        names = list(cols)
+        n = 0
+        for i in sel.tolist():
+            rec = {c: cols[c][i].item() if hasattr(cols[c][i], "item") else cols[c][i] for c in names}
+            entries.append((rec["event_time"], name, str(rec[key_col]).encode(), orjson.dumps(rec)))
+            n += 1
+        counts[name] = n
+    counts["labels"] = sum(1 for e in entries if e[1] == "labels")
+    bad = malformed_records(now_ms)
+    for j, value in enumerate(bad):
+        t = int(tx["event_time"][min(len(tx["event_time"]) - 1, (j + 1) * n_transactions // (len(bad) + 1))])
+        entries.append((t, "transactions", f"bad-{j}".encode(), value))
+    entries.sort(key=lambda e: e[0])
+    return DemoStream(
+        messages=[(t, k, v) for _, t, k, v in entries],
+        transactions=n_transactions,
+        loan_applications=counts.get("loan_applications", 0),
+        malformed=len(bad),
+        counts=counts,
+        fraud=int(np.sum(tx["is_fraud"])),
+    )
+
+
+class DecisionCounter:
+    """Counts decisions and alerts as they arrive on the output topics."""
+
+    def __init__(self, settings: Settings):
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.consumer = Consumer({**settings.kafka_client_config(), "group.id": f"demo-{os.getpid()}",
+                                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        parts = []
+        for name in ("decisions", "alerts", "dead_letters"):
+            topic = settings.topic(name)
+            meta = self.consumer.list_topics(topic, timeout=10).topics[topic]
+            parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
+        self.consumer.assign(parts)
+        self.topics = {settings.topic(n): n for n in ("decisions", "alerts", "dead_letters")}
+        self.counts = {"transactions": 0, "loan_applications": 0, "alerts": 0, "dead_letters": 0}
+        self.decisions: dict[str, int] = {}
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for m in self.consumer.consume(10000, timeout=0.1):
+                if m.error():
+                    continue
+                kind = self.topics[m.topic()]
+                if kind == "decisions":
+                    d = orjson.loads(m.value())
+                    self.counts[d["stream"]] = self.counts.get(d["stream"], 0) + 1
+                    self.decisions[d["decision"]] = self.decisions.get(d["decision"], 0) + 1
+                else:
+                    self.counts[kind] += 1
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def start_worker(settings: Settings, stack_state: dict, index: int = 0) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update({"RISKSTREAM_KAFKA_BOOTSTRAP": stack_state["kafka"],
+                "RISKSTREAM_REDIS_URL": stack_state["redis"],
+                "RISKSTREAM_DATA_DIR": str(settings.data_dir.resolve())})
+    log = settings.data_dir.resolve() / "logs" / f"worker-{index}.log"
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "riskstream", "worker"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> float:
+    t0 = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return time.monotonic() - t0
+
+
+def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) -> int:
+    from confluent_kafka import Producer
+
+    from riskstream.sinks.clickhouse import run_query
+
+    t_start = time.monotonic()
+    stream = build_stream(events)
+    _say(f"stream ready: {stream.transactions:,} transactions ({stream.fraud:,} fraudulent), "
+         + ", ".join(f"{v:,} {k}" for k, v in stream.counts.items() if k != "transactions")
+         + f", {stream.malformed} malformed records")
+    stack = EmbeddedStack(settings)
+    _say("starting the embedded stack ...")
+    stack.start(progress=lambda s: _say(f"  {s}"))
+    try:
+        state = settings.stack_state()
+        client_settings = settings.model_copy(update={"kafka_bootstrap": state["kafka"]})
+        # The demo's tables hold this run only, so counts below mean this run.
+        for table in ("decisions", "alerts", "limits", "dead_letters", "transactions", "labels",
+                      "market_ticks", "positions", "loan_applications", "model_quality"):
+            run_query(settings, f"TRUNCATE TABLE IF EXISTS {table}")
+        procs = [start_worker(settings, state, i) for i in range(workers)]
+        _say(f"started {workers} worker(s); logs in {settings.data_dir.resolve() / 'logs'}")
+        counter = DecisionCounter(client_settings)
+        producer = Producer({**client_settings.kafka_client_config(), "linger.ms": 5,
+                             "queue.buffering.max.messages": 2_000_000, "compression.type": "lz4"})
+        expected = stream.transactions + stream.loan_applications
+        produced = 0
+        t0 = time.monotonic()
+        pace = (len(stream.messages) / seconds) if seconds else 0.0
+        last_print = t0
+        last_decided = 0
+        it = iter(stream.messages)
+        done_producing = False
+        deadline_stall = 120.0
+        last_progress_at = time.monotonic()
+        while True:
+            # Produce what is due (all at once without --seconds).
+            due = len(stream.messages) if not pace else int((time.monotonic() - t0) * pace)
+            while not done_producing and produced < due:
+                try:
+                    topic, key, value = next(it)
+                except StopIteration:
+                    done_producing = True
+                    producer.flush(30)
+                    break
+                try:
+                    producer.produce(client_settings.topic(topic), value=value, key=key)
+                except BufferError:
+                    producer.poll(0.05)
+                    producer.produce(client_settings.topic(topic), value=value, key=key)
+                produced += 1
+                if produced % 20000 == 0:
+                    producer.poll(0)
+            if produced >= len(stream.messages) and not done_producing:
+                done_producing = True
+                producer.flush(30)
+            counter.poll(0.25)
+            decided = counter.counts["transactions"] + counter.counts["loan_applications"]
+            now = time.monotonic()
+            if decided != last_decided:
+                last_progress_at = now
+            if now - last_print >= 1.0 or decided >= expected:
+                rate = (decided - last_decided) / max(1e-6, now - last_print)
+                _say(f"[{now - t0:6.1f}s] produced {produced:>9,} | decided {decided:>9,}/{expected:,} "
+                     f"({rate:>8,.0f}/s) | alerts {counter.counts['alerts']:>7,} | dead letters "
+                     f"{counter.counts['dead_letters']:>3} | lag {expected - decided:>9,}")
+                last_print, last_decided = now, decided
+            if decided >= expected and done_producing:
+                break
+            if now - last_progress_at > deadline_stall:
+                _say(f"no progress for {deadline_stall:.0f}s; stopping. Look at the worker log in "
+                     f"{settings.data_dir.resolve() / 'logs'}")
+                break
+            if any(p.poll() is not None for p in procs):
+                _say(f"a worker exited (code {[p.poll() for p in procs]}); see {settings.data_dir.resolve() / 'logs'}")
+                break
+        elapsed = time.monotonic() - t0
+        counter.poll(1.0)
+        # Wait until ClickHouse holds what the topic shows.
+        stored = _wait_stored(settings, expected)
+        stop_s = max(stop_worker(p) for p in procs)
+        counter.close()
+        summary = run_query(settings, "SELECT stream, decision, count() AS n, round(avg(score), 3) AS avg_score "
+                            "FROM decisions FINAL GROUP BY stream, decision ORDER BY stream, n DESC").decode()
+        alerts = run_query(settings, "SELECT severity_level, count() AS n, round(sum(amount_at_risk)) AS amount "
+                           "FROM alerts FINAL GROUP BY severity_level ORDER BY n DESC").decode()
+        dead = int(run_query(settings, "SELECT count() FROM dead_letters FINAL", "tsv").split()[-1])
+    finally:
+        stack.stop()
+    decided = counter.counts["transactions"] + counter.counts["loan_applications"]
+    ok = stored == expected and dead >= stream.malformed
+    _say("")
+    print(f"riskstream demo: {stream.transactions:,} transactions and {stream.loan_applications:,} loan applications "
+          f"decided in {elapsed:.1f}s ({decided / max(elapsed, 1e-6):,.0f} decisions/s end to end, {workers} worker(s)).")
+    print(f"ClickHouse: {stored:,} decisions stored for {expected:,} decided events "
+          f"({'exactly one each' if stored == expected else 'MISMATCH'}); {dead} dead letters "
+          f"({stream.malformed} malformed records injected). Worker stopped in {stop_s:.1f}s.")
+    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts)
+    print(f"Data: {settings.data_dir.resolve()}. Look further with, for example:\n"
+          '  riskstream sql "SELECT decision, count() FROM decisions FINAL GROUP BY decision"\n'
+          '  riskstream sql "SELECT event_id, score, reasons FROM decisions FINAL WHERE decision = \'decline\' LIMIT 5"\n'
+          '  riskstream sql "SELECT error, payload FROM dead_letters FINAL"\n'
+          "  riskstream evaluate   (model quality against the labels)")
+    return 0 if ok else 1
+
+
+def _wait_stored(settings: Settings, expected: int, timeout: float = 60.0) -> int:
+    from riskstream.sinks.clickhouse import run_query
+
+    deadline = time.monotonic() + timeout
+    stored = -1
+    while time.monotonic() < deadline:
+        stored = int(run_query(settings, "SELECT count() FROM decisions FINAL", "tsv").split()[-1])
+        if stored >= expected:
+            return stored
+        time.sleep(0.5)
+    return stored
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    return run_demo(settings, args.events, args.seconds, args.workers)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="Run the whole engine on the embedded stack with a simulated stream.")
+    p.add_argument("--events", type=int, default=100_000, help="Transactions to simulate (default 100,000).")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="Spread production over this many seconds (default: as fast as the engine takes it).")
+    p.add_argument("--workers", type=int, default=1, help="Faust workers sharing the consumer group.")
+    p.set_defaults(run=_cmd_demo)

@@ -1,0 +1,218 @@
+"""Everything a worker knows and does, without a broker: the Faust agents and the offline
+replay call these methods with batches and publish what comes back.
+
+Poison records and outages are different things (STYLE.md): a record that cannot be decoded,
+or that makes scoring fail, becomes a dead letter with the reason and the batch goes on; an
+outage (broker, Redis, ClickHouse) raises, so that offsets are not committed and the records
+come again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from riskstream.schemas.events import (
+    DeadLetter, PanTokenizer, TransactionBatch, decode_rows, decode_transactions,
+)
+from riskstream.settings import ConfigError, Settings
+from riskstream.streams.pipeline import ScoredBatch, TransactionScorer, encode_outputs
+
+log = logging.getLogger("riskstream.engine")
+
+ROW_TABLES = {"market": "market_ticks", "positions": "positions",
+              "loan_applications": "loan_applications", "labels": "labels"}
+TIME_FIELDS = ("event_time", "label_time")
+
+
+def default_rules_text() -> tuple[str, str]:
+    path = resources.files("riskstream.rules").joinpath("default.yaml")
+    return path.read_text(), "rules/default.yaml"
+
+
+def load_rules_text(settings: Settings) -> tuple[str, str]:
+    if settings.rules_file:
+        path = Path(settings.rules_file)
+        if not path.exists():
+            raise ConfigError(f"rules_file {path}: not found (RISKSTREAM_RULES_FILE).")
+        return path.read_text(), str(path)
+    return default_rules_text()
+
+
+@dataclass
+class TransactionResult:
+    scored: ScoredBatch | None
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True):
+        from riskstream.detectors.features import FeatureEngine
+        from riskstream.rules.compiler import RuleSetHolder
+
+        self.settings = settings
+        self.tokenizer = PanTokenizer(settings.pan_key_bytes())
+        self.features = FeatureEngine()
+        if rules_holder is None:
+            rules_holder = RuleSetHolder(available_columns=self.rule_columns())
+            text, source = load_rules_text(settings)
+            rules_holder.load(text, source)
+        self.rules = rules_holder
+        models = None
+        self.credit = None
+        if with_models:
+            from riskstream.detectors.credit import CreditModel
+            from riskstream.detectors.fraud import FraudModels
+
+            models = FraudModels()
+            self.credit = CreditModel()
+        self.scorer = TransactionScorer(self.features, self.rules, models)
+        self.labels_learned = 0
+
+    def rule_columns(self) -> list[str]:
+        from riskstream.detectors.features import FEATURE_NAMES
+        from riskstream.schemas.events import TRANSACTION_OPTIONAL
+
+        return [*FEATURE_NAMES, "score", "card_id", "merchant_id", *TRANSACTION_OPTIONAL]
+
+    # ----------------------------------------------------------------------------------
+    def process_transactions(self, values: Sequence[bytes], partitions: Sequence[int] | None = None,
+                             offsets: Sequence[int] | None = None, topic: str = "transactions",
+                             now_ms: int | None = None) -> TransactionResult:
+        batch, dead = decode_transactions(
+            values, tokenizer=self.tokenizer, topic=topic, partitions=partitions, offsets=offsets,
+            max_message_bytes=self.settings.max_message_bytes, max_amount=self.settings.max_amount,
+            now_ms=now_ms,
+        )
+        return self.score_batch(batch, dead, values, topic)
+
+    def score_batch(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
+                    values: Sequence[bytes] | None = None, topic: str = "transactions") -> TransactionResult:
+        dead = dead if dead is not None else []
+        try:
+            return TransactionResult(self.scorer.process(batch), dead)
+        except Exception as exc:  # a poison batch: find the rows that fail, keep the rest
+            log.exception("scoring a batch of %d failed; retrying row by row", batch.n)
+            good: list[ScoredBatch] = []
+            for i in range(batch.n):
+                one = batch.take(np.asarray([i]))
+                try:
+                    good.append(self.scorer.process(one))
+                except Exception as row_exc:
+                    payload = _row_payload(one)
+                    dead.append(DeadLetter(topic, int(one.partition[0]), int(one.offset[0]),
+                                           f"processing failed: {type(row_exc).__name__}: {row_exc}",
+                                           self.tokenizer.mask(payload)))
+            if not good:
+                return TransactionResult(None, dead)
+            del exc
+            return TransactionResult(_concat_scored(good), dead)
+
+    def process_rows(self, stream: str, records: Sequence[tuple[bytes | None, int, int]],
+                     now_ms: int | None = None) -> tuple[list[dict], list[DeadLetter]]:
+        rows, dead = decode_rows(stream, records, tokenizer=self.tokenizer, topic=self.settings.topic(stream),
+                                 max_message_bytes=self.settings.max_message_bytes, now_ms=now_ms)
+        if stream == "labels" and rows:
+            self.learn(rows)
+        return rows, dead
+
+    def learn(self, labels: list[dict]) -> int:
+        learned = self.scorer.learn(labels)
+        tx = [r for r in labels if r["stream"] == "transactions" and r["is_positive"]]
+        if tx and hasattr(self.features, "apply_labels"):
+            self.features.apply_labels(
+                {"card": np.asarray([r["entity_id"] for r in tx], dtype=object)},
+                np.asarray([r["label_time"] for r in tx], dtype=np.int64),  # event time unknown here
+                np.asarray([r["label_time"] for r in tx], dtype=np.int64),
+                np.ones(len(tx), dtype=np.int8),
+            )
+        self.labels_learned += learned
+        return learned
+
+    def credit_decisions(self, rows: list[dict], now_ms: int | None = None) -> list[dict]:
+        """One decision per loan application."""
+        if not rows:
+            return []
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        prob, reasons = self.credit.score_rows(rows)
+        out = []
+        for row, p, why in zip(rows, prob, reasons):
+            p = float(p)
+            decision = "decline" if p >= 0.5 else "review" if p >= 0.25 else "approve"
+            out.append({
+                "event_id": row["application_id"], "stream": "loan_applications",
+                "entity_id": row["customer_id"], "event_time": row["event_time"] / 1000.0,
+                "decided_at": now_ms / 1000.0, "score": p, "decision": decision,
+                "reasons": list(why), "rules_version": "credit-policy-1",
+                "model_version": self.credit.version, "amount": row["amount"],
+            })
+        return out
+
+
+def rows_for_table(rows: list[dict]) -> list[bytes]:
+    """Validated dict rows -> JSON rows with times as seconds (how ClickHouse reads them)."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        for f in TIME_FIELDS:
+            if f in r:
+                r[f] = r[f] / 1000.0
+        out.append(orjson.dumps(r))
+    return out
+
+
+def _row_payload(one: TransactionBatch) -> bytes:
+    row = {k: (v[0].item() if hasattr(v[0], "item") else v[0]) for k, v in
+           (("transaction_id", one.transaction_id), ("event_time", one.event_time_ms), ("card_id", one.card_id),
+            ("merchant_id", one.merchant_id), ("amount", one.amount))}
+    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
+    first = parts[0]
+    idx_batches = [p.batch for p in parts]
+    batch = TransactionBatch(
+        transaction_id=np.concatenate([b.transaction_id for b in idx_batches]),
+        event_time_ms=np.concatenate([b.event_time_ms for b in idx_batches]),
+        card_id=np.concatenate([b.card_id for b in idx_batches]),
+        merchant_id=np.concatenate([b.merchant_id for b in idx_batches]),
+        amount=np.concatenate([b.amount for b in idx_batches]),
+        lat=np.concatenate([b.lat for b in idx_batches]),
+        lon=np.concatenate([b.lon for b in idx_batches]),
+        optional={k: np.concatenate([b.optional[k] for b in idx_batches]) for k in first.batch.optional},
+        partition=np.concatenate([b.partition for b in idx_batches]),
+        offset=np.concatenate([b.offset for b in idx_batches]),
+    )
+    return ScoredBatch(
+        batch=batch,
+        score=np.concatenate([p.score for p in parts]),
+        decision=np.concatenate([p.decision for p in parts]),
+        reasons=[r for p in parts for r in p.reasons],
+        rules_version=first.rules_version,
+        model_version=parts[-1].model_version,
+        alerts=[a for p in parts for a in p.alerts],
+        limits=[lim for p in parts for lim in p.limits],
+        decided_at_ms=first.decided_at_ms,
+    )
+
+
+def publish_transactions(publisher, result: TransactionResult) -> None:
+    """Hand one scored batch's outputs to the publisher (no flush)."""
+    if result.scored is not None and result.scored.n:
+        enc = encode_outputs(result.scored)
+        publisher.send("decisions", enc.decisions)
+        if enc.alerts:
+            publisher.send("alerts", enc.alerts)
+        if enc.limits:
+            publisher.send("limits", enc.limits)
+            publisher.limits(enc.redis_limits)
+        for table, rows in enc.sink_rows.items():
+            publisher.sink(table, rows)
+    publisher.dead_letters(result.dead)

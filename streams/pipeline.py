@@ -1,0 +1,325 @@
+"""The transaction path as plain functions over columnar batches: no broker, no I/O.
+
+    decode (schemas.events) -> features (numba) -> rules (numba) -> models (River)
+        -> decision -> encoded outputs (decisions, alerts, limits, ClickHouse rows)
+
+The Faust worker only moves batches through :class:`TransactionScorer` and publishes what
+:func:`encode_outputs` returns; tests and ``riskstream replay --offline`` call the same code.
+
+Decision precedence (first match wins), applied per transaction:
+1. an existing block on the card (a limit control issued earlier)  -> decline
+2. an active ``decline`` / ``block_card`` rule (deny lists, hard rules) -> decline
+3. an active ``allow`` rule (allow lists)                              -> approve
+4. model score >= decline threshold                                    -> decline
+5. an active ``review`` rule, or score >= review threshold             -> review
+6. an active ``step_up`` / ``cut_limit`` rule, or score >= step-up      -> step_up
+7. otherwise                                                           -> approve
+Shadow rules are evaluated and recorded in reasons as ``shadow:`` but never change the decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from riskstream.schemas.events import TransactionBatch
+
+DECISIONS = ("approve", "step_up", "review", "decline")
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    decline_score: float = 0.90
+    review_score: float = 0.60
+    step_up_score: float = 0.35
+    # A model decline this sure also blocks the card, so the next attempt is stopped at the
+    # transaction service from Redis without waiting for the engine.
+    block_score: float = 0.97
+    block_hours: float = 24.0
+    cut_limit_hours: float = 72.0
+    # Alerts: expected loss (score x amount) thresholds for the severity levels.
+    severity_levels: tuple[tuple[float, str], ...] = ((1000.0, "critical"), (250.0, "high"), (50.0, "medium"), (0.0, "low"))
+
+
+@dataclass
+class ScoredBatch:
+    batch: TransactionBatch
+    score: np.ndarray  # float32, risk probability
+    decision: np.ndarray  # object (str)
+    reasons: list[list[str]]
+    rules_version: str
+    model_version: str
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    decided_at_ms: int = 0
+
+    @property
+    def n(self) -> int:
+        return self.batch.n
+
+
+def _severity_level(expected_loss: float, policy: DecisionPolicy) -> str:
+    for threshold, name in policy.severity_levels:
+        if expected_loss >= threshold:
+            return name
+    return "low"
+
+
+class BlockList:
+    """Cards under a block or a cut limit issued by this engine, with their expiry (event time)."""
+
+    def __init__(self) -> None:
+        self.until_ms: dict[str, int] = {}
+        self.max_amount: dict[str, float] = {}
+
+    def apply(self, limit: dict[str, Any]) -> None:
+        until = int(limit["valid_until"] * 1000)
+        self.until_ms[limit["entity_id"]] = until
+        self.max_amount[limit["entity_id"]] = float(limit["max_amount"])
+
+    def violations(self, batch: TransactionBatch) -> np.ndarray:
+        """Rows whose card is blocked, or over its cut limit, at the row's event time."""
+        out = np.zeros(batch.n, dtype=bool)
+        if not self.until_ms:
+            return out
+        get = self.until_ms.get
+        for i, card in enumerate(batch.card_id):
+            until = get(card)
+            if until is not None and batch.event_time_ms[i] < until:
+                out[i] = batch.amount[i] > self.max_amount[card]
+        return out
+
+
+class TransactionScorer:
+    """Features, rules, models and the decision for transaction batches (state in memory)."""
+
+    def __init__(self, features, rules, models=None, policy: DecisionPolicy | None = None):
+        self.features = features  # detectors.features.FeatureEngine
+        self.rules = rules  # rules.compiler.RuleSetHolder
+        self.models = models  # detectors.fraud.FraudModels or None
+        self.policy = policy or DecisionPolicy()
+        self.blocks = BlockList()
+
+    def process(self, batch: TransactionBatch, now_ms: int | None = None) -> ScoredBatch:
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        n = batch.n
+        feats = self.features.compute(batch) if n else {}
+        names = list(feats)
+        if self.models is not None and n:
+            X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
+            scored = self.models.score(X, names)
+            score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
+            self.models.remember(batch.transaction_id, X, batch.event_time_ms)
+            model_version = self.models.version
+        else:
+            scored = None
+            score = np.zeros(n, dtype=np.float32)
+            model_version = "none"
+
+        ruleset = self.rules.current
+        columns: dict[str, np.ndarray] = dict(feats)
+        columns["score"] = score
+        columns["card_id"] = batch.card_id
+        columns["merchant_id"] = batch.merchant_id
+        columns.update(batch.optional)
+        outcome = ruleset.evaluate(columns) if n else None
+        decision, reasons, limits = self._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
+        out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,
+                          limits=limits, features=feats, decided_at_ms=now_ms)
+        out.alerts = self._alerts(out)
+        return out
+
+    # ----------------------------------------------------------------------------------
+    def _decide(self, batch, score, outcome, ruleset, scored, columns, now_ms):
+        n = batch.n
+        p = self.policy
+        decision = np.full(n, "approve", dtype=object)
+        reasons: list[list[str]] = [[] for _ in range(n)]
+        limits: list[dict[str, Any]] = []
+        if n == 0:
+            return decision, reasons, limits
+
+        hit_any = {a: np.zeros(n, dtype=bool) for a in ("decline", "block_card", "allow", "review", "step_up", "cut_limit")}
+        if outcome is not None and len(outcome.rule_ids):
+            active = ~np.asarray(outcome.shadow, dtype=bool)
+            for r, action in enumerate(outcome.actions):
+                if active[r] and action in hit_any:
+                    hit_any[action] |= outcome.hits[r]
+
+        blocked = self.blocks.violations(batch)
+        hard_decline = hit_any["decline"] | hit_any["block_card"] | blocked
+        allow = hit_any["allow"] & ~hard_decline
+        model_decline = (score >= p.decline_score) & ~hard_decline & ~allow
+        review = (hit_any["review"] | (score >= p.review_score)) & ~hard_decline & ~allow & ~model_decline
+        step_up = ((hit_any["step_up"] | hit_any["cut_limit"] | (score >= p.step_up_score))
+                   & ~hard_decline & ~allow & ~model_decline & ~review)
+        decision[step_up] = "step_up"
+        decision[review] = "review"
+        decision[model_decline | hard_decline] = "decline"
+
+        # Reasons only where something fired: rendering text costs, most rows are clean.
+        hit_rows = np.zeros(n, dtype=bool)
+        if outcome is not None and len(outcome.rule_ids):
+            hit_rows |= outcome.hits.any(axis=0)
+        flagged = hit_rows | blocked | (score >= p.step_up_score)
+        for i in np.flatnonzero(flagged):
+            row: list[str] = []
+            if blocked[i]:
+                row.append(f"LIMIT_BLOCK: card is under a limit control issued earlier "
+                           f"(max amount {self.blocks.max_amount.get(batch.card_id[i], 0):g})")
+            if outcome is not None and hit_rows[i]:
+                row.extend(("shadow:" if r.shadow else "") + f"{r.code}: {r.text}" for r in outcome.reasons(i))
+            if score[i] >= p.step_up_score:
+                text = f"MODEL_SCORE: fraud probability {score[i]:.2f}"
+                if scored is not None:
+                    contrib = scored.top_contributions(i, k=3)
+                    if contrib:
+                        text += " (" + "; ".join(contrib) + ")"
+                row.append(text)
+            reasons[i] = row
+
+        # Limit controls: rule-issued blocks/cuts, and blocks for near-certain model declines.
+        limit_rows = np.flatnonzero(hit_any["block_card"] | hit_any["cut_limit"] | (score >= p.block_score))
+        for i in limit_rows:
+            card = batch.card_id[i]
+            is_block = bool(hit_any["block_card"][i] or score[i] >= p.block_score)
+            hours = p.block_hours if is_block else p.cut_limit_hours
+            rule_hours = [float(prm["hours"]) for _, act, prm in (outcome.limit_controls(i) if outcome else [])
+                          if "hours" in prm and (act == "block_card") == is_block]
+            hours = max(rule_hours) if rule_hours else hours
+            max_amount = 0.0 if is_block else _cut_limit_amount(outcome, i, batch.amount[i])
+            limit = {
+                "entity_type": "card",
+                "entity_id": card,
+                "action": "block" if is_block else "cut_limit",
+                "max_amount": max_amount,
+                "valid_until": (int(batch.event_time_ms[i]) + int(hours * 3_600_000)) / 1000.0,
+                "reason": (reasons[i][0] if reasons[i] else "MODEL_SCORE")[:500],
+                "event_id": batch.transaction_id[i],
+                "issued_at": now_ms / 1000.0,
+                "rules_version": ruleset.version,
+            }
+            limits.append(limit)
+            self.blocks.apply(limit)
+        return decision, reasons, limits
+
+    def _alerts(self, out: ScoredBatch) -> list[dict[str, Any]]:
+        alerts = []
+        rows = np.flatnonzero(out.decision != "approve")
+        b = out.batch
+        for i in rows:
+            likelihood = float(out.score[i])
+            if out.decision[i] == "decline" and likelihood < 0.5:
+                likelihood = max(likelihood, 0.9)  # a hard rule decline is near-certain by policy
+            amount = float(b.amount[i])
+            expected_loss = likelihood * amount
+            alerts.append({
+                "alert_id": f"{b.transaction_id[i]}:{out.decision[i]}",
+                "event_id": b.transaction_id[i],
+                "stream": "transactions",
+                "entity_id": b.card_id[i],
+                "event_time": int(b.event_time_ms[i]) / 1000.0,
+                "raised_at": out.decided_at_ms / 1000.0,
+                "kind": f"fraud_{out.decision[i]}",
+                "severity": expected_loss,
+                "severity_level": _severity_level(expected_loss, self.policy),
+                "score": float(out.score[i]),
+                "amount_at_risk": amount,
+                "reasons": out.reasons[i],
+                "rules_version": out.rules_version,
+            })
+        return alerts
+
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        """Late outcomes: model learning and label-driven features. Returns events learned."""
+        tx = [r for r in labels if r["stream"] == "transactions"]
+        if not tx:
+            return 0
+        learned = 0
+        if self.models is not None:
+            learned = self.models.learn_from_labels(
+                np.asarray([r["event_id"] for r in tx], dtype=object),
+                np.asarray([r["is_positive"] for r in tx], dtype=np.int8),
+                np.asarray([r["label_time"] for r in tx], dtype=np.int64),
+            )
+        return learned
+
+
+def _cut_limit_amount(outcome, i: int, amount: float) -> float:
+    """The lowest max_amount among the active cut_limit rules hit, else half this amount."""
+    amounts = [float(params["limit"]) for _, action, params in (outcome.limit_controls(i) if outcome else [])
+               if action == "cut_limit" and "limit" in params]
+    return min(amounts) if amounts else float(max(1.0, math.floor(amount / 2)))
+
+
+# --------------------------------------------------------------------------------------
+# Encoding: one place decides what every output looks like
+# --------------------------------------------------------------------------------------
+@dataclass
+class EncodedOutputs:
+    decisions: list[tuple[bytes, bytes]]  # (key, value) for the decisions topic
+    alerts: list[tuple[bytes, bytes]]
+    limits: list[tuple[bytes, bytes]]
+    sink_rows: dict[str, list[bytes]]  # table -> JSON rows
+    redis_limits: list[dict[str, Any]]
+
+
+def decision_rows(scored: ScoredBatch) -> list[bytes]:
+    b = scored.batch
+    dumps = orjson.dumps
+    decided_at = scored.decided_at_ms / 1000.0
+    ev = (b.event_time_ms / 1000.0).tolist()
+    score = scored.score.tolist()
+    amount = b.amount.tolist()
+    rv, mv = scored.rules_version, scored.model_version
+    return [
+        dumps({
+            "event_id": tid, "stream": "transactions", "entity_id": card, "event_time": t,
+            "decided_at": decided_at, "score": s, "decision": d, "reasons": r,
+            "rules_version": rv, "model_version": mv, "amount": a,
+        })
+        for tid, card, t, s, d, r, a in zip(b.transaction_id.tolist(), b.card_id.tolist(), ev, score,
+                                           scored.decision.tolist(), scored.reasons, amount)
+    ]
+
+
+def transaction_rows(scored: ScoredBatch) -> list[bytes]:
+    b = scored.batch
+    o = b.optional
+    dumps = orjson.dumps
+    cols = zip(
+        b.transaction_id.tolist(), (b.event_time_ms / 1000.0).tolist(), b.card_id.tolist(), b.merchant_id.tolist(),
+        o["terminal_id"].tolist(), o["customer_id"].tolist(), b.amount.tolist(), o["currency"].tolist(),
+        o["country"].tolist(), o["channel"].tolist(), o["mcc"].tolist(), o["device_id"].tolist(), o["ip"].tolist(),
+        o["account_id"].tolist(), np.nan_to_num(b.lat).tolist(), np.nan_to_num(b.lon).tolist(),
+        scored.score.tolist(), scored.decision.tolist(), b.partition.tolist(), b.offset.tolist(),
+    )
+    keys = ("transaction_id", "event_time", "card_id", "merchant_id", "terminal_id", "customer_id", "amount",
+            "currency", "country", "channel", "mcc", "device_id", "ip", "account_id", "lat", "lon", "score",
+            "decision", "partition", "offset")
+    return [dumps(dict(zip(keys, row))) for row in cols]
+
+
+def encode_outputs(scored: ScoredBatch) -> EncodedOutputs:
+    decisions = decision_rows(scored)
+    keys = [c.encode() for c in scored.batch.card_id.tolist()]
+    alerts = [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in scored.alerts]
+    limits = [orjson.dumps(lim, option=orjson.OPT_SERIALIZE_NUMPY) for lim in scored.limits]
+    return EncodedOutputs(
+        decisions=list(zip(keys, decisions)),
+        alerts=[(a["entity_id"].encode(), v) for a, v in zip(scored.alerts, alerts)],
+        limits=[(lim["entity_id"].encode(), v) for lim, v in zip(scored.limits, limits)],
+        sink_rows={
+            "decisions": decisions,
+            "transactions": transaction_rows(scored),
+            "alerts": alerts,
+            "limits": limits,
+        },
+        redis_limits=scored.limits,
+    )

@@ -1,0 +1,327 @@
+"""The Faust worker: thin agents that move batches through :class:`~riskstream.streams.engine.Engine`.
+
+Transactions do not go through Faust's per-event stream (~35 µs of framework per event caps
+a process near 10k events/s, FACTS.md). A :class:`TransactionReader` service reads the
+``transactions`` and ``labels`` topics with aiokafka's batch API (``getmany``) and sends one
+envelope per batch into an in-memory Faust channel; the ``score_transactions`` agent scores
+the whole batch, publishes, flushes, and only then are the batch's offsets committed.
+Transactions and labels share one consumer group with the range assignor, so partition *p*
+of both topics (keyed by card) lands on the same worker, where that card's features and
+decision-time snapshots live.
+
+Market ticks, positions and loan applications are lower-volume: ordinary Faust agents over
+``take_events`` batches, with market prices and positions kept in Faust tables (changelog
+topics, so state follows partitions). Rule sets arrive on the one-partition ``rules`` topic,
+which every worker reads whole (no group), and are swapped in without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from riskstream.settings import Settings, load_settings
+
+log = logging.getLogger("riskstream.worker")
+
+
+@dataclass
+class BatchEnvelope:
+    """One fetched batch on its way through the scoring agent."""
+
+    transactions: list[Any] = field(default_factory=list)  # aiokafka ConsumerRecords
+    labels: list[Any] = field(default_factory=list)
+    done: asyncio.Future | None = None
+
+
+def build_app(settings: Settings, engine=None):
+    """Create the Faust app with its agents, tables and services for these settings."""
+    import faust
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+    from mode import Service
+
+    from riskstream.streams.engine import Engine, publish_transactions, rows_for_table
+    from riskstream.streams.outputs import OutputPublisher, connect_redis
+
+    engine = engine or Engine(settings)
+    redis_client = connect_redis(settings)
+    publisher = OutputPublisher(settings, redis_client=redis_client)
+    servers = settings.kafka_servers().split(",")
+    data_dir = settings.data_dir.resolve() / "faust" / f"worker-{os.getpid()}"
+    credentials = None
+    if settings.kafka_sasl_mechanism:
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    elif settings.kafka_security_protocol == "SSL":
+        from aiokafka.helpers import create_ssl_context
+
+        credentials = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
+    app = faust.App(
+        f"{settings.topic_prefix}riskstream",
+        broker=[f"kafka://{s}" for s in servers],
+        broker_credentials=credentials,
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        store="memory://",
+        datadir=str(data_dir),
+        web_enabled=False,
+        broker_session_timeout=settings.session_timeout_ms / 1000,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_ms / 6000),
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,  # a stuck agent must not hang shutdown (FACTS.md)
+        producer_linger=0.002,
+    )
+    app.engine = engine
+    app.publisher = publisher
+    app.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
+    batches = app.channel(maxsize=2)
+
+    def topic(name: str):
+        return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw",
+                         partitions=settings.topic_partitions)
+
+    # State kept for the market-risk and credit detectors of later issues.
+    last_price = app.Table("market_last_price", default=dict, partitions=settings.topic_partitions,
+                           key_serializer="raw", value_serializer="json")
+    position_state = app.Table("portfolio_positions", default=dict, partitions=settings.topic_partitions,
+                               key_serializer="raw", value_serializer="json")
+
+    loop_executor = None  # default executor: flush() blocks on broker acks
+
+    async def flush() -> None:
+        await asyncio.get_running_loop().run_in_executor(loop_executor, publisher.flush)
+
+    # --------------------------------------------------------------------------------
+    @app.agent(batches)
+    async def score_transactions(stream):
+        async for envelope in stream:
+            try:
+                n = _score_envelope(envelope)
+                await flush()
+            except BaseException as exc:
+                envelope.done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                envelope.done.set_result(n)
+
+    def _score_envelope(envelope: BatchEnvelope) -> int:
+        if envelope.labels:
+            recs = [(m.value, m.partition, m.offset) for m in envelope.labels]
+            rows, dead = engine.process_rows("labels", recs)
+            publisher.sink("labels", rows_for_table(rows))
+            publisher.dead_letters(dead)
+            app.stats["labels"] += len(rows)
+        if envelope.transactions:
+            msgs = envelope.transactions
+            result = engine.process_transactions(
+                [m.value for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs],
+                topic=settings.topic("transactions"),
+            )
+            publish_transactions(publisher, result)
+            app.stats["transactions"] += len(msgs)
+            app.stats["dead_letters"] += len(result.dead)
+        app.stats["batches"] += 1
+        return len(envelope.transactions)
+
+    # --------------------------------------------------------------------------------
+    @app.service
+    class TransactionReader(Service):
+        """Batch reader for transactions + labels; commits after each batch is published."""
+
+        async def on_start(self) -> None:
+            self.consumer = AIOKafkaConsumer(
+                settings.topic("transactions"), settings.topic("labels"),
+                **settings.aiokafka_config(),
+                group_id=f"{settings.topic_prefix}{settings.consumer_group}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=max(300, settings.session_timeout_ms // 6),
+                max_partition_fetch_bytes=8 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
+                partition_assignment_strategy=(RangePartitionAssignor,),
+            )
+            await self.consumer.start()
+            self.tx_topic = settings.topic("transactions")
+
+        async def on_stop(self) -> None:
+            _start_shutdown_watchdog(settings.shutdown_timeout_s + 1.5)
+            try:
+                await asyncio.wait_for(self.consumer.stop(), timeout=settings.shutdown_timeout_s / 2)
+            except (asyncio.TimeoutError, Exception) as exc:  # bounded stop, offsets already committed
+                log.warning("consumer stop: %s", exc)
+            try:
+                publisher.flush(timeout=settings.shutdown_timeout_s / 2)
+            except Exception as exc:
+                log.warning("final flush: %s", exc)
+
+        @Service.task
+        async def _read(self) -> None:
+            loop = asyncio.get_running_loop()
+            while not self.should_stop:
+                data = await self.consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
+                if not data:
+                    continue
+                envelope = BatchEnvelope(done=loop.create_future())
+                commit: dict[TopicPartition, int] = {}
+                for tp, records in data.items():
+                    if tp.topic == self.tx_topic:
+                        envelope.transactions.extend(records)
+                    else:
+                        envelope.labels.extend(records)
+                    commit[tp] = records[-1].offset + 1
+                await batches.send(value=envelope)
+                try:
+                    await envelope.done
+                except Exception as exc:
+                    # Publishing failed (broker/Redis outage): do not commit; rewind so the
+                    # same records come again, after a pause.
+                    log.error("batch not published (%s); will retry from the last commit", exc)
+                    for tp in commit:
+                        committed = await self.consumer.committed(tp)
+                        if committed is None:
+                            await self.consumer.seek_to_beginning(tp)
+                        else:
+                            self.consumer.seek(tp, committed)
+                    await asyncio.sleep(1.0)
+                    continue
+                await self.consumer.commit(commit)
+
+    # --------------------------------------------------------------------------------
+    @app.service
+    class RuleWatcher(Service):
+        """Every worker reads the whole rules topic (no consumer group) and hot-swaps rule sets."""
+
+        async def on_start(self) -> None:
+            self.consumer = AIOKafkaConsumer(**settings.aiokafka_config(), group_id=None,
+                                             enable_auto_commit=False, auto_offset_reset="earliest")
+            await self.consumer.start()
+            self.consumer.assign([TopicPartition(settings.topic("rules"), 0)])
+
+        async def on_stop(self) -> None:
+            try:
+                await asyncio.wait_for(self.consumer.stop(), timeout=2)
+            except Exception:
+                pass
+
+        @Service.task
+        async def _watch(self) -> None:
+            while not self.should_stop:
+                data = await self.consumer.getmany(timeout_ms=500)
+                latest = None
+                for records in data.values():
+                    if records:
+                        latest = records[-1]
+                if latest is None:
+                    continue
+                try:
+                    published = orjson.loads(latest.value)
+                    engine.rules.load_async(published["text"], published.get("source_name", "rules topic"))
+                    log.warning("rule set %s from %s: compiling", published.get("version"),
+                                published.get("source_name"))
+                except Exception as exc:
+                    log.error("ignoring unreadable rule set on the rules topic: %s", exc)
+
+    # --------------------------------------------------------------------------------
+    async def _store(stream_name: str, events) -> list[dict]:
+        recs = [(e.value, e.message.partition, e.message.offset) for e in events]
+        rows, dead = engine.process_rows(stream_name, recs)
+        publisher.sink(_table(stream_name), rows_for_table(rows))
+        publisher.dead_letters(dead)
+        app.stats["rows"] += len(rows)
+        app.stats["dead_letters"] += len(dead)
+        return rows
+
+    @app.agent(topic("market"))
+    async def market_ticks(stream):
+        async for events in stream.take_events(1000, within=0.2):
+            for row in await _store("market", events):
+                last_price[row["instrument"].encode()] = {"price": row["price"], "event_time": row["event_time"]}
+            await flush()
+
+    @app.agent(topic("positions"))
+    async def positions(stream):
+        async for events in stream.take_events(1000, within=0.2):
+            for row in await _store("positions", events):
+                key = f"{row['portfolio_id']}|{row['instrument']}".encode()
+                position_state[key] = {"quantity": row["quantity"], "price": row["price"],
+                                       "event_time": row["event_time"]}
+            await flush()
+
+    @app.agent(topic("loan_applications"))
+    async def loan_applications(stream):
+        async for events in stream.take_events(1000, within=0.2):
+            rows = await _store("loan_applications", events)
+            decisions = engine.credit_decisions(rows)
+            encoded = [orjson.dumps(d) for d in decisions]
+            publisher.send("decisions", ((d["entity_id"].encode(), v) for d, v in zip(decisions, encoded)))
+            publisher.sink("decisions", encoded)
+            await flush()
+
+    return app
+
+
+def _table(stream: str) -> str:
+    from riskstream.streams.engine import ROW_TABLES
+
+    return ROW_TABLES[stream]
+
+
+_watchdog_started = threading.Event()
+
+
+def _start_shutdown_watchdog(seconds: float) -> None:
+    """Bound the stop: if Faust's shutdown hangs (FACTS.md), leave anyway. Offsets are only
+    committed after a flush, so leaving early repeats work, it never loses it."""
+    if _watchdog_started.is_set():
+        return
+    _watchdog_started.set()
+
+    def _bite() -> None:
+        time.sleep(seconds)
+        sys.stderr.write(f"riskstream worker: shutdown took over {seconds:.1f}s; exiting\n")
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=_bite, daemon=True, name="shutdown-watchdog").start()
+
+
+def run_worker(settings: Settings) -> int:
+    import faust
+
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_app(settings)
+    print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.engine.rules.current.version}, "
+          f"batches up to {settings.batch_max_events}", flush=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    return run_worker(settings)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("worker", help="Run a Faust worker against the configured (or embedded) stack.")
+    p.set_defaults(run=_cmd_worker)

@@ -600,3 +600,22 @@ def test_publish_and_history_against_tansu(broker, tmp_path) -> None:
         assert compiled.version == first["version"]
     finally:
         holder.close()
+
+
+def test_empty_batch_and_missing_column() -> None:
+    compiled = compile_rule_set(validate_rule_set(rule_set_yaml("amount > 5 and country in deny"), "t.yaml"), COLUMNS)
+    empty = {"amount": np.zeros(0), "country": np.zeros(0, dtype=object)}
+    assert compiled.evaluate(empty).hits.shape == (1, 0)
+    with pytest.raises(KeyError, match="batch has no column 'country'"):
+        compiled.evaluate({"amount": np.zeros(3)})
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import riskstream.rules.compiler
+    import riskstream.rules.language
+
+    for module in (riskstream.rules.language, riskstream.rules.compiler):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

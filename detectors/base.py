@@ -159,7 +159,7 @@ def check_detector(factory: Callable[[], Detector], seed: int = 7) -> None:
     name = getattr(det, "name", factory)
     d = len(det.feature_names)
     assert d > 0, f"{name}: no feature names"
-    X, y = _toy_problem(rng, 4000, d)
+    X, y = _toy_problem(rng, 20_000, d)
     X_test, y_test = _toy_problem(rng, 2000, d)
 
     def valid(scores: np.ndarray, n: int, what: str) -> None:
@@ -176,8 +176,8 @@ def check_detector(factory: Callable[[], Detector], seed: int = 7) -> None:
     v0 = det.version
 
     # Learn in mini-batches, the way the worker feeds it.
-    for start in range(0, len(X), 500):
-        det.learn_many(X[start:start + 500], y[start:start + 500] if det.supervised else None)
+    for start in range(0, len(X), 1000):
+        det.learn_many(X[start:start + 1000], y[start:start + 1000] if det.supervised else None)
     assert det.version != v0, f"{name}: version did not change after learning"
     after = det.score_many(X_test)
     valid(after, len(X_test), "trained")

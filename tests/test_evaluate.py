@@ -1,0 +1,126 @@
+"""Quality metrics against scikit-learn / plain Python, and `riskstream evaluate` on chDB."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import orjson
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_auc_and_average_precision_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 3000))
+    y = (rng.random(n) < rng.uniform(0.01, 0.5)).astype(int)
+    y[0], y[1] = 0, 1  # both classes present
+    # Rounded scores: many ties, which is where hand-written metrics usually go wrong.
+    score = np.round(rng.random(n) + 0.5 * y * rng.random(n), int(rng.integers(1, 4)))
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert average_precision(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+
+
+def test_metrics_are_nan_without_both_classes():
+    assert math.isnan(roc_auc(np.zeros(5), np.arange(5)))
+    assert math.isnan(average_precision(np.zeros(5), np.arange(5)))
+    assert roc_auc(np.array([0, 1]), np.array([0.2, 0.1])) == 0.0
+
+
+def _card_precision_reference(day, card, score, fraud, k):
+    best: dict = defaultdict(lambda: -math.inf)
+    frauded: dict = defaultdict(int)
+    for d, c, s, f in zip(day.tolist(), card.tolist(), score.tolist(), fraud.tolist()):
+        best[(d, c)] = max(best[(d, c)], s)
+        frauded[(d, c)] = max(frauded[(d, c)], f)
+    per_day = []
+    for d in sorted(set(day.tolist())):
+        cards = sorted((c for (dd, c) in best if dd == d), key=lambda c: -best[(d, c)])
+        per_day.append(sum(frauded[(d, c)] for c in cards[:k]) / k)
+    return sum(per_day) / len(per_day)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_card_precision_at_k_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 4000
+    day = rng.integers(0, 7, n)
+    card = np.array([f"card{c}" for c in rng.integers(0, 400, n)], dtype=object)
+    score = rng.random(n)  # continuous: no ties, so the top k is unambiguous
+    fraud = (rng.random(n) < 0.05 + 0.3 * score * (score > 0.8)).astype(np.int8)
+    for k in (1, 10, 100):
+        assert card_precision_at_k(day, card, score, fraud, k) == pytest.approx(
+            _card_precision_reference(day, card, score, fraud, k), abs=1e-12)
+
+
+def test_card_precision_counts_a_card_once_per_day():
+    # card a: two frauds on day 0 is still one frauded card; day 1 has only 1 card for k=2.
+    day = np.array([0, 0, 0, 1])
+    card = np.array(["a", "a", "b", "a"])
+    score = np.array([0.9, 0.8, 0.1, 0.5])
+    fraud = np.array([1, 1, 0, 1])
+    assert card_precision_at_k(day, card, score, fraud, k=2) == pytest.approx((1 / 2 + 1 / 2) / 2)
+
+
+# ----------------------------------------------------------------------------------------
+# riskstream evaluate against a chDB directory filled here
+# ----------------------------------------------------------------------------------------
+DAY_S = 86_400
+JAN1 = 1_704_067_200  # 2024-01-01T00:00Z
+
+
+def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
+    from riskstream.cli import main
+    from riskstream.settings import Settings
+    from riskstream.sinks.clickhouse import ensure_schema, open_client
+
+    rng = np.random.default_rng(3)
+    n = 600
+    t = JAN1 + rng.uniform(0, 3 * DAY_S, n)
+    card = np.array([f"c{i}" for i in rng.integers(0, 80, n)])
+    fraud = rng.random(n) < 0.1
+    score = np.clip(rng.random(n) * 0.6 + 0.4 * fraud, 0, 1).astype(np.float32)
+    decisions = [
+        {"event_id": f"t{i}", "stream": "transactions", "entity_id": card[i], "event_time": float(t[i]),
+         "decided_at": float(t[i]) + 0.01, "score": float(score[i]), "decision": "approve", "reasons": [],
+         "rules_version": "r1", "model_version": "fraud-lr0-z0", "amount": 10.0}
+        for i in range(n)
+    ]
+    # A decision outside the window and one on another stream must not count.
+    decisions.append({**decisions[0], "event_id": "late", "event_time": JAN1 + 5 * DAY_S, "decided_at": JAN1 + 5 * DAY_S})
+    decisions.append({**decisions[0], "event_id": "loan1", "stream": "loan_applications"})
+    # Re-delivered decision (same key): FINAL keeps one row.
+    decisions.append({**decisions[1], "decided_at": decisions[1]["decided_at"] + 1})
+    labels = [{"event_id": f"t{i}", "stream": "transactions", "label": "chargeback", "is_positive": 1,
+               "label_time": float(t[i]) + 3 * DAY_S, "entity_id": card[i], "source": "issuer"}
+              for i in np.nonzero(fraud)[0]]
+    labels += [{"event_id": "t0", "stream": "transactions", "label": "analyst_legit", "is_positive": 0,
+                "label_time": float(t[0]) + 3600, "entity_id": card[0], "source": "analyst"}]
+
+    settings = Settings(data_dir=tmp_path)
+    client = open_client(settings)
+    ensure_schema(client)
+    client.raw_insert("decisions", None, b"\n".join(orjson.dumps(r) for r in decisions), fmt="JSONEachRow")
+    client.raw_insert("labels", None, b"\n".join(orjson.dumps(r) for r in labels), fmt="JSONEachRow")
+    client.close()
+
+    monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
+    assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03"]) == 0
+    out = capsys.readouterr().out
+    assert f"Decisions 2024-01-01 .. 2024-01-03 (stream 'transactions'): {n:,}" in out
+    assert f"frauds: {int(fraud.sum()):,}" in out
+    auc = roc_auc(fraud, score)
+    ap = average_precision(fraud, score)
+    cp = card_precision_at_k((t // DAY_S).astype(int), card, score, fraud, k=100)
+    assert f"ROC AUC                 {auc:.3f}" in out
+    assert f"average precision       {ap:.3f}" in out
+    assert f"Card Precision@100/day  {cp:.3f}" in out
+    assert "Next:" in out
+
+    # An empty window says so and points somewhere.
+    assert main(["evaluate", "--from", "2023-01-01", "--to", "2023-01-02"]) == 1
+    assert "Nothing to evaluate" in capsys.readouterr().out

@@ -60,13 +60,23 @@ consumer is a local view of the traffic it sees.
 from __future__ import annotations
 
 import io
-import sys
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from riskstream.detectors.kernels import KERNELS, StepInput, assign_last, calendar, fresh_state
+from riskstream.detectors.kernels import (
+    KERNELS,
+    StepInput,
+    assign_last,
+    calendar,
+    calendar_reference,
+    fresh_state,
+    hash_ids,
+    index_delete,
+    index_insert,
+    index_probe,
+    stable_hash64_reference,
+)
 from riskstream.schemas.events import TransactionBatch
 
 # Entity type -> TransactionBatch column; order = order of resolution.
@@ -80,6 +90,7 @@ ENTITY_COLUMNS: dict[str, str] = {
     "customer": "customer_id",
 }
 LABELLED_ENTITIES = ("card", "merchant", "terminal")
+SNAPSHOT_FORMAT = 2
 # Members that are attributes, not tracked entities: coded by a stable hash of the value.
 ATTRIBUTE_COLUMNS = {"country": "country"}
 
@@ -148,35 +159,76 @@ _ALL_ROWS, _STEP_ROW, _FEATURE_ROWS = _layout()
 FEATURE_NAMES: tuple[str, ...] = tuple(_ALL_ROWS[r] for r in _FEATURE_ROWS)
 
 
+def id_hashes(values: np.ndarray) -> np.ndarray:
+    """64-bit hashes of an object array of id strings ("" -> 0), in one C join plus one
+    jitted pass instead of a Python call per id."""
+    items = values.tolist()
+    n = len(items)
+    out = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return out
+    blob = "".join(items).encode()
+    ends = np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=n))
+    if len(blob) != ends[-1]:  # non-ASCII ids: offsets must count bytes, not characters
+        encoded = [v.encode() for v in items]
+        blob = b"".join(encoded)
+        ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n))
+    hash_ids(np.frombuffer(blob, dtype=np.uint8), ends, out)
+    return out
+
+
+def member_codes(hashes: np.ndarray) -> np.ndarray:
+    """int32 codes kept in rings and recent sets: the hash's low half, 0 only for absent."""
+    codes = (hashes & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+    codes[(codes == 0) & (hashes != 0)] = 1
+    return codes
+
+
 def stable_code(value: str) -> int:
-    """Process-independent int32 code of an id (Python's str hash is salted per process and
-    codes travel in snapshots); 0 is reserved for absent."""
-    h = zlib.crc32(value.encode())
-    h = h - (1 << 32) if h >= 1 << 31 else h
-    return h or 1
+    """member_codes of one id, in plain Python (the references use it)."""
+    h = stable_hash64_reference(value)
+    c = h & 0xFFFFFFFF
+    c = c - (1 << 32) if c >= 1 << 31 else c
+    return 1 if (c == 0 and h != 0) else c
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(4, (n - 1).bit_length())
 
 
 class EntityTable:
-    """Id -> slot map of one entity type, with the state arrays of its plan steps."""
+    """Slots of one entity type: a hash index (id hash -> slot) and the state arrays of its
+    plan steps. A slot is live when its hash is nonzero. Ids themselves are not kept: the
+    hash identifies the entity, in memory and in snapshots."""
 
     def __init__(self, name: str, max_entities: int, steps: list[Step], initial: int = 1024):
         self.name = name
         self.max_entities = max_entities
         self.steps = steps
-        self.index: dict[str, int] = {"": -1}  # "" resolves to absent without a miss
         self.capacity = max(1, min(initial, max_entities))
         self.used = 0  # slots [0, used) have been handed out at least once
+        self.n_live = 0
         self.free: list[int] = []
-        self.ids = np.full(self.capacity, None, dtype=object)
-        self.live = np.zeros(self.capacity, dtype=np.bool_)
+        self.hash = np.zeros(self.capacity, dtype=np.int64)
         self.partition = np.full(self.capacity, -1, dtype=np.int32)
-        self.code = np.zeros(self.capacity, dtype=np.int32)
         self.states = {s.state_key: fresh_state(KERNELS[s.kernel], s.params, self.capacity) for s in steps}
         self._blank = {s.state_key: fresh_state(KERNELS[s.kernel], s.params, 1)[0] for s in steps}
+        self.index = self._new_index(2 * self.capacity)
         self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self.index) - 1
+        return self.n_live
+
+    @staticmethod
+    def _new_index(entries: int) -> np.ndarray:
+        # at most half full, so probe chains stay ~1-2 rows
+        index = np.zeros((_pow2_at_least(2 * entries), 2), dtype=np.int64)
+        index[:, 1] = -1
+        return index
+
+    @property
+    def live(self) -> np.ndarray:
+        return self.hash[: self.used] != 0
 
     @property
     def last_seen_ms(self) -> np.ndarray:
@@ -184,59 +236,55 @@ class EntityTable:
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Slots of known ids, -1 for unknown or absent; creates nothing."""
-        get = self.index.get
-        return np.array([get(k, -1) for k in ids.tolist()], dtype=np.int64)
+        slots = np.empty(len(ids), dtype=np.int64)
+        index_probe(id_hashes(ids), self.index, slots)
+        slots[slots == -2] = -1
+        return slots
 
     def resolve(self, ids: np.ndarray) -> np.ndarray:
-        """Slots of ids, creating the new ones (evicting if full)."""
-        keys = ids.tolist()
-        get = self.index.get
-        slots = [get(k, -2) for k in keys]
-        if -2 in slots:
-            self._insert_missing(keys, slots)
-        return np.array(slots, dtype=np.int64)
+        """Slots of ids (-1 for ""), creating the new ones (evicting if full)."""
+        return self.resolve_hashes(id_hashes(ids))
 
-    def _insert_missing(self, keys: list, slots: list) -> None:
-        miss = [i for i, s in enumerate(slots) if s == -2]
-        new_ids = list(dict.fromkeys(keys[i] for i in miss))
-        if len(self) + len(new_ids) > self.max_entities:
-            known = np.array(slots, dtype=np.int64)
-            self._make_room(len(new_ids), known[known >= 0])
-        new_slots = self._allocate(len(new_ids))
-        index = self.index
-        for key, s in zip(new_ids, new_slots.tolist()):
-            index[key] = s
-        self.ids[new_slots] = np.array(new_ids + [None], dtype=object)[:-1]  # keep str objects, no 'U' cast
-        self.live[new_slots] = True
-        self.code[new_slots] = [stable_code(k) for k in new_ids]
-        for i in miss:
-            slots[i] = index[keys[i]]
+    def resolve_hashes(self, hashes: np.ndarray) -> np.ndarray:
+        slots = np.empty(len(hashes), dtype=np.int64)
+        if index_probe(hashes, self.index, slots):
+            missing = slots == -2
+            new = np.unique(hashes[missing])
+            self._make_room(len(new), slots[slots >= 0])
+            new_slots = self._allocate(len(new))
+            self.hash[new_slots] = new
+            if 2 * (self.n_live + len(new)) > len(self.index):
+                self._rebuild_index(self.n_live + len(new))
+            index_insert(self.index, new, new_slots)
+            self.n_live += len(new)
+            slots[missing] = new_slots[np.searchsorted(new, hashes[missing])]
+        return slots
+
+    def _rebuild_index(self, entries: int) -> None:
+        self.index = self._new_index(entries)
+        live = np.flatnonzero(self.live)
+        index_insert(self.index, self.hash[live], live)
 
     def _make_room(self, n_new: int, protected: np.ndarray) -> None:
-        excess = len(self) + n_new - self.max_entities
+        excess = self.n_live + n_new - self.max_entities
         if excess <= 0:
             return
         excess += self.max_entities // 64
         last_seen = self.last_seen_ms[: self.used].copy()
-        last_seen[~self.live[: self.used]] = np.inf
+        last_seen[~self.live] = np.inf
         last_seen[protected] = np.inf
-        candidates = int(np.count_nonzero(last_seen != np.inf))
-        excess = min(excess, candidates)
+        excess = min(excess, int(np.count_nonzero(last_seen != np.inf)))
         if excess > 0:
-            victims = np.argpartition(last_seen, excess - 1)[:excess]
-            self.release(victims)
+            self.release(np.argpartition(last_seen, excess - 1)[:excess])
 
     def release(self, victims: np.ndarray) -> None:
-        index = self.index
-        for key in self.ids[victims].tolist():
-            del index[key]
-        self.ids[victims] = None
-        self.live[victims] = False
+        index_delete(self.index, self.hash[victims])
+        self.hash[victims] = 0
         self.partition[victims] = -1
-        self.code[victims] = 0
         for key, state in self.states.items():
             state[victims] = self._blank[key]
         self.free.extend(victims.tolist())
+        self.n_live -= len(victims)
         self.evicted += len(victims)
 
     def _allocate(self, n: int) -> np.ndarray:
@@ -259,31 +307,18 @@ class EntityTable:
             b[self.capacity:] = fill
             return b
 
-        self.ids = grown(self.ids, None)
-        self.live = grown(self.live, False)
+        self.hash = grown(self.hash, 0)
         self.partition = grown(self.partition, -1)
-        self.code = grown(self.code, 0)
         self.states = {k: grown(v, self._blank[k]) for k, v in self.states.items()}
         self.capacity = cap
 
     def nbytes(self) -> int:
-        arrays = self.ids.nbytes + self.live.nbytes + self.partition.nbytes + self.code.nbytes
-        arrays += sum(s.nbytes for s in self.states.values())
-        return arrays + self.dict_bytes()
-
-    def dict_bytes(self) -> int:
-        """The dict's table, plus id strings and slot ints (sampled sizes, not all entries)."""
-        n = len(self)
-        if n == 0:
-            return sys.getsizeof(self.index)
-        sample = self.ids[self.live][:256].tolist()
-        per_key = sum(sys.getsizeof(k) for k in sample) / len(sample)
-        return int(sys.getsizeof(self.index) + n * (per_key + 32))  # an int object is 28 B, 32 allocated
+        return (self.hash.nbytes + self.partition.nbytes + self.index.nbytes
+                + sum(s.nbytes for s in self.states.values()))
 
     def row_bytes(self) -> int:
-        """Array bytes per slot."""
-        return (self.ids.itemsize + 1 + 4 + 4
-                + sum(s.itemsize * (s.shape[1] if s.ndim > 1 else 1) for s in self.states.values()))
+        """Array bytes per slot, index excluded."""
+        return 8 + 4 + sum(s.itemsize * s.shape[1] for s in self.states.values())
 
 
 class FeatureEngine:
@@ -297,7 +332,6 @@ class FeatureEngine:
             name: EntityTable(name, max_entities, [s for s in PLAN if s.entity == name])
             for name in ENTITY_COLUMNS
         }
-        self._attribute_codes: dict[str, dict[str, int]] = {a: {"": 0} for a in ATTRIBUTE_COLUMNS}
         self._pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {e: [] for e in LABELLED_ENTITIES}
 
     # ----------------------------------------------------------------------------- compute
@@ -352,17 +386,8 @@ class FeatureEngine:
             s = slots[member]
             if s is None:
                 return np.zeros(batch.n, dtype=np.int32)
-            return np.where(s >= 0, self.tables[member].code[s], 0).astype(np.int32)
-        codes = self._attribute_codes[member]
-        values = batch.column(ATTRIBUTE_COLUMNS[member]).tolist()
-        get = codes.get
-        out = [get(v) for v in values]
-        if None in out:
-            for v in values:
-                if v not in codes:
-                    codes[v] = stable_code(v)
-            out = [codes[v] for v in values]
-        return np.array(out, dtype=np.int32)
+            return member_codes(np.where(s >= 0, self.tables[member].hash[s], 0))
+        return member_codes(id_hashes(batch.column(ATTRIBUTE_COLUMNS[member])))
 
     # ------------------------------------------------------------------------------ labels
     def apply_labels(self, entity_keys: dict[str, np.ndarray], event_time_ms: np.ndarray,
@@ -406,23 +431,21 @@ class FeatureEngine:
     def drop_partitions(self, partitions: set[int]) -> None:
         parts = np.fromiter(partitions, dtype=np.int32)
         for table in self.tables.values():
-            victims = np.flatnonzero(table.live & np.isin(table.partition, parts))
+            victims = np.flatnonzero(table.live & np.isin(table.partition[: table.used], parts))
             if len(victims):
                 table.release(victims)
 
     def snapshot(self, partitions: set[int] | None = None) -> bytes:
         """State of the entities last seen on ``partitions`` (all when None), as an .npz of
-        plain arrays: ids as UTF-8 bytes + offsets, so loading needs no pickle. Labels still
+        plain numeric arrays keyed by entity id hash (loading needs no pickle). Labels still
         waiting for their label time are not included."""
-        arrays: dict[str, np.ndarray] = {"format_version": np.array([1])}
+        arrays: dict[str, np.ndarray] = {"format_version": np.array([SNAPSHOT_FORMAT])}
         for name, table in self.tables.items():
-            mask = table.live.copy()
+            mask = table.live
             if partitions is not None:
-                mask &= np.isin(table.partition, np.fromiter(partitions, dtype=np.int32))
+                mask &= np.isin(table.partition[: table.used], np.fromiter(partitions, dtype=np.int32))
             sel = np.flatnonzero(mask)
-            encoded = [k.encode() for k in table.ids[sel].tolist()]
-            arrays[f"{name}.id_offsets"] = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
-            arrays[f"{name}.id_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+            arrays[f"{name}.hash"] = table.hash[sel]
             arrays[f"{name}.partition"] = table.partition[sel]
             for key, state in table.states.items():
                 arrays[f"{name}.{key}"] = state[sel]
@@ -433,25 +456,21 @@ class FeatureEngine:
     def restore(self, blob: bytes) -> None:
         """Merge a snapshot in: its entities replace any state held for the same ids."""
         with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            if int(data["format_version"][0]) != 1:
+            if int(data["format_version"][0]) != SNAPSHOT_FORMAT:
                 raise ValueError(f"unknown feature snapshot format {int(data['format_version'][0])}")
             for name, table in self.tables.items():
-                if f"{name}.id_offsets" not in data:
+                hashes = data[f"{name}.hash"] if f"{name}.hash" in data else np.empty(0, np.int64)
+                if len(hashes) == 0:
                     continue
-                offsets = data[f"{name}.id_offsets"]
-                raw = data[f"{name}.id_bytes"].tobytes()
-                ids = np.array([raw[a:b].decode() for a, b in zip(offsets[:-1], offsets[1:])] + [None],
-                               dtype=object)[:-1]
-                if len(ids) == 0:
-                    continue
-                slots = table.resolve(ids)
+                incoming = {key: data[f"{name}.{key}"] for key in table.states}
+                for key, state in table.states.items():
+                    if incoming[key].shape[1:] != state.shape[1:] or incoming[key].dtype != state.dtype:
+                        raise ValueError(f"snapshot {name}.{key} has shape {incoming[key].shape[1:]} / "
+                                         f"{incoming[key].dtype}, expected {state.shape[1:]} / {state.dtype}")
+                slots = table.resolve_hashes(hashes)
                 table.partition[slots] = data[f"{name}.partition"]
                 for key, state in table.states.items():
-                    incoming = data[f"{name}.{key}"]
-                    if incoming.shape[1:] != state.shape[1:] or incoming.dtype != state.dtype:
-                        raise ValueError(f"snapshot {name}.{key} has shape {incoming.shape[1:]} / {incoming.dtype}, "
-                                         f"expected {state.shape[1:]} / {state.dtype}")
-                    state[slots] = incoming
+                    state[slots] = incoming[key]
 
 
 class ReferenceFeatures:
@@ -469,7 +488,6 @@ class ReferenceFeatures:
         rows = np.zeros((len(_ALL_ROWS), n), dtype=np.float64)
         rows[0] = amount
         rows[1] = np.log1p(amount)
-        from riskstream.detectors.kernels import calendar_reference
         calendar_reference(t_ms, rows[2], rows[3], rows[4])
         keys = {name: [k if k else None for k in batch.column(col).tolist()] for name, col in ENTITY_COLUMNS.items()}
         t_max = int(t_ms.max()) if n else None

@@ -18,7 +18,7 @@ over it and ``bench/features_bench.py`` times it.
 >>> out_first, out_gap = np.zeros(3, np.float32), np.zeros(3, np.float32)
 >>> out_counts, out_sums = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32)
 >>> decayed_activity(np.array([0, 0, 1]), np.array([0, 3_600_000, 0]), np.ones(3),
-...                  np.array([3_600_000.0]), np.array([3_600_000.0]), state,
+...                  np.array([3_600_000.0]), 1, state,
 ...                  out_first, out_gap, out_counts, out_sums)
 >>> out_first.tolist(), out_gap.tolist(), [round(float(c), 3) for c in out_counts[0]]
 ([1.0, 0.0, 1.0], [2592000.0, 3600.0, 2592000.0], [0.0, 0.368, 0.0])
@@ -62,9 +62,10 @@ NIGHT_END_HOUR = 6  # 00:00-05:59 UTC
 # Kernels
 # --------------------------------------------------------------------------------------
 @numba.njit(cache=True)
-def decayed_activity(slots, t_ms, amount, count_taus_ms, sum_taus_ms, state,
+def decayed_activity(slots, t_ms, amount, taus_ms, n_sums, state,
                      out_first_seen, out_since_prev_s, out_counts, out_sums):
-    """Exponentially decayed transaction count and amount sum per time constant.
+    """Exponentially decayed transaction count per time constant, and amount sum for the
+    first ``n_sums`` of them (sharing one exp per time constant).
 
     state row: [latest event time, counts..., sums...]. A decayed count with time constant
     tau equals the trailing-window count of width tau under a steady rate, at O(1) state; it
@@ -72,8 +73,7 @@ def decayed_activity(slots, t_ms, amount, count_taus_ms, sum_taus_ms, state,
     An out-of-order event is added with its weight at the entity's latest time, and reads
     the state as of that latest time.
     """
-    nc = count_taus_ms.shape[0]
-    ns = sum_taus_ms.shape[0]
+    nc = taus_ms.shape[0]
     for i in range(slots.shape[0]):
         s = slots[i]
         if s < 0:
@@ -81,7 +81,7 @@ def decayed_activity(slots, t_ms, amount, count_taus_ms, sum_taus_ms, state,
             out_since_prev_s[i] = 0.0
             for k in range(nc):
                 out_counts[k, i] = 0.0
-            for k in range(ns):
+            for k in range(n_sums):
                 out_sums[k, i] = 0.0
             continue
         t = np.float64(t_ms[i])
@@ -91,21 +91,23 @@ def decayed_activity(slots, t_ms, amount, count_taus_ms, sum_taus_ms, state,
         out_since_prev_s[i] = min(max(gap, 0.0) / 1000.0, MAX_GAP_S)
         if gap >= 0.0:
             for k in range(nc):
-                c = state[s, 1 + k] * math.exp(-gap / count_taus_ms[k])
+                d = math.exp(-gap / taus_ms[k])
+                c = state[s, 1 + k] * d
                 out_counts[k, i] = c
                 state[s, 1 + k] = c + 1.0
-            for k in range(ns):
-                v = state[s, 1 + nc + k] * math.exp(-gap / sum_taus_ms[k])
-                out_sums[k, i] = v
-                state[s, 1 + nc + k] = v + amount[i]
+                if k < n_sums:
+                    v = state[s, 1 + nc + k] * d
+                    out_sums[k, i] = v
+                    state[s, 1 + nc + k] = v + amount[i]
             state[s, 0] = t
         else:
             for k in range(nc):
+                w = math.exp(gap / taus_ms[k])
                 out_counts[k, i] = state[s, 1 + k]
-                state[s, 1 + k] += math.exp(gap / count_taus_ms[k])
-            for k in range(ns):
-                out_sums[k, i] = state[s, 1 + nc + k]
-                state[s, 1 + nc + k] += amount[i] * math.exp(gap / sum_taus_ms[k])
+                state[s, 1 + k] += w
+                if k < n_sums:
+                    out_sums[k, i] = state[s, 1 + nc + k]
+                    state[s, 1 + nc + k] += amount[i] * w
 
 
 @numba.njit(cache=True)
@@ -327,6 +329,127 @@ def assign_last(slots, values, dest):
 
 
 # --------------------------------------------------------------------------------------
+# Id index: entity id -> dense slot, without a Python dict on the hot path
+# --------------------------------------------------------------------------------------
+# A Python dict lookup per id costs 3 cache misses plus the interpreter (~300 ns/id measured
+# on the build machine with 100k ids); this open-addressing table keyed by a 64-bit hash of
+# the id's UTF-8 bytes costs about one miss. Two ids share state only if their hashes
+# collide: odds about n**2 / 2**65, ~1e-7 at 2M entities.
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_MASK64 = (1 << 64) - 1
+
+
+@numba.njit(cache=True)
+def hash_ids(blob, ends, out):
+    """out[i] = 64-bit hash of blob[ends[i-1]:ends[i]] (0 for an empty id, never 0 else):
+    FNV-1a, then the splitmix64 finaliser because the table index takes the low bits."""
+    start = 0
+    for i in range(ends.shape[0]):
+        end = ends[i]
+        if end == start:
+            out[i] = 0
+        else:
+            h = np.uint64(_FNV_OFFSET)
+            for j in range(start, end):
+                h = (h ^ np.uint64(blob[j])) * np.uint64(_FNV_PRIME)
+            h ^= h >> np.uint64(30)
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(27)
+            h *= np.uint64(0x94D049BB133111EB)
+            h ^= h >> np.uint64(31)
+            v = np.int64(h)
+            out[i] = v if v != 0 else 1
+        start = end
+
+
+@numba.njit(cache=True)
+def index_probe(hashes, index, out_slots):
+    """Slots of hashes in a linear-probing table of (hash, slot) rows; -1 for hash 0 (absent
+    id), -2 for not found. Returns the number not found."""
+    mask = index.shape[0] - 1
+    missing = 0
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        if h == 0:
+            out_slots[i] = -1
+            continue
+        j = h & mask
+        while True:
+            k = index[j, 0]
+            if k == h:
+                out_slots[i] = index[j, 1]
+                break
+            if k == 0:
+                out_slots[i] = -2
+                missing += 1
+                break
+            j = (j + 1) & mask
+    return missing
+
+
+@numba.njit(cache=True)
+def index_insert(index, hashes, slots):
+    mask = index.shape[0] - 1
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        j = h & mask
+        while index[j, 0] != 0 and index[j, 0] != h:
+            j = (j + 1) & mask
+        index[j, 0] = h
+        index[j, 1] = slots[i]
+
+
+@numba.njit(cache=True)
+def index_delete(index, hashes):
+    """Backward-shift deletion: later rows of the probe chain move up, so lookups stay
+    correct without tombstones piling up under eviction churn."""
+    mask = index.shape[0] - 1
+    for n in range(hashes.shape[0]):
+        h = hashes[n]
+        i = h & mask
+        while index[i, 0] != h:
+            if index[i, 0] == 0:
+                break
+            i = (i + 1) & mask
+        if index[i, 0] != h:
+            continue
+        done = False
+        while not done:
+            index[i, 0] = 0
+            index[i, 1] = -1
+            k = i
+            while True:
+                k = (k + 1) & mask
+                kh = index[k, 0]
+                if kh == 0:
+                    done = True
+                    break
+                home = kh & mask
+                if (i <= k and (home <= i or home > k)) or (i > k and home <= i and home > k):
+                    index[i, 0] = kh
+                    index[i, 1] = index[k, 1]
+                    i = k
+                    break
+
+
+def stable_hash64_reference(value: str) -> int:
+    """hash_ids of one id, in plain Python."""
+    if not value:
+        return 0
+    h = _FNV_OFFSET
+    for b in value.encode():
+        h = ((h ^ b) * _FNV_PRIME) & _MASK64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _MASK64
+    h ^= h >> 31
+    h = h - (1 << 64) if h >= 1 << 63 else h
+    return h or 1
+
+
+# --------------------------------------------------------------------------------------
 # References: per-row loops over dicts of full histories, from the definitions
 # --------------------------------------------------------------------------------------
 def _latest(hist: list) -> float:
@@ -519,7 +642,9 @@ WINDOWS_MS = {"1h": HOUR_MS, "1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
 
 def _run_activity(p, x, state, out):
     nc = len(p["counts"])
-    decayed_activity(x.keys, x.t_ms, x.amount, _taus(p["counts"]), _taus(p["sums"]), state,
+    if tuple(p["sums"]) != tuple(p["counts"][: len(p["sums"])]):
+        raise ValueError("decayed_activity sums must use the first of its count windows")
+    decayed_activity(x.keys, x.t_ms, x.amount, _taus(p["counts"]), len(p["sums"]), state,
                      out[0], out[1], out[2:2 + nc], out[2 + nc:])
     return 0
 

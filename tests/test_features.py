@@ -12,10 +12,16 @@ from riskstream.detectors.features import (
     PLAN,
     FeatureEngine,
     ReferenceFeatures,
+    id_hashes,
+    member_codes,
     stable_code,
 )
 from riskstream.detectors.kernels import (
     FRAUD_PRIOR_RATE,
+    index_delete,
+    index_insert,
+    index_probe,
+    stable_hash64_reference,
     FRAUD_PRIOR_WEIGHT,
     KERNELS,
     MAX_GAP_S,
@@ -161,6 +167,43 @@ def test_each_registered_kernel_matches_its_reference(step, seed):
         pending += [(int(slots[i]), int(t_ms[i]), int(t_ms[i]) + int(rng.integers(HOUR, 2 * DAY))) for i in pick]
 
 
+def test_id_hashes_match_the_plain_python_hash():
+    ids = np.array(["", "a", "card_1", "carte-é", "日本", "x" * 128, "card_1"], dtype=object)
+    got = id_hashes(ids)
+    assert got.tolist() == [stable_hash64_reference(v) for v in ids]
+    assert got[0] == 0 and (got[1:] != 0).all() and got[2] == got[6] and len(set(got[1:6].tolist())) == 5
+    assert member_codes(got).tolist() == [stable_code(v) if v else 0 for v in ids]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_id_index_behaves_like_a_dict_under_insert_and_delete_churn(seed):
+    rng = np.random.default_rng(seed)
+    index = np.zeros((256, 2), dtype=np.int64)
+    index[:, 1] = -1
+    reference: dict[int, int] = {}
+    # few distinct low bits, so probe chains are long and wrap around the table end
+    universe = (rng.integers(1, 2**40, 300) << 8 | rng.integers(0, 256, 300)).astype(np.int64) * 3 + 251
+    for step in range(300):
+        if len(reference) < 100 and rng.random() < 0.6:
+            h = np.unique(rng.choice(universe, 10))
+            h = np.array([x for x in h.tolist() if x not in reference], dtype=np.int64)
+            slots = rng.integers(0, 10_000, len(h))
+            index_insert(index, h, slots)
+            reference.update(zip(h.tolist(), slots.tolist()))
+        elif reference:
+            gone = rng.choice(np.array(list(reference), dtype=np.int64), min(7, len(reference)), replace=False)
+            index_delete(index, gone)
+            for h in gone.tolist():
+                del reference[h]
+        query = np.concatenate([universe, [0]]).astype(np.int64)
+        out = np.empty(len(query), dtype=np.int64)
+        missing = index_probe(query, index, out)
+        want = [reference.get(h, -2) for h in universe.tolist()] + [-1]
+        assert out.tolist() == want, step
+        assert missing == want.count(-2)
+    assert int((index[:, 0] != 0).sum()) == len(reference)
+
+
 # --------------------------------------------------------------------------------------
 # Semantics
 # --------------------------------------------------------------------------------------
@@ -303,8 +346,8 @@ def _state_by_id(engine: FeatureEngine) -> dict:
     out = {}
     for name, table in engine.tables.items():
         for slot in np.flatnonzero(table.live):
-            out[(name, table.ids[slot])] = (int(table.partition[slot]), int(table.code[slot]),
-                                            tuple(state[slot].tobytes() for state in table.states.values()))
+            out[(name, int(table.hash[slot]))] = (int(table.partition[slot]),
+                                                  tuple(state[slot].tobytes() for state in table.states.values()))
     return out
 
 
@@ -351,7 +394,7 @@ def test_restore_refuses_a_snapshot_of_another_layout():
     blob = engine.snapshot()
     import io
     data = dict(np.load(io.BytesIO(blob), allow_pickle=False))
-    data["card.geo_velocity"] = data["card.geo_velocity"][:, :2]
+    data["card.geo_velocity"] = np.ascontiguousarray(data["card.geo_velocity"][:, :2])
     buf = io.BytesIO()
     np.savez(buf, **data)
     with pytest.raises(ValueError, match="geo_velocity"):
@@ -382,13 +425,15 @@ def test_eviction_resets_the_slot_it_reuses():
     engine.compute(one_batch([{"t": T0 + 2, "card_id": "c", "merchant_id": "m"}]))  # evicts a
     f = engine.compute(one_batch([{"t": T0 + 3, "card_id": "d", "merchant_id": "m"}]))  # reuses a slot
     assert f["card_first_seen"][0] == 1 and f["card_amount_sum_1d"][0] == 0 and f["card_amount_mean_30d"][0] == 0
-    assert set(engine.tables["card"].index) - {""} <= {"b", "c", "d"}
+    known = engine.tables["card"].lookup(np.array(["a", "b", "c", "d"], dtype=object)) >= 0
+    assert known.tolist() == [False, False, True, True]
 
 
-def test_state_bytes_counts_arrays_and_dicts():
+def test_state_bytes_counts_state_arrays_and_index():
     engine = FeatureEngine(max_entities=100_000)
     empty = engine.state_bytes()
     engine.compute(one_batch([{"t": T0 + i, "card_id": f"card{i}", "merchant_id": "m"} for i in range(3000)]))
     card = engine.tables["card"]
-    assert engine.state_bytes() - empty >= 3000 * card.row_bytes()
-    assert card.dict_bytes() > 3000 * 50
+    assert engine.state_bytes() > empty
+    assert card.nbytes() >= 3000 * card.row_bytes()
+    assert card.index.nbytes >= 2 * 3000 * 16  # index kept at most half full

@@ -96,7 +96,8 @@ class LinearFraudDetector(Detector):
     >>> import numpy as np
     >>> det = LinearFraudDetector(["amount", "count"], negative_keep_rate=1.0)
     >>> X = np.array([[10, 1], [5000, 9]] * 200, dtype=np.float32)
-    >>> det.learn_many(X, np.array([0, 1] * 200))
+    >>> for _ in range(20):  # each mini-batch of 256 rows is one optimiser step
+    ...     det.learn_many(X, np.array([0, 1] * 200))
     >>> p = det.score_many(X[:2]); bool(p[1] > 0.9 > 0.1 > p[0])
     True
     """
@@ -105,13 +106,17 @@ class LinearFraudDetector(Detector):
 
     def __init__(self, feature_names: Sequence[str], *, negative_keep_rate: float = 0.1,
                  positive_weight: float = 1.0, learning_rate: float = 0.05, l2: float = 1e-4,
-                 batch_rows: int = 256, seed: int = 0):
+                 batch_rows: int = 256, scale_from_traffic: bool = False, seed: int = 0):
         super().__init__(feature_names)
         if not 0 < negative_keep_rate <= 1:
             raise DetectorError("negative_keep_rate must be in (0, 1]")
         self.negative_keep_rate = negative_keep_rate
         self.positive_weight = positive_weight
         self.batch_rows = batch_rows
+        # Standardise against all traffic (fed by `observe_many`) rather than the learned rows:
+        # labels are delayed, so for the first maturity horizon only positives are learned, and
+        # a scaler fitted on positives alone centres on fraud and inverts every weight.
+        self.scale_from_traffic = scale_from_traffic
         self.columns = [str(n) for n in self.feature_names]
         self.scaler = preprocessing.StandardScaler()
         # Adam: one mean-gradient step per mini-batch would crawl with plain SGD at this rate
@@ -130,13 +135,16 @@ class LinearFraudDetector(Detector):
         X, y = X[keep], y[keep]
         if len(X) == 0:
             return
+        if self.scale_from_traffic and not self.scaler.counts:
+            self.observe_many(X)  # nothing observed yet: scale from what there is
         order = self.rng.permutation(len(X))  # mixes positives into negative-heavy sweeps
         T = signed_log1p(X[order]).astype(np.float64)
         y = y[order]
         for start in range(0, len(T), self.batch_rows):
             frame = pd.DataFrame(T[start:start + self.batch_rows], columns=self.columns, copy=False)
             target = pd.Series(y[start:start + self.batch_rows])
-            self.scaler.learn_many(frame)
+            if not self.scale_from_traffic:
+                self.scaler.learn_many(frame)
             scaled = self.scaler.transform_many(frame)
             if self.positive_weight != 1.0:
                 w = pd.Series(np.where(target.to_numpy(), self.positive_weight, 1.0))
@@ -145,6 +153,13 @@ class LinearFraudDetector(Detector):
                 self.model.learn_many(scaled, target)
         self.n_learned += len(X)
         self._refresh()
+
+    def observe_many(self, X: np.ndarray) -> None:
+        """Update the feature scaling with unlabelled traffic (when ``scale_from_traffic``)."""
+        X = self.check_matrix(X)
+        if len(X):
+            self.scaler.learn_many(pd.DataFrame(signed_log1p(X).astype(np.float64), columns=self.columns, copy=False))
+            self._refresh()
 
     def _refresh(self) -> None:
         """Copy River's parameters into numpy for scoring (after each learn, not per score)."""
@@ -336,7 +351,7 @@ class FraudModels:
     def _init_features(self, names: tuple[str, ...]) -> None:
         self.feature_names = names
         d, cap, qcap = len(names), self.capacity, self.quality_capacity
-        self.supervised = LinearFraudDetector(names, **self._params)
+        self.supervised = LinearFraudDetector(names, scale_from_traffic=True, **self._params)
         self.anomaly = RobustZAnomalyDetector(names)
         # Ring buffer of decisions, in insertion order; `_head` is the next slot to write.
         self._X = np.zeros((cap, d), np.float32)
@@ -433,6 +448,7 @@ class FraudModels:
         newest = int(times.max())
         self.newest_event_ms = newest if self.newest_event_ms is None else max(self.newest_event_ms, newest)
         self.stats["remembered"] += n
+        self.supervised.observe_many(X)
         self.anomaly.learn_many(X, None)
         self._learn_matured(min_rows=2048)
 
@@ -506,7 +522,7 @@ class FraudModels:
         ``stats["labels_missed"]``. A positive label for a decision already learned as a
         matured negative is learned again as a positive (a late chargeback corrects it).
         """
-        if self.feature_names is None or len(event_ids) == 0:
+        if self.feature_names is None:
             self.stats["labels_missed"] += len(event_ids)
             return 0
         keys = hash_ids(event_ids)
@@ -534,6 +550,11 @@ class FraudModels:
             settled = int(learn.sum())
             self.stats["labels_applied"] += settled
         return settled + self._learn_matured(min_rows=1)
+
+    def learn_matured(self) -> int:
+        """Learn every decision past the maturity horizon as a negative now (``remember`` does
+        it only once a few thousand are due, to keep River's per-call cost amortised)."""
+        return self._learn_matured(min_rows=1)
 
     def _drop_quality(self, keys: np.ndarray) -> None:
         n = min(self._q_n, self.quality_capacity)

@@ -1,0 +1,249 @@
+"""The detector contract over every registered detector, and FraudModels' label semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from riskstream.detectors.base import DETECTORS, DetectorError, check_detector, load_all, register
+from riskstream.detectors.credit import CreditModel
+from riskstream.detectors.fraud import (
+    DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids,
+)
+
+load_all()
+NAMES = ("amount", "card_txn_count_1h", "terminal_fraud_rate_7d", "card_amount_ratio_30d")
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_registered_detector_meets_the_contract(name):
+    check_detector(DETECTORS[name])
+
+
+def test_registry_has_the_fraud_and_credit_detectors():
+    assert {"fraud_linear", "fraud_robust_z", "credit_logistic"} <= set(DETECTORS)
+
+
+def test_registering_a_name_twice_fails_loudly():
+    with pytest.raises(DetectorError, match="already registered"):
+        register("fraud_linear")(lambda: LinearFraudDetector(NAMES))
+
+
+def test_check_suite_catches_a_broken_detector():
+    class Constant(RobustZAnomalyDetector):
+        name = "constant"
+
+        def score_many(self, X):
+            self.check_matrix(X)
+            return np.full(len(X), 0.5, dtype=np.float32)
+
+    with pytest.raises(AssertionError, match="outlier ROC AUC"):
+        check_detector(lambda: Constant(NAMES))
+
+
+def _fraud_data(rng, n, fraud_rate=0.05):
+    """Fraud has larger amounts and velocity; terminal risk is noise."""
+    y = (rng.random(n) < fraud_rate).astype(np.int8)
+    X = np.column_stack([
+        rng.lognormal(3 + 1.5 * y, 0.6),
+        rng.poisson(1 + 4 * y),
+        rng.random(n) * 0.01,
+        rng.lognormal(0 + 1.0 * y, 0.3),
+    ]).astype(np.float32)
+    return X, y
+
+
+def test_numpy_scoring_matches_river_predict_proba_many():
+    rng = np.random.default_rng(0)
+    X, y = _fraud_data(rng, 6000)
+    det = LinearFraudDetector(NAMES, negative_keep_rate=0.2)
+    det.learn_many(X, y)
+    np.testing.assert_allclose(det.score_many(X[:500]), det.river_proba_many(X[:500]), rtol=1e-4, atol=1e-6)
+
+
+def _ids(prefix, n):
+    return np.array([f"{prefix}{i}" for i in range(n)], dtype=object)
+
+
+def test_learns_only_from_features_remembered_at_decision_time():
+    rng = np.random.default_rng(1)
+    X_decision, y = _fraud_data(rng, 3000, fraud_rate=0.3)
+    models = FraudModels(NAMES, capacity=10_000, seed=5)
+    ids = _ids("t", 3000)
+    models.remember(ids, X_decision, np.arange(3000))
+    # By label time the card's features have moved on; the worker scores new data in between.
+    models.score(X_decision * 50 + 7, NAMES)
+    learned = models.learn_from_labels(ids, y, np.full(3000, 10_000))
+    assert learned == 3000
+    reference = LinearFraudDetector(NAMES, seed=5, scale_from_traffic=True)
+    reference.observe_many(X_decision)  # FraudModels scales by the traffic it remembers
+    reference.learn_many(X_decision, y)
+    np.testing.assert_array_equal(models.supervised.weight_, reference.weight_)
+    np.testing.assert_array_equal(models.supervised.mean_, reference.mean_)
+    assert models.stats["labels_applied"] == 3000
+
+
+def test_unknown_and_duplicate_labels_are_counted_not_learned():
+    models = FraudModels(NAMES, capacity=100)
+    X = np.ones((3, 4), np.float32)
+    models.remember(_ids("t", 3), X, np.array([0, 1, 2]))
+    assert models.learn_from_labels(np.array(["t0", "ghost", "t0"]), np.array([1, 1, 1]), np.zeros(3)) == 1
+    assert models.stats["labels_missed"] == 1
+    assert models.learn_from_labels(np.array(["t0"]), np.array([1]), np.zeros(1)) == 0
+    assert models.stats["duplicate_labels"] == 1
+
+
+def test_maturity_turns_unlabelled_decisions_into_negatives():
+    models = FraudModels(NAMES, capacity=1000, maturity_ms=7 * DAY_MS, negative_keep_rate=1.0)
+    X = np.ones((10, 4), np.float32)
+    models.remember(_ids("old", 10), X, np.full(10, 0))
+    models.learn_from_labels(np.array(["old3"]), np.array([1]), np.array([DAY_MS]))
+    assert models.stats["matured_negatives"] == 0  # nothing is 7 days old yet
+    models.remember(_ids("new", 10), X, np.full(10, 8 * DAY_MS))
+    assert models.stats["matured_negatives"] == 0  # remember() waits for a worthwhile batch
+    models.learn_from_labels(np.array([], dtype=object), np.array([], np.int8), np.array([], np.int64))
+    # Nine old decisions without a positive label matured; the positive and the new ones did not.
+    assert models.stats["matured_negatives"] == 9
+    assert models.supervised.n_learned == 1 + 9
+    # A chargeback after maturity corrects the negative.
+    assert models.learn_from_labels(np.array(["old4"]), np.array([1]), np.array([9 * DAY_MS])) == 1
+    y = models._q_y[: models._q_n][models._q_time[: models._q_n] >= 0]
+    assert y.sum() == 2 and len(y) == 10
+
+
+def test_ring_eviction_counts_unsettled_and_forgets_ids():
+    models = FraudModels(NAMES, capacity=8)
+    X = np.ones((5, 4), np.float32)
+    models.remember(_ids("a", 5), X, np.arange(5))
+    models.remember(_ids("b", 5), X, np.arange(5, 10))
+    assert models.stats["evicted_unsettled"] == 2
+    assert models.learn_from_labels(np.array(["a0", "a4", "b4"]), np.array([1, 1, 1]), np.full(3, 20)) == 2
+    assert models.stats["labels_missed"] == 1
+    assert len(models._index) == 8
+
+
+def test_columns_are_matched_by_name():
+    rng = np.random.default_rng(2)
+    X, y = _fraud_data(rng, 4000)
+    models = FraudModels(NAMES, capacity=5000)
+    models.remember(_ids("t", 4000), X, np.arange(4000))
+    models.learn_from_labels(_ids("t", 4000), y, np.full(4000, 5000))
+    perm = [2, 0, 3, 1]
+    a = models.score(X[:50], NAMES)
+    b = models.score(X[:50][:, perm], [NAMES[i] for i in perm])
+    np.testing.assert_array_equal(a.probability, b.probability)
+    with pytest.raises(DetectorError, match="missing"):
+        models.score(X[:5, :3], NAMES[:3])
+
+
+def _trained_models(seed=3, n=8000):
+    rng = np.random.default_rng(seed)
+    X, y = _fraud_data(rng, n)
+    models = FraudModels(NAMES, capacity=20_000, negative_keep_rate=0.5, seed=seed)
+    t = np.linspace(0, 20 * DAY_MS, n).astype(np.int64)
+    ids = _ids("t", n)
+    for s in range(0, n, 1000):
+        models.remember(ids[s:s + 1000], X[s:s + 1000], t[s:s + 1000], entity_ids=ids[s:s + 1000])
+        pos = np.nonzero(y[s:s + 1000])[0] + s
+        models.learn_from_labels(ids[pos], y[pos], t[pos] + DAY_MS)
+    return models, X, y
+
+
+def test_contributions_explain_the_logit_and_point_the_right_way():
+    models, X, y = _trained_models()
+    scores = models.score(X[:200], NAMES)
+    logit = np.log(scores.probability / (1 - scores.probability))
+    np.testing.assert_allclose(scores.contributions.sum(axis=1) + models.supervised.offset_, logit, atol=2e-3)
+    # Larger amounts are fraud here: the amount weight is positive, and a huge amount pushes up.
+    assert models.supervised.weight_[0] > 0
+    big = X[:1].copy()
+    big[0, 0] = 1e6
+    s = models.score(big, NAMES)
+    assert s.contributions[0, 0] > 0
+    reasons = s.top_contributions(0, k=3)
+    assert reasons[0].startswith("amount=1e+06 pushed +")
+    pushes = [float(r.rsplit("pushed ", 1)[1]) for r in reasons]
+    assert pushes == sorted(pushes, reverse=True) and all(p > 0 for p in pushes)
+    top = scores.top_indices(3)
+    assert top.shape == (200, 3)
+    assert np.all(np.take_along_axis(scores.contributions, top, 1)[:, 0] == scores.contributions.max(axis=1))
+    assert models.score(X[:200], NAMES).anomaly.dtype == np.float32
+
+
+def test_fraud_models_checkpoint_round_trip_continues_identically():
+    models, X, y = _trained_models()
+    twin = FraudModels()
+    twin.restore(models.checkpoint())
+    assert twin.version == models.version
+    np.testing.assert_array_equal(twin.score(X[:300], NAMES).probability, models.score(X[:300], NAMES).probability)
+    np.testing.assert_array_equal(twin.score(X[:300], NAMES).anomaly, models.score(X[:300], NAMES).anomaly)
+    # Both learn the same from the same later labels (remembered features and RNG survived).
+    for m in (models, twin):
+        m.remember(_ids("later", 100), X[:100], np.full(100, 20 * DAY_MS))
+        m.learn_from_labels(_ids("later", 100)[:5], np.ones(5, np.int8), np.full(5, 20 * DAY_MS))
+    assert twin.version == models.version
+    np.testing.assert_array_equal(twin.supervised.weight_, models.supervised.weight_)
+    assert twin.stats == models.stats
+
+
+def test_quality_rows_for_the_model_quality_table():
+    models, X, y = _trained_models()
+    rows = models.quality(measured_at=123.0)
+    assert {r["metric"] for r in rows} == {"roc_auc", "average_precision", "card_precision_at_100"}
+    assert {r["window"] for r in rows} == {"7d", "28d"}
+    for r in rows:
+        assert set(r) == {"measured_at", "model_version", "metric", "window", "value", "n_labels"}
+        assert 0 <= r["value"] <= 1 and r["n_labels"] > 0 and r["measured_at"] == 123.0
+    auc = next(r for r in rows if r["metric"] == "roc_auc" and r["window"] == "28d")
+    assert auc["value"] > 0.8  # decision-time scores; the toy is easy once labels come in
+    # Only settled decisions count: nothing younger than the maturity horizon (day 13 of 20).
+    assert auc["n_labels"] == int(np.sum(np.linspace(0, 20 * DAY_MS, 8000).astype(np.int64) <= 13 * DAY_MS))
+
+
+def test_drift_alert_fires_when_confirmed_fraud_starts_scoring_low():
+    models = FraudModels(NAMES, capacity=10_000)
+    X = np.ones((1, 4), np.float32)
+    n = 400
+    ids = _ids("t", 2 * n)
+    # Scores given at decision time: fraud used to score 0.9, then a new pattern scores 0.1.
+    scores = np.r_[np.full(n, 0.9), np.full(n, 0.1)].astype(np.float32)
+    models.remember(ids, np.repeat(X, 2 * n, 0), np.arange(2 * n), scores=scores)
+    for s in range(0, n, 50):
+        models.learn_from_labels(ids[s:s + 50], np.ones(50, np.int8), np.full(50, 10))
+    assert models.drift_alerts() == []
+    for s in range(n, 2 * n, 50):
+        models.learn_from_labels(ids[s:s + 50], np.ones(50, np.int8), np.full(50, 10))
+    alerts = models.drift_alerts()
+    assert alerts and alerts[0]["signal"] == "fraud_score" and "missed fraud" in alerts[0]["meaning"]
+    assert models.drift_alerts() == []  # only new alerts
+
+
+@pytest.mark.parametrize("module", ["base", "fraud", "credit", "evaluate"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"riskstream.detectors.{module}"))
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_hash_ids_is_stable_across_calls_and_types():
+    a = hash_ids(np.array(["x", "y"], dtype=object))
+    assert a.dtype == np.uint64 and a[0] != a[1]
+    np.testing.assert_array_equal(a, hash_ids(["x", "y"]))
+    np.testing.assert_array_equal(hash_ids(np.array([12])), hash_ids(["12"]))
+
+
+def test_credit_prior_is_sensible_before_any_label_and_learns_from_outcomes():
+    model = CreditModel()
+    base = {"amount": 10_000, "income": 50_000, "term_months": 36, "existing_debt": 10_000, "credit_score": 700}
+    worse = [dict(base, existing_debt=30_000), dict(base, credit_score=560), dict(base, amount=40_000, term_months=12)]
+    p, reasons = model.score_rows([base] + worse)
+    assert 0.01 < p[0] < 0.15 and all(p[1:] > p[0])
+    assert reasons[0] == [] and reasons[1] == ["debt-to-income 0.60 above 0.45"]
+    assert reasons[2] == ["credit score 560 below 620"]
+    # Outcomes months later: learned from the application as decided.
+    model.remember(["a1", "a2"], [base, base])
+    assert model.learn_from_labels(["a1", "a2", "unknown"], [1, 1, 0]) == 2
+    assert model.score_rows([base])[0][0] > p[0]
+    assert model.version == "credit_logistic-2"

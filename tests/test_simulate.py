@@ -161,6 +161,7 @@ def test_no_single_column_gives_the_fraud_away(sim):
     assert foreign[~fraud].sum() > 0 and np.mean(fraud[foreign]) < 0.8
     assert np.mean(fraud[tx["amount"] > 300]) < 0.5
     assert np.mean(fraud[tx["amount"] <= 3]) < 0.5
+    assert np.mean(fraud[tx["amount"] == 0]) < 0.8
 
 
 def test_labels_point_at_real_events_and_come_after_them(sim):

@@ -58,6 +58,7 @@ def build_app(settings: Settings, engine=None):
     publisher = OutputPublisher(settings, redis_client=redis_client)
     servers = settings.kafka_servers().split(",")
     data_dir = settings.data_dir.resolve() / "faust" / f"worker-{os.getpid()}"
+    data_dir.mkdir(parents=True, exist_ok=True)
     credentials = None
     if settings.kafka_sasl_mechanism:
         credentials = faust.SASLCredentials(
@@ -95,11 +96,11 @@ def build_app(settings: Settings, engine=None):
         return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw",
                          partitions=settings.topic_partitions)
 
-    # State kept for the market-risk and credit detectors of later issues.
-    last_price = app.Table("market_last_price", default=dict, partitions=settings.topic_partitions,
-                           key_serializer="raw", value_serializer="json")
-    position_state = app.Table("portfolio_positions", default=dict, partitions=settings.topic_partitions,
-                               key_serializer="raw", value_serializer="json")
+    # State kept for the market-risk and credit detectors of later issues. Keys and values
+    # are raw bytes (JSON values), like every topic of the app.
+    last_price = app.Table("market_last_price", default=None, partitions=settings.topic_partitions)
+    position_state = app.Table("portfolio_positions", default=None, partitions=settings.topic_partitions)
+    app.market_state, app.position_state = last_price, position_state
 
     loop_executor = None  # default executor: flush() blocks on broker acks
 
@@ -252,7 +253,8 @@ def build_app(settings: Settings, engine=None):
     async def market_ticks(stream):
         async for events in stream.take_events(1000, within=0.2):
             for row in await _store("market", events):
-                last_price[row["instrument"].encode()] = {"price": row["price"], "event_time": row["event_time"]}
+                last_price[row["instrument"].encode()] = orjson.dumps(
+                    {"price": row["price"], "event_time": row["event_time"]})
             await flush()
 
     @app.agent(topic("positions"))
@@ -260,8 +262,8 @@ def build_app(settings: Settings, engine=None):
         async for events in stream.take_events(1000, within=0.2):
             for row in await _store("positions", events):
                 key = f"{row['portfolio_id']}|{row['instrument']}".encode()
-                position_state[key] = {"quantity": row["quantity"], "price": row["price"],
-                                       "event_time": row["event_time"]}
+                position_state[key] = orjson.dumps({"quantity": row["quantity"], "price": row["price"],
+                                                    "event_time": row["event_time"]})
             await flush()
 
     @app.agent(topic("loan_applications"))

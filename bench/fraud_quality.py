@@ -20,6 +20,11 @@ What it does:
    Card Precision@100 per day. Also the imbalance handling of the online model (legit
    undersampling vs none vs class weights) and the scoring cost per transaction.
 
+Measured (28 days x 5,000 customers x 1,000 terminals, seed 7; 2-core shared machine): on the
+test week, online 0.911 ROC AUC / 0.322 AP / 0.221 CP@100 vs offline 0.911 / 0.174 / 0.213;
+no imbalance handling 0.709 / 0.089 / 0.129; fraud weight 20 0.909 / 0.215 / 0.241. Scoring
+~1-1.6 µs per transaction; the whole online path ~7 µs.
+
 The published figures are the offline logistic regression of the reference simulated card
 dataset (Le Borgne et al., fraud detection handbook): not our data, shown for scale.
 """
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<56} {r['roc_auc']:>8.3f} {r['average_precision']:>7.3f} {r['card_precision_at_100']:>7.3f}")
     print("(the published row is a different dataset, same kind of simulator: for scale, not a like-for-like)")
     print(f"scoring: {us:.2f} µs/transaction (batch 5,000: probability + anomaly + contributions + top-3)")
+    replay_us = results["online (legit undersampled 10%)"]["replay_s"] / len(X) * 1e6
+    print(f"whole online path (score + remember + learn from labels and maturity): {replay_us:.2f} µs/transaction")
     print(f"model state: {main_models.state_bytes() / 1e6:.1f} MB for {main_models.capacity:,} remembered decisions")
     print(json.dumps({"bench": "fraud_quality", "days": args.days, "customers": args.customers,
                       "terminals": args.terminals, "seed": args.seed, "test_transactions": n_test,

@@ -27,17 +27,22 @@ State, and what is approximate
 
 Entities, memory and eviction
 -----------------------------
-Entity ids map to dense slots through one dict per entity type (``""`` = absent: the
-entity's features read 0 and no state is touched). Arrays grow by doubling. When a type
-holds ``max_entities``, the least recently seen ones (by latest event time) are evicted,
-``max_entities // 64`` beyond what is needed so eviction runs rarely; entities of the
-batch being processed are never evicted (a single batch with more distinct entities of a
-type than ``max_entities`` overshoots the bound until the next eviction). An evicted entity
-that comes back is first-seen again.
+Entity ids map to dense slots through one open-addressing hash index per entity type, keyed
+by a 64-bit hash of the id (``""`` = absent: the entity's features read 0 and no state is
+touched); ids themselves are not kept, and two ids would share state only if their hashes
+collided (odds ~1e-7 at 2M entities). A Python dict per type cost ~300 ns per id here, the
+index ~100. Arrays grow by doubling. When a type holds ``max_entities``, the least recently
+seen ones (by latest event time) are evicted, ``max_entities // 64`` beyond what is needed
+so eviction runs rarely; entities of the batch being processed are never evicted (a single
+batch with more distinct entities of a type than ``max_entities`` overshoots the bound until
+the next eviction). An evicted entity that comes back is first-seen again.
 
-Measured: 233 bytes of arrays per tracked card plus ~180 bytes for its dict entry, id
-string and slot int (``.venv/bin/python -m riskstream.bench.features_bench``), so about
-0.4 KB per card, 0.8 GB for 2M cards, before merchants and the other entity types.
+Measured (``.venv/bin/python -m riskstream.bench.features_bench``): 228 bytes of state
+arrays per card slot plus 42-53 bytes of index per tracked card (kept at most half full):
+~280 bytes per card, up to ~390 right after the arrays doubled; ~0.6 GB at the default 2M
+cards, before the other entity types. compute() costs 2.3-3 us per transaction on the
+2-core build machine (1k-10k batches, 100k-1M cards), about 40% in the id index, 60% in
+the kernels (mostly one cache miss per kernel per entity).
 
 Partitions: each entity remembers the Kafka partition of its latest row;
 ``snapshot(partitions)`` / ``drop_partitions`` select on that. Merchants, terminals,
@@ -156,24 +161,19 @@ def _layout() -> tuple[tuple[str, ...], list[int], list[int]]:
 
 
 _ALL_ROWS, _STEP_ROW, _FEATURE_ROWS = _layout()
+_STEP_N_OUT = tuple(len(step.outputs) for step in PLAN)
 FEATURE_NAMES: tuple[str, ...] = tuple(_ALL_ROWS[r] for r in _FEATURE_ROWS)
 
 
-def id_hashes(values: np.ndarray) -> np.ndarray:
-    """64-bit hashes of an object array of id strings ("" -> 0), in one C join plus one
-    jitted pass instead of a Python call per id."""
-    items = values.tolist()
-    n = len(items)
-    out = np.empty(n, dtype=np.int64)
-    if n == 0:
-        return out
-    blob = "".join(items).encode()
-    ends = np.cumsum(np.fromiter(map(len, items), dtype=np.int64, count=n))
-    if len(blob) != ends[-1]:  # non-ASCII ids: offsets must count bytes, not characters
-        encoded = [v.encode() for v in items]
-        blob = b"".join(encoded)
-        ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n))
-    hash_ids(np.frombuffer(blob, dtype=np.uint8), ends, out)
+def id_hashes(values: np.ndarray | list) -> np.ndarray:
+    """64-bit hashes of id strings ("" -> 0), in one C join plus one jitted pass instead of
+    a Python call per id."""
+    items = values.tolist() if isinstance(values, np.ndarray) else values
+    out = np.empty(len(items), dtype=np.int64)
+    if hash_ids(np.frombuffer("\x00".join(items).encode(), dtype=np.uint8), out) != len(items):
+        # an id containing NUL: hash each id alone, NUL spelt as bytes UTF-8 never uses
+        for i, item in enumerate(items):
+            hash_ids(np.frombuffer(item.encode().replace(b"\0", b"\xff\xfe"), dtype=np.uint8), out[i:i + 1])
     return out
 
 
@@ -241,7 +241,7 @@ class EntityTable:
         slots[slots == -2] = -1
         return slots
 
-    def resolve(self, ids: np.ndarray) -> np.ndarray:
+    def resolve(self, ids: np.ndarray | list) -> np.ndarray:
         """Slots of ids (-1 for ""), creating the new ones (evicting if full)."""
         return self.resolve_hashes(id_hashes(ids))
 
@@ -349,8 +349,8 @@ class FeatureEngine:
 
         slots: dict[str, np.ndarray | None] = {}
         for name, table in self.tables.items():
-            ids = batch.column(ENTITY_COLUMNS[name])
-            if not ids.any():  # column absent from this batch: skip the dict pass
+            ids = batch.column(ENTITY_COLUMNS[name]).tolist()
+            if not any(ids):  # column absent from this batch: skip the index pass
                 slots[name] = None
                 continue
             s = table.resolve(ids)
@@ -360,7 +360,7 @@ class FeatureEngine:
         t_max = int(t_ms.max())
         lat = np.ascontiguousarray(batch.lat, dtype=np.float64)
         lon = np.ascontiguousarray(batch.lon, dtype=np.float64)
-        for step, start in zip(PLAN, _STEP_ROW):
+        for step, start, n_out in zip(PLAN, _STEP_ROW, _STEP_N_OUT):
             s = slots[step.entity]
             if s is None:
                 if step.kernel != "decayed_fraud_rate" or not self._pending[step.entity]:
@@ -375,8 +375,9 @@ class FeatureEngine:
                 x = StepInput(s, t_ms, amount, lat=lat, lon=lon)
             elif step.kernel == "decayed_fraud_rate":
                 lk, le, lt = self._due_labels(step.entity, t_max)
-                x = StepInput(s, t_ms, amount, label_keys=table.lookup(lk), label_event_ms=le, label_time_ms=lt)
-            applied = spec.run(step.params, x, table.states[step.state_key], rows[start:start + len(step.outputs)])
+                label_slots = table.lookup(lk) if len(lk) else np.empty(0, dtype=np.int64)
+                x = StepInput(s, t_ms, amount, label_keys=label_slots, label_event_ms=le, label_time_ms=lt)
+            applied = spec.run(step.params, x, table.states[step.state_key], rows[start:start + n_out])
             if step.kernel == "decayed_fraud_rate" and applied != len(x.label_keys):
                 raise AssertionError("labels due by the batch's latest event time were not all applied")
         return {name: rows[r] for name, r in zip(FEATURE_NAMES, _FEATURE_ROWS)}

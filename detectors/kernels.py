@@ -26,6 +26,7 @@ over it and ``bench/features_bench.py`` times it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -341,26 +342,34 @@ _MASK64 = (1 << 64) - 1
 
 
 @numba.njit(cache=True)
-def hash_ids(blob, ends, out):
-    """out[i] = 64-bit hash of blob[ends[i-1]:ends[i]] (0 for an empty id, never 0 else):
-    FNV-1a, then the splitmix64 finaliser because the table index takes the low bits."""
-    start = 0
-    for i in range(ends.shape[0]):
-        end = ends[i]
-        if end == start:
-            out[i] = 0
-        else:
+def hash_ids(blob, out):
+    """out[i] = 64-bit hash of the i-th NUL-separated id in blob (0 for an empty id, never 0
+    otherwise): FNV-1a, then the splitmix64 finaliser because the table index takes the low
+    bits. UTF-8 never puts a 0 byte inside a multi-byte character, so NUL splits any ids
+    that do not themselves contain NUL. Returns the number of ids found."""
+    n = 0
+    h = np.uint64(_FNV_OFFSET)
+    empty = True
+    for j in range(blob.shape[0] + 1):
+        if j == blob.shape[0] or blob[j] == 0:
+            if n < out.shape[0]:
+                if empty:
+                    out[n] = 0
+                else:
+                    h ^= h >> np.uint64(30)
+                    h *= np.uint64(0xBF58476D1CE4E5B9)
+                    h ^= h >> np.uint64(27)
+                    h *= np.uint64(0x94D049BB133111EB)
+                    h ^= h >> np.uint64(31)
+                    v = np.int64(h)
+                    out[n] = v if v != 0 else 1
+            n += 1
             h = np.uint64(_FNV_OFFSET)
-            for j in range(start, end):
-                h = (h ^ np.uint64(blob[j])) * np.uint64(_FNV_PRIME)
-            h ^= h >> np.uint64(30)
-            h *= np.uint64(0xBF58476D1CE4E5B9)
-            h ^= h >> np.uint64(27)
-            h *= np.uint64(0x94D049BB133111EB)
-            h ^= h >> np.uint64(31)
-            v = np.int64(h)
-            out[i] = v if v != 0 else 1
-        start = end
+            empty = True
+        else:
+            h = (h ^ np.uint64(blob[j])) * np.uint64(_FNV_PRIME)
+            empty = False
+    return n
 
 
 @numba.njit(cache=True)
@@ -438,7 +447,7 @@ def stable_hash64_reference(value: str) -> int:
     if not value:
         return 0
     h = _FNV_OFFSET
-    for b in value.encode():
+    for b in value.encode().replace(b"\0", b"\xff\xfe"):
         h = ((h ^ b) * _FNV_PRIME) & _MASK64
     h ^= h >> 30
     h = (h * 0xBF58476D1CE4E5B9) & _MASK64
@@ -633,8 +642,12 @@ def _activity_outputs(p):
             + tuple(f"amount_sum_{w}" for w in p["sums"]))
 
 
-def _taus(names) -> np.ndarray:
-    return _f64([WINDOWS_MS[w] for w in names])
+@functools.lru_cache(maxsize=64)
+def _taus(names: tuple[str, ...]) -> np.ndarray:
+    # cached: these tiny arrays were a visible share of the per-batch fixed cost
+    taus = _f64([WINDOWS_MS[w] for w in names])
+    taus.setflags(write=False)
+    return taus
 
 
 WINDOWS_MS = {"1h": HOUR_MS, "1d": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}

@@ -156,6 +156,83 @@ class Engine:
         return out
 
 
+class StateStore:
+    """Worker state in Redis, so it survives restarts and follows partitions.
+
+    Feature state is saved per Kafka partition (``snapshot({p})``) when a partition is revoked,
+    at shutdown and on a timer, and loaded when a partition is assigned. Model state (one
+    online model per consumer group) is saved the same way and restored at start-up. Between
+    two saves a crash loses at most that interval of feature updates; features are decayed
+    aggregates, so the effect fades, and no decision or output is lost.
+    """
+
+    def __init__(self, engine: "Engine", redis_client, group: str):
+        self.engine = engine
+        self.redis = redis_client
+        self.prefix = f"rs:state:{group}:"
+
+    def save_partitions(self, partitions: set[int]) -> int:
+        if not partitions:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        size = 0
+        for p in partitions:
+            blob = self.engine.features.snapshot({p})
+            size += len(blob)
+            pipe.set(f"{self.prefix}features:{p}", blob)
+        pipe.execute()
+        return size
+
+    def load_partitions(self, partitions: set[int]) -> int:
+        loaded = 0
+        for p in sorted(partitions):
+            blob = self.redis.get(f"{self.prefix}features:{p}")
+            if blob:
+                self.engine.features.restore(blob)
+                loaded += 1
+        return loaded
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        self.engine.features.drop_partitions(partitions)
+
+    def save_models(self) -> int:
+        models = self.engine.scorer.models
+        if models is None:
+            return 0
+        blob = models.checkpoint()
+        self.redis.set(f"{self.prefix}models", blob)
+        return len(blob)
+
+    def load_models(self) -> bool:
+        models = self.engine.scorer.models
+        blob = self.redis.get(f"{self.prefix}models") if models is not None else None
+        if not blob:
+            return False
+        models.restore(blob)
+        return True
+
+
+def model_report(engine: "Engine") -> tuple[list[bytes], list[dict]]:
+    """Periodic model upkeep: learn matured negatives, quality rows, drift alerts."""
+    models = engine.scorer.models
+    if models is None:
+        return [], []
+    models.learn_matured()
+    quality = [orjson.dumps(q) for q in models.quality()]
+    alerts = []
+    for d in models.drift_alerts():
+        at = d["detected_at"]
+        alerts.append({
+            "alert_id": f"drift:{d['model_version']}:{d['signal']}:{at}",
+            "event_id": "", "stream": "transactions", "entity_id": d["model_version"],
+            "event_time": at, "raised_at": time.time(), "kind": f"model_drift_{d['signal']}",
+            "severity": 0.0, "severity_level": "high", "score": float(d["mean_error_now"]),
+            "amount_at_risk": 0.0, "reasons": [f"DRIFT: {d['meaning']} (window {d['window']})"],
+            "rules_version": engine.rules.current.version,
+        })
+    return quality, alerts
+
+
 def rows_for_table(rows: list[dict]) -> list[bytes]:
     """Validated dict rows -> JSON rows with times as seconds (how ClickHouse reads them)."""
     out = []

@@ -115,7 +115,7 @@ class TransactionScorer:
             X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
             scored = self.models.score(X, names)
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
-            self.models.remember(batch.transaction_id, X, batch.event_time_ms)
+            self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
             model_version = self.models.version
         else:
             scored = None

@@ -50,7 +50,9 @@ def build_app(settings: Settings, engine=None):
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
     from mode import Service
 
-    from riskstream.streams.engine import Engine, publish_transactions, rows_for_table
+    from aiokafka import ConsumerRebalanceListener
+
+    from riskstream.streams.engine import Engine, StateStore, model_report, publish_transactions, rows_for_table
     from riskstream.streams.outputs import OutputPublisher, connect_redis
 
     engine = engine or Engine(settings)
@@ -89,6 +91,11 @@ def build_app(settings: Settings, engine=None):
     )
     app.engine = engine
     app.publisher = publisher
+    group = f"{settings.topic_prefix}{settings.consumer_group}"
+    state_store = StateStore(engine, redis_client, group)
+    if state_store.load_models():
+        log.warning("restored model state %s from Redis", engine.scorer.models.version)
+    app._riskstream_reader = None
     app.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
     batches = app.channel(maxsize=2)
 
@@ -140,14 +147,32 @@ def build_app(settings: Settings, engine=None):
         app.stats["batches"] += 1
         return len(envelope.transactions)
 
+    class FollowPartitions(ConsumerRebalanceListener):
+        """Feature state follows partitions: saved on revoke, loaded on assignment. Called
+        between batches (the reader awaits each batch before fetching the next)."""
+
+        def __init__(self, tx_topic: str):
+            self.tx_topic = tx_topic
+
+        async def on_partitions_revoked(self, revoked) -> None:
+            parts = {tp.partition for tp in revoked if tp.topic == self.tx_topic}
+            if parts:
+                state_store.save_partitions(parts)
+                state_store.drop_partitions(parts)
+
+        async def on_partitions_assigned(self, assigned) -> None:
+            parts = {tp.partition for tp in assigned if tp.topic == self.tx_topic}
+            loaded = state_store.load_partitions(parts)
+            log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
+
     # --------------------------------------------------------------------------------
     @app.service
     class TransactionReader(Service):
         """Batch reader for transactions + labels; commits after each batch is published."""
 
         async def on_start(self) -> None:
+            app._riskstream_reader = self
             self.consumer = AIOKafkaConsumer(
-                settings.topic("transactions"), settings.topic("labels"),
                 **settings.aiokafka_config(),
                 group_id=f"{settings.topic_prefix}{settings.consumer_group}",
                 enable_auto_commit=False,
@@ -158,11 +183,19 @@ def build_app(settings: Settings, engine=None):
                 fetch_max_bytes=64 * 1024 * 1024,
                 partition_assignment_strategy=(RangePartitionAssignor,),
             )
-            await self.consumer.start()
             self.tx_topic = settings.topic("transactions")
+            self.consumer.subscribe([self.tx_topic, settings.topic("labels")],
+                                    listener=FollowPartitions(self.tx_topic))
+            await self.consumer.start()
 
         async def on_stop(self) -> None:
             _start_shutdown_watchdog(settings.shutdown_timeout_s + 1.5)
+            try:
+                owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
+                state_store.save_partitions(owned)
+                state_store.save_models()
+            except Exception as exc:  # state is an optimisation; outputs are already safe
+                log.warning("saving state at shutdown: %s", exc)
             try:
                 await asyncio.wait_for(self.consumer.stop(), timeout=settings.shutdown_timeout_s / 2)
             except (asyncio.TimeoutError, Exception) as exc:  # bounded stop, offsets already committed
@@ -238,6 +271,22 @@ def build_app(settings: Settings, engine=None):
                                 published.get("source_name"))
                 except Exception as exc:
                     log.error("ignoring unreadable rule set on the rules topic: %s", exc)
+
+    @app.timer(interval=30.0)
+    async def checkpoint_and_report() -> None:
+        """Model upkeep and state checkpoints, between batches of the same event loop."""
+        quality, drift = model_report(engine)
+        publisher.sink("model_quality", quality)
+        if drift:
+            encoded = [orjson.dumps(a) for a in drift]
+            publisher.send("alerts", ((a["entity_id"].encode(), v) for a, v in zip(drift, encoded)))
+            publisher.sink("alerts", encoded)
+        reader = app._riskstream_reader
+        if reader is not None and getattr(reader, "consumer", None) is not None:
+            owned = {tp.partition for tp in reader.consumer.assignment() if tp.topic == reader.tx_topic}
+            state_store.save_partitions(owned)
+        state_store.save_models()
+        await flush()
 
     # --------------------------------------------------------------------------------
     async def _store(stream_name: str, events) -> list[dict]:

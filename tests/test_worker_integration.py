@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -168,3 +169,27 @@ def test_signal_stops_worker_promptly_with_everything_flushed(stack, worker_fact
     stored = wait_for(lambda: query(stack, "SELECT count() AS n FROM decisions FINAL")[0]["n"], 30,
                       f"{on_topic} decisions stored", ok=lambda n: n >= on_topic)
     assert stored == on_topic
+
+
+def test_feature_and_model_state_survive_a_worker_restart(stack, worker_factory):
+    """20 transactions on one card before a restart, one after: the velocity rule
+    (card_txn_count_1h >= 15; the 1 h count decays exponentially, so 20 events two minutes
+    back still count ~19) can only fire after the restart if the card's feature state came
+    back from Redis."""
+    now_ms = int(time.time() * 1000)
+    first = worker_factory()
+    burst = [(b"busy", _tx(i, now_ms - 120_000, card_id="busy-card", amount=12.0 + i)) for i in range(20)]
+    produce(stack, "transactions", burst)
+    wait_for(lambda: _decisions(stack, "it-"), 90, "20 decisions", first, ok=lambda r: len(r) == 20)
+    assert first.stop(signal.SIGTERM, timeout=10.0) in (0, -signal.SIGTERM)
+
+    r = redis.Redis.from_url(stack.redis_url.get_secret_value())
+    assert r.keys("rs:state:riskstream-worker:features:*"), "feature state saved at shutdown"
+    assert r.exists("rs:state:riskstream-worker:models"), "model state saved at shutdown"
+
+    second = worker_factory()
+    produce(stack, "transactions", [(b"busy", _tx(99, now_ms - 1000, card_id="busy-card", amount=30.0))])
+    row = wait_for(lambda: _decisions(stack, "it-99"), 90, "decision after restart", second)[0]
+    assert any(reason.startswith("VELOCITY_1H") for reason in row["reasons"]), row["reasons"]
+    assert "restored model state" in second.log_text()
+    assert re.search(r"feature state restored for [1-9]", second.log_text()), second.log_text()[-2000:]

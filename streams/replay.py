@@ -1,0 +1,821 @@
+"""`riskstream replay FILE --stream NAME`: a recorded or simulated stream, in event-time order.
+
+Online (default) every row becomes a JSON message on the stream's topic, keyed like live
+producers key it, so the running workers decide it exactly as they would live traffic.
+``--offline`` needs no broker: the same :class:`~riskstream.streams.engine.Engine` runs
+in-process over chunks of ``batch_max_events`` rows and the results go to ClickHouse in
+large blocks (through the running sink when the embedded stack is up, else chDB directly).
+
+Labels from a ground-truth column (``--label-column is_fraud --label-delay 7d``) become
+``chargeback`` label events at ``event_time + delay`` and are interleaved with the events
+by time, so nothing learns an outcome before the bank would have known it. Offline, a label
+is learned before the first chunk that starts after its ``label_time``: never early, at most
+one chunk late.
+
+Example (offline, on a simulated file)::
+
+    riskstream simulate --days 7 --out /tmp/tx.parquet
+    riskstream replay /tmp/tx.parquet --stream transactions --label-column is_fraud \\
+        --label-delay 7d --offline
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import orjson
+
+from riskstream.schemas.events import (
+    MAX_FUTURE_MS, MAX_ID_LENGTH, MIN_EVENT_TIME_MS, TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch,
+)
+from riskstream.settings import Settings, load_settings
+
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+# Rows per ClickHouse insert: big enough that the per-insert cost (a part written) vanishes.
+INSERT_ROWS = 200_000
+TRUTHY_STRINGS = frozenset({"1", "true", "t", "yes", "y"})
+
+
+class ReplayError(Exception):
+    """A problem with the command line or the file; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a stream's rows must carry. ``required`` groups: one column of each group."""
+
+    time_column: str
+    required: tuple[tuple[str, ...], ...]
+    key: tuple[str, ...]  # message key column (first one present), as live producers key it
+    strings: tuple[str, ...] = ()  # read as text from CSV (ids like mcc "0742" keep their zeros)
+
+
+STREAMS: dict[str, StreamSpec] = {
+    "transactions": StreamSpec(
+        "event_time",
+        (("transaction_id",), ("event_time",), ("amount",), ("card_id", "customer_id"),
+         ("merchant_id", "terminal_id")),
+        ("card_id", "customer_id"),
+        ("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL),
+    ),
+    "market": StreamSpec("event_time", (("instrument",), ("event_time",), ("price",)), ("instrument",),
+                         ("instrument",)),
+    "positions": StreamSpec("event_time", (("portfolio_id",), ("instrument",), ("event_time",), ("quantity",)),
+                            ("portfolio_id",), ("portfolio_id", "instrument")),
+    "loan_applications": StreamSpec(
+        "event_time",
+        (("application_id",), ("event_time",), ("customer_id",), ("amount",), ("income",), ("term_months",)),
+        ("customer_id",), ("application_id", "customer_id")),
+    "labels": StreamSpec("label_time", (("event_id",), ("label",), ("label_time",)), ("entity_id",),
+                         ("event_id", "stream", "label", "entity_id", "source")),
+}
+
+
+def parse_duration(text: str) -> int:
+    """Milliseconds from ``30m``, ``12h``, ``7d``, ``1.5h``, ``2w``, ``500ms``, ``90s``.
+
+    >>> parse_duration("7d"), parse_duration("30m"), parse_duration("1.5h")
+    (604800000, 1800000, 5400000)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*", text or "")
+    if not m:
+        raise ReplayError(f"--label-delay {text!r}: expected a number and a unit, e.g. 30m, 12h, 7d "
+                          f"(units: {', '.join(DURATION_UNITS_MS)}).")
+    return int(round(float(m.group(1)) * DURATION_UNITS_MS[m.group(2)]))
+
+
+def parse_maps(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or ():
+        src, sep, dest = item.partition("=")
+        if not sep or not src.strip() or not dest.strip():
+            raise ReplayError(f"--map {item!r}: expected SOURCE=DEST, e.g. --map TX_AMOUNT=amount.")
+        out[src.strip()] = dest.strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Reading: one pyarrow table, renamed, checked, sorted by event time
+# --------------------------------------------------------------------------------------
+@dataclass
+class ReplayInput:
+    """A file's rows in event-time order, as numpy columns (ids as ``str`` objects)."""
+
+    stream: str
+    path: Path
+    columns: dict[str, np.ndarray]  # valid rows only, sorted by time
+    times_ms: np.ndarray  # int64, the time column of ``columns``
+    row_number: np.ndarray  # int64, each valid row's 0-based row in the file
+    dead: list[DeadLetter] = field(default_factory=list)
+    label_column: str | None = None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # generated label events, by label_time
+    file_rows: int = 0
+    # Rows whose time could not be read, kept raw for the online path (the worker dead-letters them).
+    unreadable_times: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.times_ms)
+
+
+def read_table(path: Path, spec: StreamSpec, maps: dict[str, str]):
+    """pyarrow table of a CSV or Parquet file, columns renamed by ``maps``."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise ReplayError(f"{path}: file not found. Simulate one with "
+                          f"`riskstream simulate --out {path.with_suffix('.parquet').name}`.")
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        table = pq.read_table(path)
+    elif name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.zst")):
+        inverse = {dest: src for src, dest in maps.items()}
+        text_columns = {inverse.get(c, c): pa.string() for c in spec.strings}
+        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types=text_columns, strings_can_be_null=False, quoted_strings_can_be_null=False))
+    else:
+        raise ReplayError(f"{path}: expected a .csv or .parquet file.")
+    have = table.column_names
+    unknown = [src for src in maps if src not in have]
+    if unknown:
+        raise ReplayError(f"--map: {', '.join(unknown)} not in {path.name}; its columns are: {', '.join(have)}.")
+    return table.rename_columns([maps.get(c, c) for c in have])
+
+
+def check_columns(names: Sequence[str], stream: str, path: Path, label_column: str | None) -> None:
+    spec = STREAMS[stream]
+    missing = [" or ".join(group) for group in spec.required if not any(c in names for c in group)]
+    if label_column and label_column not in names:
+        missing.append(f"{label_column} (--label-column)")
+    if missing:
+        raise ReplayError(
+            f"{path.name}: missing required column(s) for --stream {stream}: {'; '.join(missing)}.\n"
+            f"The file has: {', '.join(names)}.\n"
+            f"Rename with --map, e.g. --map TX_AMOUNT=amount --map CUSTOMER_ID=card_id.")
+
+
+def times_to_ms(column) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch ms (int64) and a validity mask from ints/floats (epoch ms), pyarrow timestamps
+    (naive = UTC) or ISO-8601 strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    typ = col.type
+    if pa.types.is_timestamp(typ) or pa.types.is_date(typ):
+        col = pc.cast(col, pa.timestamp("ms", tz=getattr(typ, "tz", None)))
+        col = col.cast(pa.int64())
+        typ = col.type
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        ok = np.isfinite(values)
+        ms = np.where(ok, values, 0).astype(np.int64)
+        return ms, ok
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return _strings_to_ms(col.to_pylist())
+    raise ReplayError(f"time column of type {typ}: expected epoch milliseconds, ISO-8601 text or a timestamp.")
+
+
+def _strings_to_ms(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    ms = np.zeros(len(values), dtype=np.int64)
+    ok = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if not v:
+            continue
+        try:
+            if v.lstrip("-").isdigit():
+                ms[i] = int(v)
+            else:
+                dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+                if dt.tzinfo is None:
+                    dt = dt.replace(tzinfo=timezone.utc)
+                ms[i] = int(dt.timestamp() * 1000)
+            ok[i] = True
+        except ValueError:
+            pass
+    return ms, ok
+
+
+def _text(column) -> np.ndarray:
+    """An object array of ``str`` ("" for null) from any pyarrow column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = pc.cast(column, pa.string())
+    column = pc.fill_null(column, "")
+    return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+
+
+def _numbers(column) -> tuple[np.ndarray, np.ndarray]:
+    """float64 values (NaN for null) and a mask of the values that were not numbers at all."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return values, np.zeros(len(values), dtype=bool)
+    raw = column.to_pylist()
+    values = np.full(len(raw), np.nan)
+    not_number = np.zeros(len(raw), dtype=bool)
+    for i, v in enumerate(raw):
+        if v is None or v == "":
+            continue
+        try:
+            values[i] = float(v)
+        except (TypeError, ValueError):
+            not_number[i] = True
+    return values, not_number
+
+
+def truthy(column) -> np.ndarray:
+    """Rows where a ground-truth column is set: non-zero numbers, true, or 1/true/yes text."""
+    import pyarrow as pa
+
+    typ = column.type
+    if pa.types.is_boolean(typ) or pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.nan_to_num(values) != 0
+    return np.asarray([str(v).strip().lower() in TRUTHY_STRINGS for v in column.to_pylist()], dtype=bool)
+
+
+class _Reasons:
+    """First reason per row, filled column by column (vectorised masks)."""
+
+    def __init__(self, n: int):
+        self.reason = np.full(n, None, dtype=object)
+
+    def add(self, mask: np.ndarray, reason: str | Callable[[int], str]) -> None:
+        rows = np.flatnonzero(mask & np.equal(self.reason, None))
+        for i in rows:
+            self.reason[i] = reason(i) if callable(reason) else reason
+
+    @property
+    def bad(self) -> np.ndarray:
+        return ~np.equal(self.reason, None)
+
+
+def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_amount: float,
+                          now_ms: int) -> tuple[dict[str, np.ndarray], _Reasons]:
+    """The checks ``decode_transactions`` makes per record, as column operations over the file.
+    Returns the engine's columns (card/merchant with their fallbacks) and each bad row's reason."""
+    n = table.num_rows
+    names = set(table.column_names)
+    why = _Reasons(n)
+    text = {c: _text(table.column(c)) for c in ("transaction_id", "card_id", "customer_id", "merchant_id",
+                                                  "terminal_id", *TRANSACTION_OPTIONAL) if c in names}
+    empty = np.full(n, "", dtype=object)
+    why.add(text["transaction_id"] == "", "missing required field 'transaction_id'")
+    why.add(~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601")
+    why.add(time_ok & (times_ms < MIN_EVENT_TIME_MS),
+            lambda i: f"event_time {times_ms[i]} is before 2000-01-01 (seconds instead of milliseconds?)")
+    why.add(time_ok & (times_ms > now_ms + MAX_FUTURE_MS),
+            lambda i: f"event_time {times_ms[i]} is more than a day in the future")
+    # Per row, like the decoder: the card, else the customer; the merchant, else the terminal.
+    card = text.get("card_id", empty)
+    if "customer_id" in text:
+        card = np.where(card == "", text["customer_id"], card)
+    why.add(card == "", "missing required field: one of 'card_id', 'customer_id' or 'pan'")
+    merchant = text.get("merchant_id", empty)
+    if "terminal_id" in text:
+        merchant = np.where(merchant == "", text["terminal_id"], merchant)
+    why.add(merchant == "", "missing required field: one of 'merchant_id' or 'terminal_id'")
+    for name, values in text.items():
+        too_long = _longer_than(table.column(name), MAX_ID_LENGTH)
+        if too_long is not None:
+            why.add(too_long, f"'{name}' is longer than {MAX_ID_LENGTH} characters")
+    amount, not_number = _numbers(table.column("amount"))
+    why.add(not_number, lambda i: "'amount' must be a number")
+    why.add(np.isnan(amount) & ~not_number, "missing required field 'amount'")
+    with np.errstate(invalid="ignore"):
+        outside = ~np.isnan(amount) & ~((amount >= 0.0) & (amount <= max_amount))
+    why.add(outside, lambda i: f"'amount' = {amount[i]} is outside [0, {max_amount:g}]")
+    columns = {"transaction_id": text["transaction_id"], "event_time": times_ms, "card_id": card,
+               "merchant_id": merchant, "amount": amount}
+    for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
+        if name in names:
+            values, not_number = _numbers(table.column(name))
+            why.add(not_number, f"'{name}' must be a number")
+            with np.errstate(invalid="ignore"):
+                why.add(~np.isnan(values) & ~((values >= lo) & (values <= hi)),
+                        lambda i, v=values, nm=name, lo=lo, hi=hi: f"'{nm}' = {v[i]} is outside [{lo:g}, {hi:g}]")
+            columns[name] = values
+    for name in TRANSACTION_OPTIONAL:
+        if name in text:
+            columns[name] = text[name]
+    return columns, why
+
+
+def _longer_than(column, limit: int) -> np.ndarray | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return None
+    lengths = pc.fill_null(pc.utf8_length(column), 0)
+    if (pc.max(lengths).as_py() or 0) <= limit:  # the usual case: one pass, no mask
+        return None
+    return lengths.to_numpy(zero_copy_only=False) > limit
+
+
+def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None, *,
+               settings: Settings, label_column: str | None = None, label_delay_ms: int = 0,
+               now_ms: int | None = None, validate: bool = True) -> ReplayInput:
+    """Read, rename, check and sort a file; with ``validate`` (offline) bad transactions become
+    dead letters here, as the decoder would make them."""
+    if stream not in STREAMS:
+        raise ReplayError(f"unknown --stream {stream!r}; choose one of: {', '.join(STREAMS)}.")
+    if label_column and stream != "transactions":
+        raise ReplayError("--label-column makes chargeback labels for transactions; "
+                          "use it with --stream transactions (replay a labels file with --stream labels).")
+    spec = STREAMS[stream]
+    path = Path(path)
+    maps = maps or {}
+    table = read_table(path, spec, maps)
+    check_columns(table.column_names, stream, path, label_column)
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    times_ms, time_ok = times_to_ms(table.column(spec.time_column))
+    # Stable sort by time; unreadable times first (they only become dead letters).
+    order = np.argsort(np.where(time_ok, times_ms, np.iinfo(np.int64).min), kind="stable")
+    if not (np.diff(order) == 1).all():
+        import pyarrow as pa
+
+        table = table.take(pa.array(order))
+        times_ms, time_ok = times_ms[order], time_ok[order]
+    n = table.num_rows
+    flagged = None
+    if label_column:
+        flagged = truthy(table.column(label_column))
+        table = table.drop_columns([label_column])
+    out = ReplayInput(stream=stream, path=path, columns={}, times_ms=times_ms, row_number=order.astype(np.int64),
+                      label_column=label_column, file_rows=n)
+    if stream == "transactions" and validate:
+        columns, why = validate_transactions(table, times_ms, time_ok, settings.max_amount, now_ms)
+        bad = why.bad
+        if bad.any():
+            out.dead = _dead_letters(table, np.flatnonzero(bad), why.reason, order, settings, stream, now_ms)
+            keep = np.flatnonzero(~bad)
+            columns = {k: v[keep] for k, v in columns.items()}
+            out.times_ms, out.row_number = times_ms[keep], out.row_number[keep]
+            flagged = flagged[keep] if flagged is not None else None
+        out.columns = columns
+    else:
+        out.columns = {c: _column_values(table.column(c)) for c in table.column_names}
+        out.columns[spec.time_column] = times_ms
+        out.unreadable_times = {int(i): table.column(spec.time_column)[int(i)].as_py()
+                                for i in np.flatnonzero(~time_ok)}
+    if flagged is not None:
+        out.labels = label_events(out.columns, out.times_ms, flagged, label_delay_ms)
+    return out
+
+
+def _column_values(column) -> np.ndarray:
+    import pyarrow as pa
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
+    return column.to_numpy(zero_copy_only=False)
+
+
+def label_events(columns: dict[str, np.ndarray], times_ms: np.ndarray, flagged: np.ndarray,
+                 delay_ms: int) -> dict[str, np.ndarray]:
+    """Chargeback labels for the flagged transactions, at ``event_time + delay``, by label time."""
+    rows = np.flatnonzero(flagged)
+    label_time = times_ms[rows] + delay_ms
+    order = np.argsort(label_time, kind="stable")
+    rows, label_time = rows[order], label_time[order]
+    # Keyed like the transaction (card, else customer), so the label reaches the card's partition.
+    m = len(rows)
+    card = np.full(len(times_ms), "", dtype=object)
+    for name in ("customer_id", "card_id"):
+        if name in columns:
+            values = np.asarray(columns[name], dtype=object)
+            card = np.where((values != "") & np.not_equal(values, None), values, card)
+    return {
+        "event_id": np.asarray(columns["transaction_id"], dtype=object)[rows],
+        "stream": np.full(m, "transactions", dtype=object),
+        "label": np.full(m, "chargeback", dtype=object),
+        "is_positive": np.ones(m, dtype=np.int8),
+        "label_time": label_time.astype(np.int64),
+        "entity_id": card[rows].astype(object),
+        "source": np.full(m, "replay", dtype=object),
+    }
+
+
+def _dead_letters(table, rows: np.ndarray, reasons: np.ndarray, order: np.ndarray, settings: Settings,
+                  stream: str, now_ms: int) -> list[DeadLetter]:
+    """The bad rows as the decoder would dead-letter them: the row as JSON, PANs masked;
+    offset = the row's 0-based number in the file, so it can be found there."""
+    import pyarrow as pa
+
+    from riskstream.schemas.events import PanTokenizer
+
+    tokenizer = PanTokenizer(settings.pan_key_bytes())
+    records = table.take(pa.array(rows)).to_pylist()
+    topic = settings.topic(stream)
+    return [DeadLetter(topic, -1, int(order[i]), f"replay: {reasons[i]}",
+                       tokenizer.mask(orjson.dumps(rec, default=str, option=orjson.OPT_SERIALIZE_NUMPY)),
+                       received_at_ms=now_ms)
+            for i, rec in zip(rows.tolist(), records)]
+
+
+# --------------------------------------------------------------------------------------
+# Offline: the engine in-process, results to ClickHouse in large blocks
+# --------------------------------------------------------------------------------------
+class ClickHouseBlocks:
+    """Stands in for the worker's OutputPublisher offline: rows collect per table and go to
+    ClickHouse in blocks of ``INSERT_ROWS`` on one background thread (chDB and the HTTP
+    insert release the GIL, so writing overlaps scoring). Topics and Redis do not exist
+    offline; what would have gone there is counted."""
+
+    def __init__(self, settings: Settings, insert: Callable[[Settings, str, list[bytes]], int] | None = None,
+                 insert_rows: int = INSERT_ROWS):
+        from riskstream.sinks.clickhouse import insert_rows as default_insert
+
+        self.settings = settings
+        self.insert = insert or default_insert
+        self.insert_rows = insert_rows
+        self.pending: dict[str, list[bytes]] = {}
+        self.counts: dict[str, int] = {}
+        self.rows_written: dict[str, int] = {}
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # backpressure: scoring waits for ClickHouse
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_loop, daemon=True, name="replay-clickhouse")
+        self._thread.start()
+
+    # -- the OutputPublisher surface used by publish_transactions ---------------------
+    def send(self, stream: str, messages) -> None:
+        self.counts[stream] = self.counts.get(stream, 0) + len(messages)
+
+    def sink(self, table: str, rows: list[bytes]) -> None:
+        if not rows:
+            return
+        pending = self.pending.setdefault(table, [])
+        pending.extend(rows)
+        if len(pending) >= self.insert_rows:
+            self._hand_over(table)
+
+    def limits(self, limits: list[dict[str, Any]]) -> None:
+        self.counts["limits_issued"] = self.counts.get("limits_issued", 0) + len(limits)
+
+    def dead_letters(self, dead: list[DeadLetter]) -> None:
+        if dead:
+            self.sink("dead_letters", [orjson.dumps({**d.row(), "received_at": d.received_at_ms / 1000.0})
+                                       for d in dead])
+            self.counts["dead_letters"] = self.counts.get("dead_letters", 0) + len(dead)
+
+    # -------------------------------------------------------------------------------
+    def _hand_over(self, table: str) -> None:
+        rows = self.pending.pop(table, [])
+        if rows:
+            self._check()
+            self._queue.put((table, rows))
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue  # drain: the main thread raises the first error
+            table, rows = item
+            try:
+                self.insert(self.settings, table, [b"\n".join(rows)])
+                self.rows_written[table] = self.rows_written.get(table, 0) + len(rows)
+            except BaseException as exc:  # reported to the main thread, which stops the replay
+                self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> dict[str, int]:
+        """Write what is left and wait for it; returns rows written per table."""
+        try:
+            for table in list(self.pending):
+                self._hand_over(table)
+        finally:
+            self._queue.put(None)
+            self._thread.join()
+        self._check()
+        return self.rows_written
+
+
+@dataclass
+class ReplaySummary:
+    stream: str
+    rows: int
+    labels: int
+    dead_letters: int
+    seconds: float
+    rows_written: dict[str, int] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)  # seconds per stage (offline)
+
+    @property
+    def rate(self) -> float:
+        return self.rows / max(self.seconds, 1e-9)
+
+
+class Progress:
+    """One line on stderr about once a second: rows, % done, rows/s."""
+
+    def __init__(self, total: int, what: str, out=sys.stderr, every_s: float = 1.0):
+        self.total, self.what, self.out, self.every_s = total, what, out, every_s
+        self.t0 = self.last = time.perf_counter()
+        self.last_done = 0
+
+    def update(self, done: int, extra: str = "") -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and done < self.total:
+            return
+        rate = (done - self.last_done) / max(now - self.last, 1e-9)
+        pct = 100.0 * done / max(self.total, 1)
+        print(f"replay [{now - self.t0:6.1f}s] {done:>11,}/{self.total:,} {self.what} ({pct:5.1f}%) "
+              f"{rate:>9,.0f}/s{extra}", file=self.out, flush=True)
+        self.last, self.last_done = now, done
+
+
+def transaction_chunks(data: ReplayInput, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, end, labels due) per chunk, in event-time order: the labels whose ``label_time``
+    is before the chunk's first event time, i.e. known before any of its rows happened.
+    Labels after the last row come last, with ``start == end == n``."""
+    label_time = data.labels.get("label_time", np.zeros(0, dtype=np.int64))
+    n = data.n
+    next_label = 0
+    for start in range(0, n, chunk_rows):
+        end = min(n, start + chunk_rows)
+        due_end = int(np.searchsorted(label_time, data.times_ms[start], side="left"))
+        yield start, end, np.arange(next_label, max(next_label, due_end))
+        next_label = max(next_label, due_end)
+    if next_label < len(label_time):
+        yield n, n, np.arange(next_label, len(label_time))
+
+
+def _label_rows(labels: dict[str, np.ndarray], index: np.ndarray) -> list[dict]:
+    cols = list(labels)
+    values = [labels[c][index].tolist() for c in cols]
+    return [dict(zip(cols, row)) for row in zip(*values)]
+
+
+def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: ClickHouseBlocks | None = None,
+                   progress: Progress | None = None) -> ReplaySummary:
+    """Score the file in-process with the worker's code, in chunks of ``batch_max_events``."""
+    from riskstream.streams.engine import Engine, ROW_TABLES, publish_transactions, rows_for_table
+
+    t_start = time.perf_counter()
+    engine = engine or Engine(settings)
+    writer = writer or ClickHouseBlocks(settings)
+    prof = {"engine": 0.0, "batch": 0.0, "encode": 0.0, "labels": 0.0}
+    chunk = settings.batch_max_events
+    labels_fed = 0
+    t_run = time.perf_counter()
+    try:
+        writer.dead_letters(data.dead)
+        if data.stream == "transactions":
+            progress = progress or Progress(data.n, "transactions")
+            tokenizer = engine.tokenizer
+            cols = data.columns
+            for start, end, due in transaction_chunks(data, chunk):
+                t0 = time.perf_counter()
+                if len(due):
+                    rows = _label_rows(data.labels, due)
+                    engine.learn(rows)
+                    writer.sink("labels", rows_for_table(rows))
+                    labels_fed += len(rows)
+                t1 = time.perf_counter()
+                prof["labels"] += t1 - t0
+                if end == start:
+                    continue
+                batch = TransactionBatch.from_columns({k: v[start:end] for k, v in cols.items()}, tokenizer)
+                t2 = time.perf_counter()
+                result = engine.score_batch(batch, topic=settings.topic("transactions"))
+                t3 = time.perf_counter()
+                publish_transactions(writer, result)
+                t4 = time.perf_counter()
+                prof["batch"] += t2 - t1
+                prof["engine"] += t3 - t2
+                prof["encode"] += t4 - t3
+                progress.update(end)
+        else:
+            progress = progress or Progress(data.n, data.stream)
+            table = ROW_TABLES[data.stream]
+            names = list(data.columns)
+            dumps = orjson.dumps
+            for start in range(0, data.n, chunk):
+                end = min(data.n, start + chunk)
+                records = []
+                for j, row in enumerate(zip(*(data.columns[c][start:end].tolist() for c in names))):
+                    i = start + j
+                    rec = dict(zip(names, row))
+                    if i in data.unreadable_times:
+                        rec[STREAMS[data.stream].time_column] = data.unreadable_times[i]
+                    records.append((dumps(rec, default=str), -1, int(data.row_number[i])))
+                t0 = time.perf_counter()
+                rows, dead = engine.process_rows(data.stream, records)
+                writer.sink(table, rows_for_table(rows))
+                writer.dead_letters(dead)
+                if data.stream == "loan_applications" and engine.credit is not None:
+                    writer.sink("decisions", [dumps(d) for d in engine.credit_decisions(rows)])
+                if data.stream == "labels":
+                    labels_fed += len(rows)
+                prof["engine"] += time.perf_counter() - t0
+                progress.update(end)
+        t_close = time.perf_counter()
+        rows_written = writer.close()
+        prof["clickhouse_wait"] = time.perf_counter() - t_close
+    except BaseException:
+        try:
+            writer.close()
+        except BaseException:
+            pass
+        raise
+    prof["setup"] = t_run - t_start
+    seconds = time.perf_counter() - t_run  # the replay itself; building the engine (JIT) is in setup
+    return ReplaySummary(data.stream, data.n, labels_fed, writer.counts.get("dead_letters", 0), seconds,
+                         rows_written, prof)
+
+
+# --------------------------------------------------------------------------------------
+# Online: JSON messages to the topics, labels interleaved by time
+# --------------------------------------------------------------------------------------
+def message_order(data: ReplayInput) -> tuple[np.ndarray, np.ndarray]:
+    """(is_label, index) of every message in time order; at equal times the event goes first,
+    so a label never precedes the transaction it is about."""
+    n = data.n
+    label_time = data.labels.get("label_time", np.zeros(0, dtype=np.int64))
+    times = np.concatenate([data.times_ms, label_time])
+    order = np.argsort(times, kind="stable")
+    is_label = order >= n
+    return is_label, np.where(is_label, order - n, order)
+
+
+def replay_online(data: ReplayInput, settings: Settings, rate: float | None = None, producer=None,
+                  progress: Progress | None = None) -> ReplaySummary:
+    """Produce every row (and label) to its topic in time order; ``rate`` paces open loop."""
+    from riskstream.stack import ensure_topics
+
+    conf = settings.kafka_client_config()  # ConfigError when there is no Kafka: says `riskstream stack up`
+    if producer is None:
+        from confluent_kafka import Producer
+
+        ensure_topics(settings)
+        producer = Producer({**conf, "linger.ms": 5, "compression.type": "lz4",
+                             "queue.buffering.max.messages": 1_000_000, "batch.num.messages": 10_000})
+    spec = STREAMS[data.stream]
+    topic, label_topic = settings.topic(data.stream), settings.topic("labels")
+    names = [c for c in data.columns]
+    key_col = next((c for c in spec.key if c in data.columns), None)
+    failed: list[str] = []
+
+    def on_delivery(err, msg) -> None:
+        if err is not None:
+            failed.append(f"{msg.topic()}: {err}")
+
+    columns = [data.columns[c].tolist() if hasattr(data.columns[c], "tolist") else list(data.columns[c])
+               for c in names]
+    for i, raw in data.unreadable_times.items():
+        columns[names.index(spec.time_column)][i] = raw
+    keys = columns[names.index(key_col)] if key_col else None
+    label_cols = list(data.labels)
+    label_values = [data.labels[c].tolist() for c in label_cols]
+    label_keys = data.labels["entity_id"].tolist() if data.labels else []
+    is_label, index = message_order(data)
+    total = len(index)
+    progress = progress or Progress(total, "messages")
+    dumps = orjson.dumps
+    t0 = time.perf_counter()
+    produced = labels = 0
+    for is_lab, i in zip(is_label.tolist(), index.tolist()):
+        if is_lab:
+            t, key = label_topic, label_keys[i]
+            value = dumps(dict(zip(label_cols, (col[i] for col in label_values))))
+            labels += 1
+        else:
+            t, key = topic, keys[i] if keys is not None else None
+            value = dumps({c: col[i] for c, col in zip(names, columns)}, default=str)
+        key_bytes = None if key is None else str(key).encode()
+        while True:
+            try:
+                producer.produce(t, value=value, key=key_bytes, on_delivery=on_delivery)
+                break
+            except BufferError:  # librdkafka's queue is full: let it drain
+                producer.poll(0.05)
+        produced += 1
+        if rate:
+            ahead = t0 + produced / rate - time.perf_counter()
+            if ahead > 0.002:
+                producer.poll(0)
+                time.sleep(ahead)
+        if produced % 10_000 == 0:
+            producer.poll(0)
+            progress.update(produced)
+    remaining = producer.flush(60)
+    progress.update(produced)
+    if remaining or failed:
+        raise ReplayError(f"the broker did not acknowledge {remaining + len(failed)} message(s) "
+                          f"({'; '.join(failed[:3]) or 'flush timed out'}); the replay is incomplete. "
+                          "Check the broker (`riskstream stack status`) and run again: the engine's "
+                          "tables are keyed by event, so replaying twice stores each event once.")
+    return ReplaySummary(data.stream, produced - labels, labels, 0, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    settings = settings or load_settings(getattr(args, "config", None))
+    if args.stream not in STREAMS:
+        raise ReplayError(f"unknown --stream {args.stream!r}; choose one of: {', '.join(STREAMS)}.")
+    if args.label_delay and not args.label_column:
+        raise ReplayError("--label-delay needs --label-column (the column that says which rows are fraud).")
+    delay_ms = parse_duration(args.label_delay) if args.label_column else 0
+    if args.label_column and not args.label_delay:
+        raise ReplayError("--label-column needs --label-delay, e.g. --label-delay 7d "
+                          "(chargebacks take days; a zero delay would leak the outcome).")
+    if args.rate is not None and args.rate <= 0:
+        raise ReplayError(f"--rate {args.rate}: expected events per second > 0.")
+    if args.offline and args.rate:
+        raise ReplayError("--rate paces messages to the broker; it has no meaning with --offline.")
+    if not args.offline:
+        settings.kafka_client_config()  # fail before reading a big file when there is no broker
+    t0 = time.perf_counter()
+    data = load_input(args.file, args.stream, parse_maps(args.map), settings=settings,
+                      label_column=args.label_column, label_delay_ms=delay_ms, validate=args.offline)
+    n_labels = len(data.labels.get("label_time", ()))
+    late = int((data.labels["label_time"] > data.times_ms[-1]).sum()) if n_labels and data.n else 0
+    _say(f"replay: {data.file_rows:,} rows of {data.path.name} as {args.stream}"
+         + (f", {n_labels:,} chargeback labels {args.label_delay} later"
+            f" ({late:,} fall after the last row and are emitted at the end)" if args.label_column else "")
+         + (f", {len(data.dead):,} invalid rows dead-lettered" if data.dead else "")
+         + f" (read in {time.perf_counter() - t0:.1f}s)")
+    if args.offline:
+        summary = replay_offline(data, settings)
+        written = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows_written.items()))
+        prof = ", ".join(f"{k} {v:.1f}s" for k, v in summary.profile.items())
+        what = "transactions" if args.stream == "transactions" else "rows"
+        print(f"riskstream replay --offline: {summary.rows:,} {what} in {summary.seconds:.1f}s "
+              f"({summary.rate:,.0f} {what}/s, up to every row in ClickHouse; engine start-up "
+              f"{summary.profile['setup']:.1f}s more), {summary.labels:,} labels learned, "
+              f"{summary.dead_letters:,} dead letters.")
+        print(f"ClickHouse rows written: {written or 'none'}.")
+        print(f"Time by stage: {prof}.")
+    else:
+        summary = replay_online(data, settings, rate=args.rate)
+        print(f"riskstream replay: produced {summary.rows:,} {args.stream} and {summary.labels:,} labels in "
+              f"{summary.seconds:.1f}s ({(summary.rows + summary.labels) / max(summary.seconds, 1e-9):,.0f} "
+              f"messages/s){' paced at ' + format(args.rate, ',g') + '/s' if args.rate else ''}.")
+        print("The workers decide them as they arrive (start one with `riskstream worker` if none runs).")
+    print('Next: riskstream sql "SELECT decision, count() FROM decisions FINAL GROUP BY decision"\n'
+          '      riskstream sql "SELECT error, count() FROM dead_letters FINAL GROUP BY error"')
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        return run_replay(args)
+    except ReplayError as exc:
+        print(f"riskstream replay: {exc}", file=sys.stderr)
+        return 2
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "replay", help="Replay a CSV/Parquet file in event-time order (to the topics, or --offline in-process).",
+        description="Replay a recorded or simulated stream in event-time order (stable sort). The time column "
+                    "(event_time; label_time for --stream labels) may hold epoch milliseconds (integers), "
+                    "ISO-8601 text (no zone = UTC) or Parquet/Arrow timestamps. Online, rows go to the "
+                    "stream's topic as JSON, keyed like live producers; --offline scores them in-process "
+                    "and writes the results to ClickHouse.",
+        epilog="Example: riskstream replay tx.parquet --stream transactions --label-column is_fraud "
+               "--label-delay 7d --offline",
+    )
+    p.add_argument("file", help="a .csv or .parquet file")
+    p.add_argument("--stream", required=True, help=f"what the rows are: {', '.join(STREAMS)}")
+    p.add_argument("--map", action="append", default=[], metavar="SRC=DEST",
+                   help="rename a column, e.g. --map TX_AMOUNT=amount --map CUSTOMER_ID=card_id (repeatable)")
+    p.add_argument("--label-column", metavar="COL",
+                   help="ground-truth column (1/true = fraud): each such row yields a chargeback label "
+                        "--label-delay after it; COL is dropped from the transaction")
+    p.add_argument("--label-delay", metavar="DURATION",
+                   help="how long until the label is known, e.g. 30m, 12h, 7d. Labels that fall after the "
+                        "last row are still emitted, at the end")
+    p.add_argument("--offline", action="store_true",
+                   help="no broker: run the engine in-process and write results to ClickHouse")
+    p.add_argument("--rate", type=float, metavar="N",
+                   help="online only: pace to N messages/s (open loop, for latency tests)")
+    p.set_defaults(run=_cmd_replay)

@@ -1,0 +1,841 @@
+"""End-to-end and in-process measurements of the transaction path (``riskstream bench``).
+
+Every figure here comes from the real thing: the embedded stack (Tansu broker, Valkey, the
+ClickHouse sink on chDB), real ``riskstream worker`` processes and the engine's own
+functions. Nothing is asserted on timings: the numbers are for reading, and on a shared
+2-core machine they are noisy (the bench's producer/consumer, the broker, the sink and the
+workers all share the cores).
+
+Pieces, each usable alone:
+
+* :func:`build_messages` - simulated transactions serialised once (orjson, keyed by card);
+* :func:`drain_throughput` - preload a topic, start N workers, time the drain on ``decisions``;
+* :func:`faust_per_event_drain`, :func:`raw_getmany_drain` - the baselines on the same topic;
+* :func:`latency_at_rates` - open-loop producer at fixed rates against a running worker;
+* :func:`offline_replay`, :func:`stage_profile` - in-process throughput and per-stage costs;
+* :func:`memory_at_cards` - state bytes per card and peak RSS (run in its own process through
+  ``python -m riskstream.bench.engine_bench memory`` so the peak is the engine's alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import psutil
+
+from riskstream.settings import Settings
+
+DAY_MS = 86_400_000
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------
+# machine and process measurements
+# ------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """VmHWM (the kernel's peak resident set) of a process, in MB; psutil only has current RSS."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user+sys of these processes and their children; a process that is gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
+
+
+# ------------------------------------------------------------------------------------------
+# input
+# ------------------------------------------------------------------------------------------
+@dataclass
+class Messages:
+    """Simulated transactions: columns (for the in-process runs) and the same rows as Kafka
+    messages (for the broker runs), in event-time order."""
+
+    columns: dict[str, np.ndarray]
+    keys: list[bytes]
+    values: list[bytes]
+    ids: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def column_slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {k: v[start:stop] for k, v in self.columns.items()}
+
+
+def build_messages(n: int, seed: int = 11, progress: Progress = _quiet) -> Messages:
+    """``n`` simulated transactions (all scenarios on), serialised once with orjson."""
+    from riskstream.simulate import simulate
+
+    days = 14 if n >= 20_000 else 7
+    # ~2.5 transactions per customer per day (simulate's docstring); a little spare.
+    customers = max(100, int(n / (days * 2.2)) + 1)
+    terminals = max(60, customers // 4)
+    start_ms = int(time.time() * 1000) - days * DAY_MS - 3_600_000
+    t0 = time.perf_counter()
+    while True:
+        sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
+                       with_market=False, with_credit=False)
+        if len(sim.transactions["amount"]) >= n:
+            break
+        customers = int(customers * 1.3) + 1
+    tx = {k: v[:n] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
+    progress(f"simulated {n:,} transactions ({customers:,} customers, {days} days) in {time.perf_counter() - t0:.1f}s")
+    t0 = time.perf_counter()
+    names = list(tx)
+    dumps = orjson.dumps
+    values = [dumps(dict(zip(names, row))) for row in zip(*(tx[c].tolist() for c in names))]
+    keys = [c.encode() for c in tx["card_id"].tolist()]
+    progress(f"serialised {n:,} messages with orjson in {time.perf_counter() - t0:.1f}s "
+             f"(mean {sum(map(len, values)) / max(n, 1):.0f} bytes)")
+    return Messages(tx, keys, values, tx["transaction_id"].tolist())
+
+
+# ------------------------------------------------------------------------------------------
+# the stack and processes
+# ------------------------------------------------------------------------------------------
+class ProcessGroup:
+    """Every subprocess the bench starts, so that one place stops them all (exit, Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc, timeout=5.0)
+
+
+@dataclass
+class BenchStack:
+    """An attached EmbeddedStack with its client settings."""
+
+    stack: Any
+    settings: Settings  # points clients at this stack explicitly
+    state: dict
+
+    def service_pids(self) -> dict[str, int]:
+        return {s.name: s.process.pid for s in self.stack.services}
+
+
+def start_stack(base: Settings, data_dir: Path, progress: Progress = _quiet) -> BenchStack:
+    from pydantic import SecretStr
+
+    from riskstream.stack import EmbeddedStack
+
+    settings = base.model_copy(update={"data_dir": data_dir, "kafka_bootstrap": "", "redis_url": SecretStr("")})
+    stack = EmbeddedStack(settings, with_sink=True)
+    t0 = time.perf_counter()
+    stack.start(progress=lambda s: progress(f"  {s}"))
+    state = settings.stack_state()
+    client = settings.model_copy(update={"kafka_bootstrap": state["kafka"], "redis_url": SecretStr(state["redis"])})
+    progress(f"  stack up in {time.perf_counter() - t0:.1f}s")
+    return BenchStack(stack, client, state)
+
+
+def start_worker(bs: BenchStack, group: ProcessGroup, index: int) -> subprocess.Popen:
+    from riskstream.stack import _die_with_parent
+
+    s = bs.settings
+    env = dict(os.environ)
+    env.update({
+        "RISKSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "RISKSTREAM_REDIS_URL": s.redis_url.get_secret_value(),
+        "RISKSTREAM_DATA_DIR": str(s.data_dir),
+        "RISKSTREAM_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
+        "RISKSTREAM_TOPIC_PARTITIONS": str(s.topic_partitions),
+    })
+    log = s.data_dir / "logs" / f"bench-worker-{index}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return group.add(subprocess.Popen([sys.executable, "-m", "riskstream", "worker"], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          preexec_fn=_die_with_parent))
+
+
+def preload(settings: Settings, msgs: Messages, start: int = 0, stop: int | None = None,
+            progress: Progress = _quiet) -> float:
+    """Produce messages [start, stop) to the transactions topic; returns messages/s."""
+    from confluent_kafka import Producer
+
+    stop = msgs.n if stop is None else stop
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "batch.num.messages": 10000,
+                         "queue.buffering.max.messages": 2_000_000, "compression.type": "lz4"})
+    topic = settings.topic("transactions")
+    t0 = time.perf_counter()
+    for i in range(start, stop):
+        try:
+            producer.produce(topic, value=msgs.values[i], key=msgs.keys[i])
+        except BufferError:
+            producer.poll(0.05)
+            producer.produce(topic, value=msgs.values[i], key=msgs.keys[i])
+        if i % 20000 == 0:
+            producer.poll(0)
+    left = producer.flush(60)
+    if left:
+        raise RuntimeError(f"preload: {left} messages not acknowledged")
+    rate = (stop - start) / (time.perf_counter() - t0)
+    progress(f"  preloaded {stop - start:,} transactions at {rate:,.0f}/s")
+    return rate
+
+
+def _decisions_consumer(settings: Settings, from_end: bool, topics: tuple[str, ...] = ("decisions",),
+                        fetch_wait_ms: int = 5):
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-{os.getpid()}-{time.time_ns()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "fetch.wait.max.ms": fetch_wait_ms})
+    parts = []
+    for name in topics:
+        topic = settings.topic(name)
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        for p in meta.partitions:
+            offset = 0
+            if from_end:  # only what arrives from now on
+                _, offset = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            parts.append(TopicPartition(topic, p, offset))
+    consumer.assign(parts)
+    return consumer
+
+
+_EVENT_ID_PREFIX = b'{"event_id":"'
+
+
+def _event_id(value: bytes) -> bytes:
+    """The decision's event id without a JSON parse (orjson writes ``event_id`` first); the
+    bench shares the cores with the worker, so its own per-message cost matters."""
+    if value.startswith(_EVENT_ID_PREFIX):
+        return value[13:value.index(b'"', 13)]
+    return str(orjson.loads(value)["event_id"]).encode()
+
+
+# ------------------------------------------------------------------------------------------
+# 1. throughput: drain a preloaded topic
+# ------------------------------------------------------------------------------------------
+@dataclass
+class DrainResult:
+    workers: int
+    transactions: int
+    decided: int
+    duplicates: int
+    seconds: float
+    tps: float
+    cpu_s: dict[str, float]
+    cpu_us_per_txn: dict[str, float]
+    worker_peak_rss_mb: list[float]
+    startup_s: float
+    complete: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expected: int,
+                     progress: Progress = _quiet, stall_s: float = 90.0,
+                     keep_running: bool = False) -> tuple[DrainResult, list[subprocess.Popen]]:
+    """Start workers on a preloaded topic; time first to last decision seen on ``decisions``.
+
+    CPU is sampled at the first and the last decision, so start-up (imports, numba cache,
+    the group join) is not charged to the transactions.
+    """
+    # A drain measures throughput, not latency: long fetch waits keep this consumer's CPU low.
+    consumer = _decisions_consumer(bs.settings, from_end=False, fetch_wait_ms=100)
+    t_launch, t_launch_wall = time.monotonic(), time.time()
+    workers = [start_worker(bs, group, i) for i in range(n_workers)]
+    svc = bs.service_pids()
+    roles = {"workers": [w.pid for w in workers], **{k: [v] for k, v in svc.items()}, "bench": [os.getpid()]}
+    seen: set[bytes] = set()
+    count = first_group = 0
+    first_t = last_t = 0.0
+    cpu0: dict[str, float] = {}
+    last_print = time.monotonic()
+    last_count_change = time.monotonic()
+    try:
+        while len(seen) < expected:
+            batch = consumer.consume(10000, timeout=0.1)
+            now_wall = time.time()
+            got = 0
+            for m in batch:
+                if m.error():
+                    continue
+                seen.add(_event_id(m.value()))
+                got += 1
+            if got:
+                if not count:
+                    first_t, first_group = now_wall, got
+                    cpu0 = {r: cpu_seconds(p) for r, p in roles.items()}
+                    progress(f"  first decision {time.monotonic() - t_launch:.1f}s after the worker start")
+                count += got
+                last_t = now_wall
+                last_count_change = time.monotonic()
+            now = time.monotonic()
+            if now - last_print >= 1.0:
+                rate = len(seen) / max(1e-6, last_t - first_t) if count else 0.0
+                progress(f"  [{now - t_launch:5.1f}s] decided {len(seen):>9,}/{expected:,} ({rate:,.0f}/s since first)")
+                last_print = now
+            if any(w.poll() is not None for w in workers):
+                raise RuntimeError(f"a worker exited ({[w.poll() for w in workers]}); see {bs.settings.data_dir / 'logs'}")
+            if now - last_count_change > stall_s:
+                progress(f"  no new decision for {stall_s:.0f}s: stopping this run")
+                break
+        cpu1 = {r: cpu_seconds(p) for r, p in roles.items()}
+        rss = [peak_rss_mb(w.pid) for w in workers]
+    finally:
+        consumer.close()
+        if not keep_running:
+            for w in workers:
+                group.stop(w)
+    decided = len(seen)
+    seconds = max(last_t - first_t, 1e-6)
+    cpu = {r: round(cpu1.get(r, 0.0) - cpu0.get(r, 0.0), 3) for r in roles}
+    return DrainResult(
+        workers=n_workers, transactions=expected, decided=decided, duplicates=count - decided,
+        seconds=round(seconds, 3),
+        # Decisions arrive in batches: count those after the first arrival, over the time from
+        # the first arrival to the last. A drain that arrives all at once gives no rate.
+        tps=round((decided - first_group) / seconds, 1) if decided > first_group else 0.0,
+        cpu_s=cpu, cpu_us_per_txn={r: round(v / max(decided, 1) * 1e6, 2) for r, v in cpu.items()},
+        worker_peak_rss_mb=[round(r, 1) for r in rss], startup_s=round(first_t - t_launch_wall, 2) if count else 0.0,
+        complete=decided >= expected,
+    ), workers
+
+
+# ------------------------------------------------------------------------------------------
+# 3. baselines on the same topic
+# ------------------------------------------------------------------------------------------
+def _faust_counter_main(argv: list[str]) -> int:
+    """A plain per-event Faust agent that does nothing but count (the framework's floor)."""
+    import faust
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--broker", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--partitions", type=int, required=True)
+    ap.add_argument("--datadir", required=True)
+    args = ap.parse_args(argv)
+    app = faust.App(f"bench-faust-{os.getpid()}", broker=f"kafka://{args.broker}", value_serializer="raw",
+                    key_serializer="raw", store="memory://", datadir=args.datadir, web_enabled=False,
+                    topic_partitions=args.partitions, broker_session_timeout=6.0, broker_heartbeat_interval=1.0,
+                    consumer_auto_offset_reset="earliest", stream_wait_empty=False)
+    topic = app.topic(args.topic, value_serializer="raw", key_serializer="raw", partitions=args.partitions)
+    stats = {"count": 0, "first": 0.0, "last": 0.0}
+
+    @app.agent(topic)
+    async def count_events(stream):
+        async for _value in stream:
+            if not stats["count"]:
+                stats["first"] = time.time()
+            stats["count"] += 1
+            stats["last"] = time.time()
+
+    @app.timer(0.5)
+    async def report():
+        # One line per tick on stdout: the parent reads the latest.
+        sys.stdout.write(orjson.dumps(stats).decode() + "\n")
+        sys.stdout.flush()
+
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def faust_per_event_drain(bs: BenchStack, group: ProcessGroup, expected: int, progress: Progress = _quiet,
+                          timeout_s: float = 120.0) -> dict[str, Any]:
+    from riskstream.stack import _die_with_parent
+
+    s = bs.settings
+    datadir = s.data_dir / "faust-baseline"
+    datadir.mkdir(parents=True, exist_ok=True)
+    log = open(s.data_dir / "logs" / "bench-faust-baseline.log", "ab")
+    proc = group.add(subprocess.Popen(
+        [sys.executable, "-m", "riskstream.bench.engine_bench", "faust-counter", "--broker", s.kafka_bootstrap,
+         "--topic", s.topic("transactions"), "--partitions", str(s.topic_partitions), "--datadir", str(datadir)],
+        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent))
+    latest: dict[str, Any] = {"count": 0, "first": 0.0, "last": 0.0}
+
+    def read() -> None:
+        for line in proc.stdout:
+            try:
+                latest.update(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                pass
+
+    threading.Thread(target=read, daemon=True, name="faust-baseline-stdout").start()
+    t0 = time.monotonic()
+    last_print = t0
+    try:
+        while latest["count"] < expected and time.monotonic() - t0 < timeout_s:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Faust baseline exited with {proc.returncode}; see {log.name}")
+            time.sleep(0.2)
+            if time.monotonic() - last_print >= 2.0:
+                c = latest["count"]
+                rate = c / max(1e-6, latest["last"] - latest["first"]) if c else 0.0
+                progress(f"  [{time.monotonic() - t0:5.1f}s] Faust per-event agent counted {c:,}/{expected:,} ({rate:,.0f}/s)")
+                last_print = time.monotonic()
+    finally:
+        group.stop(proc)
+        log.close()
+    c = latest["count"]
+    secs = max(latest["last"] - latest["first"], 1e-6)
+    return {"events": c, "seconds": round(secs, 3), "tps": round((c - 1) / secs, 1) if c > 1 else 0.0,
+            "complete": c >= expected}
+
+
+def raw_getmany_drain(settings: Settings, expected: int, max_records: int = 10000) -> dict[str, Any]:
+    """aiokafka getmany over every partition, from the beginning, counting: the client's ceiling."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> dict[str, Any]:
+        consumer = AIOKafkaConsumer(**settings.aiokafka_config(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024,
+                                    fetch_max_bytes=64 * 1024 * 1024)
+        await consumer.start()
+        try:
+            topic = settings.topic("transactions")
+            parts = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            count, first, last = 0, 0.0, 0.0
+            deadline = time.monotonic() + 120
+            while count < expected and time.monotonic() < deadline:
+                data = await consumer.getmany(timeout_ms=500, max_records=max_records)
+                got = sum(len(v) for v in data.values())
+                if got:
+                    if not count:
+                        first = time.perf_counter()
+                    count += got
+                    last = time.perf_counter()
+            # The first batch arrives at `first`: rate over the records after it.
+            secs = max(last - first, 1e-6)
+            return {"events": count, "seconds": round(secs, 3), "complete": count >= expected,
+                    "tps": round(count / secs, 1) if count > 1 else 0.0}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+# ------------------------------------------------------------------------------------------
+# 2. latency: open-loop producer at fixed offered rates
+# ------------------------------------------------------------------------------------------
+def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list[int], seconds: float,
+                     progress: Progress = _quiet, drain_s: float = 15.0) -> tuple[dict[str, dict], int]:
+    """Offer each rate for ``seconds``; latency = decision arrival - send (both ``time.time()``).
+
+    Open loop: message i is due at t0 + i/rate whatever the engine does, so queueing shows
+    up as latency instead of slowing the producer down. Returns (per-rate stats, next index).
+    """
+    from confluent_kafka import Producer
+
+    sent: dict[bytes, float] = {}
+    arrived: dict[bytes, float] = {}
+    # The input messages read back by the same consumer: the broker round trip alone (the
+    # floor under the engine's latency on this machine).
+    echoed: dict[bytes, float] = {}
+    stop = threading.Event()
+    consumer = _decisions_consumer(settings, from_end=True, topics=("decisions", "transactions"))
+    input_topic = settings.topic("transactions")
+
+    def consume() -> None:
+        while not stop.is_set():
+            for m in consumer.consume(10000, timeout=0.05):
+                if m.error():
+                    continue
+                now = time.time()
+                if m.topic() == input_topic:
+                    echoed.setdefault(orjson.loads(m.value())["transaction_id"].encode(), now)
+                else:
+                    arrived.setdefault(_event_id(m.value()), now)
+
+    reader = threading.Thread(target=consume, daemon=True, name="latency-consumer")
+    reader.start()
+    # linger 1 ms: the producer's own batching should add little to what we measure.
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": 1, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 2_000_000})
+    topic = settings.topic("transactions")
+    out: dict[str, dict] = {}
+    i = start
+    try:
+        for rate in rates:
+            n = int(rate * seconds)
+            if i + n > msgs.n:
+                raise ValueError(f"not enough simulated messages for {rate}/s x {seconds}s")
+            ids = [t.encode() for t in msgs.ids[i:i + n]]
+            progress(f"  offering {rate:,}/s for {seconds:.0f}s ({n:,} transactions) ...")
+            t0 = time.perf_counter()
+            k = 0
+            behind_max = 0.0
+            while k < n:
+                due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+                if due - k > 1:
+                    behind_max = max(behind_max, (due - k) / rate)
+                while k < due:
+                    j = i + k
+                    sent[ids[k]] = time.time()
+                    try:
+                        producer.produce(topic, value=msgs.values[j], key=msgs.keys[j])
+                    except BufferError:
+                        producer.poll(0.01)
+                        producer.produce(topic, value=msgs.values[j], key=msgs.keys[j])
+                    k += 1
+                producer.poll(0)
+                sleep = t0 + k / rate - time.perf_counter()
+                if sleep > 0:
+                    time.sleep(min(sleep, 0.002))
+            producer.flush(30)
+            offered = n / (time.perf_counter() - t0)
+            deadline = time.monotonic() + drain_s
+            while time.monotonic() < deadline and sum(1 for t in ids if t in arrived) < n:
+                time.sleep(0.1)
+            lat = np.array([arrived[t] - sent[t] for t in ids if t in arrived]) * 1000.0
+            got = len(lat)
+            stats = {"offered_tps": round(offered, 1), "sent": n, "decided": got, "missing": n - got}
+            if got:
+                p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+                stats.update(p50=round(float(p50), 2), p95=round(float(p95), 2), p99=round(float(p99), 2),
+                             max=round(float(lat.max()), 2), mean=round(float(lat.mean()), 2))
+            floor = np.array([echoed[t] - sent[t] for t in ids if t in echoed]) * 1000.0
+            if len(floor):
+                stats["broker_round_trip_ms"] = {k: round(float(v), 2) for k, v in
+                                                 zip(("p50", "p99"), np.percentile(floor, [50, 99]))}
+            out[str(rate)] = stats
+            progress(f"    offered {offered:,.0f}/s: p50 {stats.get('p50', float('nan')):.1f} ms, "
+                     f"p95 {stats.get('p95', float('nan')):.1f}, p99 {stats.get('p99', float('nan')):.1f}, "
+                     f"max {stats.get('max', float('nan')):.1f}; {got:,}/{n:,} decided; broker round trip "
+                     f"p50/p99 {stats.get('broker_round_trip_ms', {})}")
+            i += n
+    finally:
+        stop.set()
+        reader.join(2)
+        consumer.close()
+    return out, i
+
+
+# ------------------------------------------------------------------------------------------
+# 4. offline replay
+# ------------------------------------------------------------------------------------------
+def _offline_settings(base: Settings, data_dir: Path) -> Settings:
+    from pydantic import SecretStr
+
+    # A fixed key: the tokenizer then needs nothing from data_dir.
+    return base.model_copy(update={"data_dir": data_dir, "pan_key": SecretStr("bench-" + "k" * 32)})
+
+
+def warm_engine(settings: Settings, msgs: Messages) -> float:
+    """Compile or load the numba kernels once, outside of any timed section."""
+    from riskstream.schemas.events import TransactionBatch
+    from riskstream.streams.engine import Engine
+
+    t0 = time.perf_counter()
+    Engine(settings).score_batch(TransactionBatch.from_columns(msgs.column_slice(0, min(500, msgs.n))))
+    return time.perf_counter() - t0
+
+
+def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
+                   progress: Progress = _quiet) -> dict[str, Any]:
+    """Engine.score_batch(TransactionBatch.from_columns(...)) + encode_outputs, in process."""
+    from riskstream.schemas.events import TransactionBatch
+    from riskstream.streams.engine import Engine
+    from riskstream.streams.pipeline import encode_outputs
+
+    engine = Engine(settings)
+    t_from = t_score = t_encode = 0.0
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    last_print = t0
+    decided = 0
+    for a in range(0, msgs.n, batch_size):
+        s0 = time.perf_counter()
+        batch = TransactionBatch.from_columns(msgs.column_slice(a, a + batch_size))
+        s1 = time.perf_counter()
+        result = engine.score_batch(batch)
+        s2 = time.perf_counter()
+        if result.scored is not None:
+            encode_outputs(result.scored)
+            decided += result.scored.n
+        s3 = time.perf_counter()
+        t_from, t_score, t_encode = t_from + s1 - s0, t_score + s2 - s1, t_encode + s3 - s2
+        if s3 - last_print >= 2.0:
+            progress(f"  replayed {a + batch_size:,}/{msgs.n:,} ({(a + batch_size) / (s3 - t0):,.0f}/s)")
+            last_print = s3
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    return {
+        "path": "Engine.score_batch(TransactionBatch.from_columns) + encode_outputs",
+        "transactions": msgs.n, "decided": decided, "batch_size": batch_size, "seconds": round(wall, 3),
+        "tps": round(msgs.n / wall, 1), "cpu_us_per_txn": round(cpu / msgs.n * 1e6, 2),
+        "us_per_txn": {"from_columns": round(t_from / msgs.n * 1e6, 2),
+                       "score_batch": round(t_score / msgs.n * 1e6, 2),
+                       "encode_outputs": round(t_encode / msgs.n * 1e6, 2)},
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# 6. per-stage profile of the worker path
+# ------------------------------------------------------------------------------------------
+STAGES = ("decode", "features", "rules", "models_score", "models_remember", "decide", "alerts", "encode",
+          "produce", "flush")
+
+
+def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, limit: int | None = None,
+                  progress: Progress = _quiet) -> dict[str, Any]:
+    """Each piece of ``TransactionScorer.process`` and the publish, called directly on batches.
+
+    Mirrors ``TransactionScorer.process`` step by step (kept in line with it by hand: if the
+    engine changes shape, this is the place to follow). ``produce`` is publish_transactions
+    (topics, sink blocks, Redis limits) against the real broker/Valkey; ``flush`` waits for
+    the broker's acks, as the worker does before committing.
+    """
+    from riskstream.schemas.events import decode_transactions
+    from riskstream.streams.engine import Engine
+    from riskstream.streams.outputs import OutputPublisher, connect_redis
+    from riskstream.streams.pipeline import ScoredBatch, encode_outputs
+
+    engine = Engine(settings)
+    scorer = engine.scorer
+    publisher = OutputPublisher(settings, redis_client=connect_redis(settings))
+    total = {k: 0.0 for k in STAGES}
+    n_total = 0
+    stop = min(msgs.n, limit or msgs.n)
+    values = msgs.values
+    t_start = time.perf_counter()
+    last_print = t_start
+    for a in range(0, stop, batch_size):
+        chunk = values[a:min(a + batch_size, stop)]
+        n = len(chunk)
+        t0 = time.perf_counter()
+        batch, dead = decode_transactions(chunk, tokenizer=engine.tokenizer, topic=settings.topic("transactions"),
+                                          partitions=[0] * n, offsets=list(range(a, a + n)),
+                                          max_message_bytes=settings.max_message_bytes,
+                                          max_amount=settings.max_amount)
+        t1 = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        feats = scorer.features.compute(batch)
+        names = list(feats)
+        t2 = time.perf_counter()
+        X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
+        scored = scorer.models.score(X, names)
+        score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
+        t3 = time.perf_counter()
+        scorer.models.remember(batch.transaction_id, X, batch.event_time_ms)
+        t4 = time.perf_counter()
+        ruleset = scorer.rules.current
+        columns: dict[str, np.ndarray] = dict(feats)
+        columns["score"] = score
+        columns["card_id"] = batch.card_id
+        columns["merchant_id"] = batch.merchant_id
+        columns.update(batch.optional)
+        outcome = ruleset.evaluate(columns)
+        t5 = time.perf_counter()
+        decision, reasons, limits = scorer._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
+        t6 = time.perf_counter()
+        out = ScoredBatch(batch, score, decision, reasons, ruleset.version, scorer.models.version,
+                          limits=limits, features=feats, decided_at_ms=now_ms)
+        out.alerts = scorer._alerts(out)
+        t7 = time.perf_counter()
+        enc = encode_outputs(out)
+        t8 = time.perf_counter()
+        # The body of engine.publish_transactions with the outputs encoded above.
+        publisher.send("decisions", enc.decisions)
+        if enc.alerts:
+            publisher.send("alerts", enc.alerts)
+        if enc.limits:
+            publisher.send("limits", enc.limits)
+            publisher.limits(enc.redis_limits)
+        for table, rows in enc.sink_rows.items():
+            publisher.sink(table, rows)
+        publisher.dead_letters(dead)
+        t9 = time.perf_counter()
+        publisher.flush()
+        t10 = time.perf_counter()
+        for stage, (x, y) in zip(STAGES, ((t0, t1), (t1, t2), (t4, t5), (t2, t3), (t3, t4), (t5, t6), (t6, t7),
+                                          (t7, t8), (t8, t9), (t9, t10))):
+            total[stage] += y - x
+        n_total += n
+        if time.perf_counter() - last_print >= 2.0:
+            progress(f"  profiled {n_total:,}/{stop:,} transactions")
+            last_print = time.perf_counter()
+    wall = time.perf_counter() - t_start
+    us = {k: round(v / n_total * 1e6, 3) for k, v in total.items()}
+    us["total"] = round(sum(total.values()) / n_total * 1e6, 3)
+    return {"transactions": n_total, "batch_size": batch_size, "us_per_txn": us,
+            "implied_tps": round(n_total / sum(total.values()), 1), "wall_s": round(wall, 2)}
+
+
+# ------------------------------------------------------------------------------------------
+# 5. memory at many cards (run in its own process)
+# ------------------------------------------------------------------------------------------
+def synthetic_batch(start: int, n: int, rng: np.random.Generator, t0_ms: int):
+    """``n`` transactions of ``n`` new cards (ids start..start+n), the other entities pooled."""
+    from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
+
+    def pool(prefix: str, size: int) -> np.ndarray:
+        return np.array([f"{prefix}{i:08x}" for i in rng.integers(0, size, n)], dtype=object)
+
+    optional = {k: np.full(n, "", dtype=object) for k in TRANSACTION_OPTIONAL}
+    optional.update({
+        "terminal_id": pool("T", 200_000), "customer_id": np.array([f"C{i:09d}" for i in range(start, start + n)], dtype=object),
+        "device_id": pool("dev", 500_000), "ip": pool("ip", 300_000), "account_id": pool("acct", 500_000),
+        "country": np.array(["FR", "DE", "NL", "BE", "PL"], dtype=object)[rng.integers(0, 5, n)],
+        "channel": np.array(["pos", "ecom", "atm"], dtype=object)[rng.integers(0, 3, n)],
+        "currency": np.full(n, "EUR", dtype=object), "mcc": np.full(n, "5411", dtype=object),
+    })
+    return TransactionBatch(
+        transaction_id=np.array([f"m-{i}" for i in range(start, start + n)], dtype=object),
+        event_time_ms=(t0_ms + np.arange(start, start + n, dtype=np.int64) * 50),
+        card_id=np.array([f"card_{i:016x}" for i in range(start, start + n)], dtype=object),
+        merchant_id=pool("M", 50_000),
+        amount=np.round(rng.lognormal(3.5, 1.1, n), 2),
+        lat=rng.uniform(45, 55, n), lon=rng.uniform(0, 15, n), optional=optional,
+        partition=rng.integers(0, 4, n).astype(np.int32), offset=np.arange(start, start + n, dtype=np.int64),
+    )
+
+
+def memory_at_cards(cards: int, batch_size: int = 10_000, progress: Progress = _quiet) -> dict[str, Any]:
+    from pydantic import SecretStr
+
+    from riskstream.streams.engine import Engine
+
+    settings = Settings(data_dir=Path("."), pan_key=SecretStr("bench-" + "k" * 32))
+    rss0 = psutil.Process().memory_info().rss
+    engine = Engine(settings)
+    rng = np.random.default_rng(5)
+    t0_ms = int(time.time() * 1000) - cards * 50
+    t0 = time.perf_counter()
+    last_print = t0
+    for a in range(0, cards, batch_size):
+        engine.score_batch(synthetic_batch(a, min(batch_size, cards - a), rng, t0_ms))
+        if time.perf_counter() - last_print >= 2.0:
+            progress(f"  fed {a + batch_size:,}/{cards:,} cards ({(a + batch_size) / (time.perf_counter() - t0):,.0f}/s)")
+            last_print = time.perf_counter()
+    tracked = engine.features.tracked_entities
+    feature_bytes = engine.features.state_bytes()
+    models = engine.scorer.models
+    model_bytes = models.state_bytes() if models is not None and hasattr(models, "state_bytes") else 0
+    n_cards = tracked.get("card", cards)
+    return {
+        "cards": cards, "tracked_entities": tracked, "feature_state_bytes": feature_bytes,
+        "state_bytes_per_card": round(feature_bytes / max(n_cards, 1), 1),
+        "model_state_bytes": model_bytes, "model_state_note": "ring of decisions awaiting labels: sized by capacity, not cards",
+        "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_engine_mb": round(rss0 / 2**20, 1),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def memory_in_subprocess(cards: int, group: ProcessGroup, progress: Progress = _quiet) -> dict[str, Any]:
+    """Run :func:`memory_at_cards` in a fresh interpreter: its peak RSS is the engine's alone."""
+    from riskstream.stack import _die_with_parent
+
+    proc = group.add(subprocess.Popen([sys.executable, "-m", "riskstream.bench.engine_bench", "memory",
+                                       "--cards", str(cards)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, text=True))
+
+    def relay() -> None:  # the child's progress lines, as they come
+        for line in proc.stderr:
+            progress(line.rstrip())
+
+    t = threading.Thread(target=relay, daemon=True, name="memory-progress")
+    t.start()
+    out = proc.stdout.read()
+    proc.wait()
+    t.join(2)
+    group.procs.remove(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory bench exited with {proc.returncode}")
+    return orjson.loads(out.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for the helper processes (``faust-counter``, ``memory``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "faust-counter":
+        return _faust_counter_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m riskstream.bench.engine_bench")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mem = sub.add_parser("memory", help="state bytes per card and peak RSS at N distinct cards")
+    mem.add_argument("--cards", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    if args.cmd == "memory":
+        res = memory_at_cards(args.cards, progress=lambda s: print(s, file=sys.stderr, flush=True))
+        print(orjson.dumps(res).decode(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""`riskstream bench --quick --json` on the real embedded stack: the report's shape and its
+internal consistency. No timing thresholds: on a shared machine they would only be flaky."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    # A subprocess, as a user runs it: its stdout must hold exactly one JSON object.
+    env = dict(os.environ, RISKSTREAM_DATA_DIR=str(tmp_path_factory.mktemp("bench")))
+    out = subprocess.run([sys.executable, "-m", "riskstream", "bench", "--quick", "--json"], env=env,
+                         capture_output=True, timeout=240)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")[-4000:]
+    return orjson.loads(out.stdout)
+
+
+def test_keys_present(report):
+    for key in ("throughput_tps", "throughput_tps_by_workers", "cpu_us_per_txn", "latency_ms", "faust_per_event_tps",
+                "raw_consume_tps", "offline_replay_tps", "peak_rss_mb", "state_bytes_per_card", "stage_us_per_txn",
+                "machine", "targets", "ratios"):
+        assert key in report, key
+    assert {"cores", "ram_gb", "cpu_model", "python"} <= set(report["machine"])
+
+
+def test_throughput_numbers_consistent(report):
+    by_workers = report["throughput_tps_by_workers"]
+    assert by_workers and all(v > 0 for v in by_workers.values())
+    assert report["throughput_tps"] == max(by_workers.values())
+    for run in report["throughput_runs"].values():
+        assert run["complete"] and run["decided"] == run["transactions"]
+        assert all(r > 0 for r in run["worker_peak_rss_mb"])
+    assert report["cpu_us_per_txn"]["workers"] > 0
+    assert report["faust_per_event_tps"] > 0 and report["raw_consume_tps"] > 0
+    assert report["ratios"]["engine_vs_faust_per_event"] == pytest.approx(
+        report["throughput_tps"] / report["faust_per_event_tps"], rel=0.01)
+
+
+def test_latency_per_rate(report):
+    assert set(report["latency_ms"]) == {str(r) for r in report["config"]["rates"]}
+    for st in report["latency_ms"].values():
+        assert st["decided"] == st["sent"] > 0
+        assert 0 < st["p50"] <= st["p95"] <= st["p99"] <= st["max"]
+
+
+def test_in_process_figures(report):
+    assert report["offline_replay_tps"] > 0
+    assert report["state_bytes_per_card"] > 0
+    assert report["memory"]["tracked_entities"]["card"] == report["memory"]["cards"]
+    assert report["peak_rss_mb"]["worker"] > 0 and report["peak_rss_mb"]["engine_at_cards"] > 0
+    stages = report["stage_us_per_txn"]
+    assert {"decode", "features", "rules", "models_score", "decide", "encode", "produce"} <= set(stages)
+    assert all(v >= 0 for v in stages.values())
+    assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"), abs=0.05)
+    assert all(t["met"] in (True, False, None) for t in report["targets"])

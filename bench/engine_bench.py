@@ -645,6 +645,29 @@ def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
     }
 
 
+def offline_replay_module(settings: Settings, msgs: Messages) -> dict[str, Any] | None:
+    """``streams.replay.replay_offline`` (what ``riskstream replay --offline`` runs) on the same
+    columns, writing to chDB under ``settings.data_dir``; None when that module is absent."""
+    try:
+        from riskstream.streams.replay import ReplayInput, replay_offline
+    except ImportError:
+        return None
+    cols = dict(msgs.columns)
+    data = ReplayInput(stream="transactions", path=Path("<simulated>"), columns=cols,
+                       times_ms=np.asarray(cols["event_time"], dtype=np.int64),
+                       row_number=np.arange(msgs.n, dtype=np.int64), file_rows=msgs.n)
+    cpu0 = time.process_time()
+    summary = replay_offline(data, settings)
+    cpu = time.process_time() - cpu0
+    return {
+        "path": "streams.replay.replay_offline (riskstream replay --offline), chDB writer",
+        "transactions": summary.rows, "seconds": round(summary.seconds, 3), "tps": round(summary.rate, 1),
+        "cpu_us_per_txn": round(cpu / max(summary.rows, 1) * 1e6, 2),
+        "profile_us_per_txn": {k: round(v / max(summary.rows, 1) * 1e6, 2) for k, v in summary.profile.items()},
+        "rows_written": summary.rows_written,
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # 6. per-stage profile of the worker path
 # ------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "riskstream.streams.worker",
     "riskstream.streams.replay",
     "riskstream.sinks.clickhouse",
+    "riskstream.sinks.grafana",
     "riskstream.simulate",
     "riskstream.rules.cli",
     "riskstream.detectors.evaluate",

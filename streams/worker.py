@@ -356,7 +356,10 @@ def _start_shutdown_watchdog(seconds: float) -> None:
 def run_worker(settings: Settings) -> int:
     import faust
 
+    from riskstream.stack import ensure_topics
+
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_topics(settings)  # idempotent; a real cluster may have auto-creation off
     app = build_app(settings)
     print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.engine.rules.current.version}, "
           f"batches up to {settings.batch_max_events}", flush=True)

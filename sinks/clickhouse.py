@@ -155,6 +155,9 @@ class _QueryHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         parsed = urllib.parse.urlparse(self.path)
+        if parsed.path == "/insert":
+            self._insert(parsed)
+            return
         if parsed.path != "/query":
             self._reply(404, b"unknown path\n")
             return
@@ -164,6 +167,21 @@ class _QueryHandler(BaseHTTPRequestHandler):
             self._reply(200, self.writer.query(sql, fmt))
         except Exception as exc:  # the analyst sees ClickHouse's message
             self._reply(400, str(exc).encode())
+
+    def _insert(self, parsed) -> None:
+        """``POST /insert?table=T`` with a JSONEachRow body: how `riskstream replay --offline`
+        writes while the sink owns the chDB data path (only one process may open it)."""
+        table = urllib.parse.parse_qs(parsed.query).get("table", [""])[0]
+        if table not in self.writer.known_tables:
+            self._reply(400, f"unknown table {table!r}; tables: {', '.join(sorted(self.writer.known_tables))}\n".encode())
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            self.writer.insert_blocks({table: [body]})
+        except Exception as exc:  # an outage: the client sees it and stops, nothing is half-acknowledged
+            self._reply(503, f"insert failed: {exc}".encode()[:2000])
+            return
+        self._reply(200, b"ok\n")
 
     def _reply(self, status: int, body: bytes) -> None:
         self.send_response(status)
@@ -177,6 +195,9 @@ def run_sink(settings: Settings, stop: threading.Event, query_port: int = 0,
     """Consume the sink topic into ClickHouse until ``stop`` is set; returns rows per table."""
     from confluent_kafka import Consumer, KafkaError
 
+    from riskstream.stack import ensure_topics
+
+    ensure_topics(settings)
     client = open_client(settings)
     ensure_schema(client)
     writer = SinkWriter(client)
@@ -261,6 +282,38 @@ def run_query(settings: Settings, sql: str, fmt: str = "pretty") -> bytes:
 
 class QueryError(Exception):
     pass
+
+
+def insert_rows(settings: Settings, table: str, blocks: list[bytes], client=None) -> int:
+    """Insert JSONEachRow blocks into ``table`` where the data is, routed like :func:`run_query`:
+    a ClickHouse server, the running sink (``POST /insert``), or chDB directly. Returns rows sent.
+
+    ``client``: an open client to reuse for many inserts (opening one and checking the schema
+    costs more than inserting 20k rows); only pass one when no sink owns the chDB path."""
+    blob = b"\n".join(b for b in blocks if b)
+    if not blob:
+        return 0
+    rows = blob.count(b"\n") + 1
+    if client is not None:
+        client.raw_insert(table, None, blob, fmt="JSONEachRow")
+        return rows
+    if not settings.clickhouse_dsn.get_secret_value():
+        from riskstream.stack import running_stack
+
+        state = running_stack(settings)
+        if state.get("sink_query"):
+            url = f"{state['sink_query']}/insert?table={urllib.parse.quote(table)}"
+            req = urllib.request.Request(url, data=blob, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    resp.read()
+            except urllib.error.HTTPError as exc:
+                raise QueryError(exc.read().decode(errors="replace")) from None
+            return rows
+    client = open_client(settings)
+    ensure_schema(client)
+    client.raw_insert(table, None, blob, fmt="JSONEachRow")
+    return rows
 
 
 def _cmd_sql(args: argparse.Namespace) -> int:

@@ -1,0 +1,141 @@
+"""Input decoding and validation: the columnar fast path against the per-row reference."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from riskstream.schemas.events import (
+    PanTokenizer, decode_rows, decode_transactions, luhn_valid,
+)
+
+NOW = 1_763_800_000_000
+TOK = PanTokenizer(b"test-key-of-32-bytes-for-hmac-ok")
+PAN = "4111111111111111"
+
+
+def _good(i: int) -> dict:
+    return {"transaction_id": f"t{i}", "event_time": NOW - 1000 * i, "card_id": f"card-{i % 5}",
+            "merchant_id": f"m{i % 3}", "amount": 10.0 + i, "country": "NL", "channel": "ecom",
+            "device_id": f"d{i}", "ip": "10.0.0.1", "lat": 52.1, "lon": 4.3}
+
+
+MUTATIONS = [
+    lambda r: r,
+    lambda r: {**r, "amount": int(r["amount"])},
+    lambda r: {**r, "amount": str(r["amount"])},          # numeric string: accepted by the slow path
+    lambda r: {**r, "amount": "lots"},
+    lambda r: {**r, "amount": -1},
+    lambda r: {**r, "amount": 1e12},
+    lambda r: {**r, "amount": True},
+    lambda r: {k: v for k, v in r.items() if k != "amount"},
+    lambda r: {k: v for k, v in r.items() if k != "card_id"},
+    lambda r: {**{k: v for k, v in r.items() if k != "card_id"}, "customer_id": "cust-1"},
+    lambda r: {**{k: v for k, v in r.items() if k != "card_id"}, "pan": PAN},
+    lambda r: {**r, "card_id": PAN},                      # a PAN in the card id is tokenized
+    lambda r: {**r, "customer_id": PAN},
+    lambda r: {**r, "event_time": "2025-11-20T10:00:00Z"},
+    lambda r: {**r, "event_time": (NOW // 1000)},         # seconds, not ms
+    lambda r: {**r, "event_time": NOW + 10 * 86_400_000},
+    lambda r: {**r, "event_time": None},
+    lambda r: {**r, "merchant_id": None, "terminal_id": "term-9"},
+    lambda r: {**r, "merchant_id": None},
+    lambda r: {**r, "mcc": 5411},                          # numeric MCC becomes "5411"
+    lambda r: {**r, "lat": 123.0},
+    lambda r: {**r, "lat": None, "lon": None},
+    lambda r: {**r, "transaction_id": 12345},
+    lambda r: {**r, "transaction_id": "x" * 200},
+    lambda r: {**r, "device_id": ["a"]},
+    lambda r: [1, 2, 3],
+]
+
+
+def _messages(seed: int, n: int = 400) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if rng.random() < 0.03:
+            out.append(b"{broken")
+            continue
+        out.append(orjson.dumps(rng.choice(MUTATIONS)(_good(i))))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_fast_path_matches_reference(seed):
+    values = _messages(seed)
+    parts, offs = [seed] * len(values), list(range(len(values)))
+    kw = dict(tokenizer=TOK, partitions=parts, offsets=offs, now_ms=NOW)
+    fast, fast_dead = decode_transactions(values, fast=True, **kw)
+    ref, ref_dead = decode_transactions(values, fast=False, **kw)
+    assert fast.n == ref.n and fast.n > 0
+    for name in ("transaction_id", "card_id", "merchant_id", "offset", "partition", "event_time_ms"):
+        assert list(getattr(fast, name)) == list(getattr(ref, name)), name
+    for name in ("amount", "lat", "lon"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(ref, name))
+    for k in fast.optional:
+        assert list(fast.optional[k]) == list(ref.optional[k]), k
+    assert [(d.offset, d.error) for d in fast_dead] == [(d.offset, d.error) for d in ref_dead]
+    assert len(fast_dead) > 0
+
+
+def test_every_valid_row_is_kept_in_order():
+    values = [orjson.dumps(_good(i)) for i in range(50)]
+    batch, dead = decode_transactions(values, tokenizer=TOK, now_ms=NOW)
+    assert not dead
+    assert list(batch.transaction_id) == [f"t{i}" for i in range(50)]
+    assert batch.amount.dtype == np.float64 and batch.event_time_ms.dtype == np.int64
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"amount": "lots"}, "'amount' must be a number"),
+    ({"amount": -1}, "outside [0"),
+    ({"amount": None}, "missing required field 'amount'"),
+    ({"event_time": NOW // 1000}, "before 2000-01-01"),
+    ({"event_time": NOW + 5 * 86_400_000}, "more than a day in the future"),
+    ({"event_time": "yesterday"}, "is not ISO-8601"),
+    ({"card_id": None}, "one of 'card_id', 'customer_id' or 'pan'"),
+    ({"merchant_id": None}, "one of 'merchant_id' or 'terminal_id'"),
+    ({"transaction_id": "x" * 200}, "longer than 128"),
+    ({"lat": 91.0}, "'lat' = 91.0 is outside"),
+    ({"pan": "12ab"}, "'pan' must be 12-19 digits"),
+])
+def test_each_problem_has_a_clear_reason(record, reason):
+    rec = {**_good(1), **record}
+    batch, dead = decode_transactions([orjson.dumps(rec)], tokenizer=TOK, now_ms=NOW, topic="tx",
+                                      partitions=[3], offsets=[42])
+    assert batch.n == 0
+    assert len(dead) == 1 and reason in dead[0].error
+    assert (dead[0].topic, dead[0].partition, dead[0].offset) == ("tx", 3, 42)
+
+
+def test_oversized_and_null_messages():
+    batch, dead = decode_transactions([None, b"{" + b" " * 70_000 + b"}"], tokenizer=TOK, now_ms=NOW)
+    assert batch.n == 0
+    assert ["empty message" in dead[0].error, "oversized" in dead[1].error] == [True, True]
+
+
+def test_pan_is_tokenized_and_masked_in_dead_letters():
+    ok = {**{k: v for k, v in _good(1).items() if k != "card_id"}, "pan": "4111 1111 1111 1111"}
+    bad = {"transaction_id": "b", "pan": PAN, "amount": "x"}
+    batch, dead = decode_transactions([orjson.dumps(ok), orjson.dumps(bad)], tokenizer=TOK, now_ms=NOW)
+    assert batch.card_id[0] == TOK.token(PAN) and batch.card_id[0].startswith("tok_")
+    assert PAN.encode() not in dead[0].payload and TOK.token(PAN).encode() in dead[0].payload
+
+
+def test_tokens_depend_on_the_key():
+    assert PanTokenizer(b"a" * 32).token(PAN) != PanTokenizer(b"b" * 32).token(PAN)
+    assert luhn_valid(PAN) and not luhn_valid("4111111111111112")
+
+
+def test_other_streams_validate_rows():
+    recs = [
+        (orjson.dumps({"event_id": "t1", "label": "chargeback", "label_time": NOW}), 0, 1),
+        (orjson.dumps({"event_id": "t2", "label": "maybe", "label_time": NOW}), 0, 2),
+    ]
+    rows, dead = decode_rows("labels", recs, tokenizer=TOK, now_ms=NOW)
+    assert rows[0]["is_positive"] == 1 and rows[0]["stream"] == "transactions"
+    assert len(dead) == 1 and "'label' must be one of" in dead[0].error and dead[0].offset == 2

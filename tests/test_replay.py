@@ -1,0 +1,188 @@
+"""`riskstream replay`: offline in-process replay into chDB, label delays, --map, errors, and
+online replay through the real embedded stack and worker."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from riskstream.settings import ConfigError, Settings
+from riskstream.simulate import simulate, write_simulation
+from riskstream.streams import replay
+from tests.conftest import query, wait_for
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return simulate(days=3, customers=250, terminals=50, seed=3, with_market=False, with_credit=False)
+
+
+def args(file, stream="transactions", maps=(), label_column=None, label_delay=None, offline=True, rate=None):
+    return argparse.Namespace(file=str(file), stream=stream, map=list(maps), label_column=label_column,
+                              label_delay=label_delay, offline=offline, rate=rate, config=None)
+
+
+def count(settings: Settings, sql: str) -> int:
+    return int(query(settings, sql)[0]["n"])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_offline_replay_decides_every_transaction_once(tmp_path, sim, suffix, capsys):
+    path = write_simulation(sim, tmp_path / f"tx{suffix}")[0]
+    settings = Settings(data_dir=tmp_path / "rs")
+    assert replay.run_replay(args(path, label_column="is_fraud", label_delay="2d"), settings) == 0
+    n = len(sim.transactions["amount"])
+    assert count(settings, "SELECT count() AS n FROM decisions FINAL") == n
+    assert count(settings, "SELECT uniqExact(event_id) AS n FROM decisions") == n
+    assert count(settings, "SELECT count() AS n FROM transactions FINAL") == n
+    frauds = int(sim.transactions["is_fraud"].sum())
+    assert frauds > 0
+    assert count(settings, "SELECT count() AS n FROM labels FINAL WHERE source = 'replay'") == frauds
+    # The label column is ground truth: it must not reach the engine's stored transaction.
+    assert "is_fraud" not in query(settings, "SELECT * FROM transactions LIMIT 1")[0]
+    out = capsys.readouterr()
+    assert f"{n:,} transactions" in out.out and "transactions/s" in out.out
+    assert "riskstream sql" in out.out and "%" in out.err
+
+
+def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
+    path = write_simulation(sim, tmp_path / "tx.parquet")[0]
+    settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
+    data = replay.load_input(path, "transactions", settings=settings, label_column="is_fraud",
+                             label_delay_ms=DAY_MS)
+    n_labels = len(data.labels["label_time"])
+    assert n_labels == int(sim.transactions["is_fraud"].sum())
+    assert (data.labels["label_time"] - DAY_MS == sim.transactions["event_time"][sim.transactions["is_fraud"] == 1]).all()
+
+    class RecordingEngine:
+        """Records the event-time clock (latest transaction scored) when labels are learned."""
+
+        def __init__(self):
+            from riskstream.streams.engine import Engine
+
+            self.inner = Engine(settings, with_models=False)
+            self.tokenizer = self.inner.tokenizer
+            self.clock = 0
+            self.next_chunk_start: list[int] = []
+            self.learned: list[tuple[int, int]] = []  # (label_time, clock when learned)
+
+        def learn(self, rows):
+            # Not due before the previous chunk either: at most one chunk late.
+            previous_start = self.next_chunk_start[-1] if self.next_chunk_start else 0
+            assert all(r["label_time"] >= previous_start for r in rows)
+            self.learned += [(r["label_time"], self.clock) for r in rows]
+            return self.inner.learn(rows)
+
+        def score_batch(self, batch, **kw):
+            # Every label learned so far must be older than every row of this batch.
+            self.next_chunk_start.append(int(batch.event_time_ms.min()))
+            for label_time, _ in self.learned:
+                assert label_time < batch.event_time_ms.min(), "label learned before its label_time"
+            self.clock = int(batch.event_time_ms.max())
+            return self.inner.score_batch(batch, **kw)
+
+    written = []
+    engine = RecordingEngine()
+    writer = replay.ClickHouseBlocks(settings, insert=lambda s, t, b: written.append(t) or 0)
+    summary = replay.replay_offline(data, settings, engine=engine, writer=writer)
+    assert summary.labels == n_labels == len(engine.learned)
+    # Each label is learned at most one chunk after its time, and some only after the last row.
+    assert [t for t, _ in engine.learned] == sorted(t for t, _ in engine.learned)
+    last_time = int(data.times_ms[-1])
+    assert any(t > last_time for t, _ in engine.learned)
+    assert "labels" in written and "decisions" in written
+
+
+def test_map_renames_columns_and_missing_columns_say_what_to_do(tmp_path, sim):
+    tx = sim.transactions
+    raw = pa.table({
+        "TRANSACTION_ID": tx["transaction_id"], "TX_DATETIME": pa.array(tx["event_time"]).cast(pa.timestamp("ms")),
+        "CUSTOMER_ID": tx["customer_id"], "TERMINAL_ID": tx["terminal_id"], "TX_AMOUNT": tx["amount"],
+        "TX_FRAUD": tx["is_fraud"],
+    })
+    path = tmp_path / "handbook.parquet"
+    pq.write_table(raw, path)
+    settings = Settings(data_dir=tmp_path / "rs")
+
+    with pytest.raises(replay.ReplayError) as err:
+        replay.run_replay(args(path, maps=["TX_AMOUNT=amount"]), settings)
+    text = str(err.value)
+    assert "transaction_id" in text and "event_time" in text and "card_id or customer_id" in text
+    assert "TX_DATETIME" in text and "--map" in text
+
+    maps = ["TRANSACTION_ID=transaction_id", "TX_DATETIME=event_time", "CUSTOMER_ID=card_id",
+            "TERMINAL_ID=terminal_id", "TX_AMOUNT=amount"]
+    assert replay.run_replay(args(path, maps=maps, label_column="TX_FRAUD", label_delay="12h"), settings) == 0
+    rows = query(settings, "SELECT event_id, entity_id, toUnixTimestamp64Milli(event_time) AS t FROM decisions FINAL "
+                           "ORDER BY event_id LIMIT 1")
+    first = int(np.flatnonzero(tx["transaction_id"] == rows[0]["event_id"])[0])
+    assert rows[0]["entity_id"] == tx["customer_id"][first]  # CUSTOMER_ID=card_id
+    assert int(rows[0]["t"]) == int(tx["event_time"][first])  # timestamps read as epoch ms
+    assert count(settings, "SELECT count() AS n FROM decisions FINAL") == len(tx["amount"])
+
+
+def test_usage_errors_say_what_to_do(tmp_path, sim, capsys):
+    path = write_simulation(sim, tmp_path / "tx.parquet")[0]
+    settings = Settings(data_dir=tmp_path / "rs")
+    with pytest.raises(replay.ReplayError, match="choose one of: transactions"):
+        replay.run_replay(args(path, stream="trades"), settings)
+    with pytest.raises(replay.ReplayError, match="file not found"):
+        replay.run_replay(args(tmp_path / "nope.csv"), settings)
+    with pytest.raises(replay.ReplayError, match="30m, 12h, 7d"):
+        replay.run_replay(args(path, label_column="is_fraud", label_delay="7 days"), settings)
+    with pytest.raises(replay.ReplayError, match="not in tx.parquet; its columns are"):
+        replay.run_replay(args(path, maps=["TX_AMOUNT=amount"]), settings)
+    # Online without a broker: the settings' error, which says to start the stack.
+    with pytest.raises(ConfigError, match="riskstream stack up"):
+        replay.run_replay(args(path, offline=False), settings)
+    assert replay.parse_duration("7d") == 7 * DAY_MS and replay.parse_duration("30m") == 1_800_000
+    # Through the CLI: exit code 2 and the message on stderr, no traceback.
+    from riskstream.cli import main
+
+    assert main(["replay", str(path), "--stream", "trades", "--offline"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+
+
+def test_bad_rows_are_dead_lettered_with_the_reason(tmp_path, sim):
+    tx = {k: v[:300].copy() for k, v in sim.transactions.items()}
+    tx["amount"][[10, 20, 30]] = [-5.0, np.nan, 1e12]
+    tx["transaction_id"][40] = ""
+    tx["event_time"][50] = tx["event_time"][50] // 1000  # seconds, not milliseconds
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({k: v for k, v in tx.items() if k != "fraud_scenario"}), path)
+    settings = Settings(data_dir=tmp_path / "rs")
+    assert replay.run_replay(args(path), settings) == 0
+    dead = query(settings, "SELECT offset, error, payload FROM dead_letters FINAL ORDER BY offset")
+    by_row = {int(d["offset"]): d for d in dead}
+    assert set(by_row) == {10, 20, 30, 40, 50}
+    assert "outside [0" in by_row[10]["error"] and "outside [0" in by_row[30]["error"]
+    assert "missing required field 'amount'" in by_row[20]["error"]
+    assert "transaction_id" in by_row[40]["error"] and "before 2000-01-01" in by_row[50]["error"]
+    assert orjson.loads(by_row[10]["payload"])["amount"] == -5.0
+    assert count(settings, "SELECT count() AS n FROM decisions FINAL") == 295
+
+
+def test_online_replay_is_decided_by_the_worker(stack, worker_factory, tmp_path, sim, capsys):
+    tx = {k: v[:500] for k, v in sim.transactions.items()}
+    path = tmp_path / "tx500.csv"
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(pa.table(tx), path)
+    worker = worker_factory()
+    assert replay.run_replay(args(path, offline=False, label_column="is_fraud", label_delay="1h"), stack) == 0
+    out = capsys.readouterr().out
+    assert "produced 500 transactions" in out
+    wait_for(lambda: count(stack, "SELECT count() AS n FROM decisions FINAL WHERE stream = 'transactions'"),
+             90, "500 decisions in ClickHouse", worker, ok=lambda n: n >= 500)
+    assert count(stack, "SELECT count() AS n FROM decisions FINAL WHERE stream = 'transactions'") == 500
+    frauds = int(tx["is_fraud"].sum())
+    wait_for(lambda: count(stack, "SELECT count() AS n FROM labels FINAL"), 30, f"{frauds} labels", worker,
+             ok=lambda n: n == frauds)

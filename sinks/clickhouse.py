@@ -103,24 +103,33 @@ class SinkWriter:
         self.known_tables = set(table_names())
 
     def insert_blocks(self, blocks: dict[str, list[bytes]]) -> None:
+        """Insert blocks keyed ``table`` (JSONEachRow rows) or ``table@ArrowStream`` (Arrow IPC
+        streams, concatenated into one insert per table)."""
         from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-        for table, parts in blocks.items():
-            if table not in self.known_tables:
-                self._dead_letter(table, b"\n".join(parts), f"sink: unknown table {table!r}")
+        for key, parts in blocks.items():
+            table, _, fmt = key.partition("@")
+            fmt = fmt or "JSONEachRow"
+            if table not in self.known_tables or fmt not in ("JSONEachRow", "ArrowStream"):
+                self._dead_letter(table, _describe(parts, fmt), f"sink: unknown table or format {key!r}")
                 continue
-            blob = b"\n".join(parts)
+            try:
+                blob, rows = _combine(parts, fmt)
+            except Exception as exc:  # an unreadable Arrow block: poison, not an outage
+                self._dead_letter(table, _describe(parts, fmt), f"sink: unreadable {fmt} block: {exc}")
+                continue
             try:
                 with self.lock:
-                    self.client.raw_insert(table, None, blob, fmt="JSONEachRow")
+                    self.client.raw_insert(table, None, blob, fmt=fmt)
             except OperationalError:
                 raise  # outage: the caller retries, offsets stay uncommitted
             except DatabaseError as exc:
                 if _is_outage(exc):
                     raise
-                self._dead_letter(table, blob, f"sink: ClickHouse rejected the block: {str(exc)[:500]}")
+                self._dead_letter(table, _describe(parts, fmt) if fmt != "JSONEachRow" else blob,
+                                  f"sink: ClickHouse rejected the block: {str(exc)[:500]}")
                 continue
-            self.rows_written[table] = self.rows_written.get(table, 0) + blob.count(b"\n") + 1
+            self.rows_written[table] = self.rows_written.get(table, 0) + rows
 
     def _dead_letter(self, table: str, blob: bytes, error: str) -> None:
         row = orjson.dumps({
@@ -134,6 +143,27 @@ class SinkWriter:
     def query(self, sql: str, fmt: str) -> bytes:
         with self.lock:
             return self.client.raw_query(sql, fmt=fmt)
+
+
+def _combine(parts: list[bytes], fmt: str) -> tuple[bytes, int]:
+    if fmt == "JSONEachRow":
+        blob = b"\n".join(parts)
+        return blob, blob.count(b"\n") + 1
+    import pyarrow as pa
+
+    tables = [pa.ipc.open_stream(p).read_all() for p in parts]
+    # permissive: blocks from workers of two versions (a rolling upgrade) still combine.
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes(), table.num_rows
+
+
+def _describe(parts: list[bytes], fmt: str) -> bytes:
+    if fmt == "JSONEachRow":
+        return b"\n".join(parts)
+    return f"{len(parts)} {fmt} block(s), {sum(map(len, parts))} bytes (binary, not shown)".encode()
 
 
 def _is_outage(exc: Exception) -> bool:

@@ -292,4 +292,6 @@ def publish_transactions(publisher, result: TransactionResult) -> None:
             publisher.limits(enc.redis_limits)
         for table, rows in enc.sink_rows.items():
             publisher.sink(table, rows)
+        for table, blocks in enc.sink_arrow.items():
+            publisher.sink_arrow(table, blocks, result.scored.n)
     publisher.dead_letters(result.dead)

@@ -75,6 +75,16 @@ class OutputPublisher:
         self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + len(rows)
         self.producer.poll(0)
 
+    def sink_arrow(self, table: str, blocks: list[bytes], rows: int = 0) -> None:
+        """Arrow IPC streams for a ClickHouse table (key = table@ArrowStream)."""
+        if not blocks:
+            return
+        key = f"{table}@ArrowStream".encode()
+        for block in blocks:
+            self._produce(self.topics["sink"], key, block)
+        self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + rows
+        self.producer.poll(0)
+
     def dead_letters(self, dead: list[DeadLetter]) -> None:
         if not dead:
             return

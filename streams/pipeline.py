@@ -268,6 +268,7 @@ class EncodedOutputs:
     limits: list[tuple[bytes, bytes]]
     sink_rows: dict[str, list[bytes]]  # table -> JSON rows
     redis_limits: list[dict[str, Any]]
+    sink_arrow: dict[str, list[bytes]] = field(default_factory=dict)  # table -> Arrow IPC streams
 
 
 def decision_rows(scored: ScoredBatch) -> list[bytes]:
@@ -289,21 +290,47 @@ def decision_rows(scored: ScoredBatch) -> list[bytes]:
     ]
 
 
-def transaction_rows(scored: ScoredBatch) -> list[bytes]:
+TRANSACTION_STRING_COLUMNS = ("terminal_id", "customer_id", "currency", "country", "channel", "mcc",
+                              "device_id", "ip", "account_id")
+# Arrow blocks stay under the broker's 1 MB message limit (about 60-120 bytes a row).
+ARROW_BLOCK_ROWS = 4000
+
+
+def transaction_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_ROWS) -> list[bytes]:
+    """The scored transactions as Arrow IPC streams for the ``transactions`` table.
+
+    Columnar: numbers go in without a copy and strings in one pass per column, about a tenth
+    of what a JSON row per transaction costs to encode; ClickHouse reads Arrow natively.
+    """
+    import pyarrow as pa
+
     b = scored.batch
-    o = b.optional
-    dumps = orjson.dumps
-    cols = zip(
-        b.transaction_id.tolist(), (b.event_time_ms / 1000.0).tolist(), b.card_id.tolist(), b.merchant_id.tolist(),
-        o["terminal_id"].tolist(), o["customer_id"].tolist(), b.amount.tolist(), o["currency"].tolist(),
-        o["country"].tolist(), o["channel"].tolist(), o["mcc"].tolist(), o["device_id"].tolist(), o["ip"].tolist(),
-        o["account_id"].tolist(), np.nan_to_num(b.lat).tolist(), np.nan_to_num(b.lon).tolist(),
-        scored.score.tolist(), scored.decision.tolist(), b.partition.tolist(), b.offset.tolist(),
-    )
-    keys = ("transaction_id", "event_time", "card_id", "merchant_id", "terminal_id", "customer_id", "amount",
-            "currency", "country", "channel", "mcc", "device_id", "ip", "account_id", "lat", "lon", "score",
-            "decision", "partition", "offset")
-    return [dumps(dict(zip(keys, row))) for row in cols]
+    string = pa.string()
+    columns = {
+        "transaction_id": pa.array(b.transaction_id, string),
+        "event_time": pa.array(b.event_time_ms, pa.timestamp("ms", tz="UTC")),
+        "card_id": pa.array(b.card_id, string),
+        "merchant_id": pa.array(b.merchant_id, string),
+        **{k: pa.array(b.optional[k], string) for k in TRANSACTION_STRING_COLUMNS},
+        "amount": pa.array(b.amount),
+        "lat": pa.array(np.nan_to_num(b.lat)),
+        "lon": pa.array(np.nan_to_num(b.lon)),
+        "score": pa.array(scored.score.astype(np.float32, copy=False)),
+        "decision": pa.array(scored.decision, string),
+        "partition": pa.array(b.partition.astype(np.int32, copy=False)),
+        "offset": pa.array(b.offset.astype(np.int64, copy=False)),
+    }
+    table = pa.table(columns)
+    blocks = []
+    for start in range(0, max(table.num_rows, 1), block_rows):
+        part = table.slice(start, block_rows)
+        if part.num_rows == 0:
+            break
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        blocks.append(sink.getvalue().to_pybytes())
+    return blocks
 
 
 def encode_outputs(scored: ScoredBatch) -> EncodedOutputs:
@@ -317,9 +344,9 @@ def encode_outputs(scored: ScoredBatch) -> EncodedOutputs:
         limits=[(lim["entity_id"].encode(), v) for lim, v in zip(scored.limits, limits)],
         sink_rows={
             "decisions": decisions,
-            "transactions": transaction_rows(scored),
             "alerts": alerts,
             "limits": limits,
         },
         redis_limits=scored.limits,
+        sink_arrow={"transactions": transaction_arrow_blocks(scored)},
     )

@@ -80,13 +80,13 @@ def peak_rss_mb(pid: int | None = None) -> float:
     return 0.0
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user+sys of these processes and their children; a process that is gone counts 0."""
+def cpu_seconds(pids: list[int], children: bool = True) -> float:
+    """user+sys of these processes (and their children); a process that is gone counts 0."""
     total = 0.0
     for pid in pids:
         try:
             proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
+            procs = [proc, *proc.children(recursive=True)] if children else [proc]
         except psutil.Error:
             continue
         for p in procs:
@@ -334,7 +334,7 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
             if got:
                 if not count:
                     first_t, first_group = now_wall, got
-                    cpu0 = {r: cpu_seconds(p) for r, p in roles.items()}
+                    cpu0 = {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
                     progress(f"  first decision {time.monotonic() - t_launch:.1f}s after the worker start")
                 count += got
                 last_t = now_wall
@@ -349,7 +349,8 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
             if now - last_count_change > stall_s:
                 progress(f"  no new decision for {stall_s:.0f}s: stopping this run")
                 break
-        cpu1 = {r: cpu_seconds(p) for r, p in roles.items()}
+        # The workers and the stack are children of this process: "bench" is this process alone.
+        cpu1 = {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
         rss = [peak_rss_mb(w.pid) for w in workers]
     finally:
         consumer.close()

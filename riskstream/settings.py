@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(
         5, ge=0, le=5000, description="Longest a partial batch waits for more events (latency bound)."
     )
+    fetch_max_wait_ms: int = Field(
+        20, ge=0, le=5000,
+        description="Longest a fetch waits for data; a broker that holds fetches this long (Tansu does) adds it to latency.",
+    )
     max_message_bytes: int = Field(
         65536, ge=512, description="Larger input messages are dead-lettered as oversized."
     )

@@ -29,7 +29,10 @@ class OutputPublisher:
         self.settings = settings
         self.producer = producer or Producer({
             **settings.kafka_client_config(),
-            "linger.ms": 2,
+            "linger.ms": 5,  # measured on the embedded broker: fewer, larger produce requests win
+            # Callbacks only for failures: one Python call per message is measurable at 50k/s,
+            # and flush() still reports what was not delivered.
+            "delivery.report.only.error": True,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,

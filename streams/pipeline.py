@@ -88,10 +88,12 @@ class BlockList:
         out = np.zeros(batch.n, dtype=bool)
         if not self.until_ms:
             return out
-        get = self.until_ms.get
-        for i, card in enumerate(batch.card_id):
-            until = get(card)
-            if until is not None and batch.event_time_ms[i] < until:
+        # One C-level membership pass over the batch; the per-row check runs only for the
+        # few cards that have a control.
+        controlled = np.fromiter(map(self.until_ms.__contains__, batch.card_id), dtype=bool, count=batch.n)
+        for i in np.flatnonzero(controlled).tolist():
+            card = batch.card_id[i]
+            if batch.event_time_ms[i] < self.until_ms[card]:
                 out[i] = batch.amount[i] > self.max_amount[card]
         return out
 

@@ -180,6 +180,7 @@ def build_app(settings: Settings, engine=None):
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(300, settings.session_timeout_ms // 6),
                 max_partition_fetch_bytes=8 * 1024 * 1024,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
                 fetch_max_bytes=64 * 1024 * 1024,
                 partition_assignment_strategy=(RangePartitionAssignor,),
             )

@@ -63,3 +63,4 @@ def test_json_rows(writer):
                           "label_time": time.time(), "entity_id": "c", "source": "t"}) for i in range(5)]
     writer.insert_blocks({"labels": [b"\n".join(rows[:3]), b"\n".join(rows[3:])]})
     assert _count(writer, "SELECT count() FROM labels FINAL") == 5
+

@@ -1,0 +1,158 @@
+"""Decisions from features, rules and scores: precedence, reasons, alerts, limits, encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
+from riskstream.rules.compiler import RuleSetHolder
+from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
+from riskstream.streams.pipeline import BlockList, DecisionPolicy, TransactionScorer, encode_outputs
+
+NOW = 1_763_800_000_000
+
+RULES = """
+version: "t-1"
+lists:
+  deny_countries: [KP]
+  trusted: [card-trusted]
+rules:
+  - id: deny_country
+    version: 1
+    description: deny
+    action: decline
+    reason: {code: DENY_COUNTRY, text: "from {country}"}
+    when: country in deny_countries
+  - id: trusted
+    version: 1
+    description: allow list
+    action: allow
+    reason: {code: TRUSTED, text: "trusted card"}
+    when: card_id in trusted
+  - id: big
+    version: 1
+    description: review big amounts
+    action: review
+    reason: {code: BIG, text: "amount {amount:.0f}"}
+    when: amount > 1000
+  - id: medium
+    version: 1
+    description: step up medium amounts
+    action: step_up
+    reason: {code: MEDIUM, text: "amount {amount:.0f}"}
+    when: amount > 500 and amount <= 1000
+  - id: shadow_small
+    version: 1
+    description: shadow
+    action: decline
+    mode: shadow
+    reason: {code: SMALL, text: "small"}
+    when: amount < 2
+  - id: cut
+    version: 1
+    description: cut the limit
+    action: cut_limit
+    params: {limit: 50, hours: 2}
+    reason: {code: CUT, text: "cut"}
+    when: amount > 5000
+"""
+
+
+@pytest.fixture
+def scorer():
+    holder = RuleSetHolder(available_columns=[*FEATURE_NAMES, "score", "card_id", "merchant_id", *TRANSACTION_OPTIONAL])
+    holder.load(RULES, "test.yaml")
+    return TransactionScorer(FeatureEngine(), holder, models=None)
+
+
+def _batch(rows: list[dict]) -> TransactionBatch:
+    cols = {k: [r.get(k, d) for r in rows] for k, d in
+            (("transaction_id", ""), ("event_time", NOW), ("card_id", "c"), ("merchant_id", "m"),
+             ("amount", 10.0), ("country", "NL"))}
+    return TransactionBatch.from_columns(cols)
+
+
+def test_rule_precedence_and_reasons(scorer):
+    out = scorer.process(_batch([
+        {"transaction_id": "deny", "country": "KP", "amount": 2000.0},
+        {"transaction_id": "trusted-big", "card_id": "card-trusted", "amount": 2000.0},
+        {"transaction_id": "trusted-denied", "card_id": "card-trusted", "country": "KP"},
+        {"transaction_id": "big", "amount": 2000.0},
+        {"transaction_id": "medium", "amount": 700.0},
+        {"transaction_id": "small", "amount": 1.0},
+        {"transaction_id": "plain", "amount": 10.0},
+    ]), now_ms=NOW)
+    decisions = dict(zip(out.batch.transaction_id, out.decision))
+    assert decisions == {"deny": "decline", "trusted-big": "approve", "trusted-denied": "decline",
+                         "big": "review", "medium": "step_up", "small": "approve", "plain": "approve"}
+    reasons = dict(zip(out.batch.transaction_id, out.reasons))
+    assert "DENY_COUNTRY: from KP" in reasons["deny"]
+    assert reasons["small"] == ["shadow:SMALL: small"]  # recorded, never acted on
+    assert reasons["plain"] == []
+    assert out.rules_version.startswith("t-1#")
+
+
+def test_score_thresholds_apply_without_rules(scorer):
+    policy = DecisionPolicy()
+    batch = _batch([{"transaction_id": f"t{i}"} for i in range(4)])
+    feats = scorer.features.compute(batch)
+    score = np.array([0.1, policy.step_up_score, policy.review_score, policy.decline_score], dtype=np.float32)
+    columns = {**feats, "score": score, "card_id": batch.card_id, "merchant_id": batch.merchant_id, **batch.optional}
+    outcome = scorer.rules.current.evaluate(columns)
+    decision, reasons, limits = scorer._decide(batch, score, outcome, scorer.rules.current, None, columns, NOW)
+    assert decision.tolist() == ["approve", "step_up", "review", "decline"]
+    assert reasons[3][0].startswith("MODEL_SCORE: fraud probability 0.90")
+    assert limits == []  # 0.90 < block_score
+
+
+def test_limit_controls_block_later_transactions(scorer):
+    out = scorer.process(_batch([{"transaction_id": "huge", "card_id": "c9", "amount": 6000.0}]), now_ms=NOW)
+    assert [(lim["action"], lim["max_amount"]) for lim in out.limits] == [("cut_limit", 50.0)]
+    assert out.limits[0]["valid_until"] == pytest.approx((NOW + 2 * 3_600_000) / 1000)
+    later = scorer.process(_batch([
+        {"transaction_id": "over", "card_id": "c9", "amount": 80.0, "event_time": NOW + 60_000},
+        {"transaction_id": "under", "card_id": "c9", "amount": 20.0, "event_time": NOW + 60_000},
+        {"transaction_id": "expired", "card_id": "c9", "amount": 80.0, "event_time": NOW + 3 * 3_600_000},
+    ]), now_ms=NOW)
+    assert dict(zip(later.batch.transaction_id, later.decision)) == {
+        "over": "decline", "under": "approve", "expired": "approve"}
+    assert later.reasons[0][0].startswith("LIMIT_BLOCK")
+
+
+def test_alert_severity_is_likelihood_times_impact(scorer):
+    out = scorer.process(_batch([{"transaction_id": "deny", "country": "KP", "amount": 2000.0}]), now_ms=NOW)
+    (alert,) = out.alerts
+    # A hard-rule decline counts as near-certain (0.9) even with no model score.
+    assert alert["severity"] == pytest.approx(0.9 * 2000.0)
+    assert alert["severity_level"] == "critical" and alert["kind"] == "fraud_decline"
+
+
+def test_encoded_outputs_are_one_decision_per_transaction(scorer):
+    out = scorer.process(_batch([{"transaction_id": f"t{i}", "card_id": f"c{i % 3}"} for i in range(10)]), now_ms=NOW)
+    enc = encode_outputs(out)
+    assert [orjson.loads(v)["event_id"] for _, v in enc.decisions] == [f"t{i}" for i in range(10)]
+    assert [k for k, _ in enc.decisions] == [f"c{i % 3}".encode() for i in range(10)]
+    row = orjson.loads(enc.decisions[0][1])
+    assert set(row) == {"event_id", "stream", "entity_id", "event_time", "decided_at", "score", "decision",
+                        "reasons", "rules_version", "model_version", "amount"}
+    assert row["event_time"] == NOW / 1000 and 0.0 <= row["score"] <= 1.0
+    assert enc.sink_rows["decisions"] == [v for _, v in enc.decisions]
+    assert enc.sink_arrow["transactions"]
+
+
+def test_block_list_declines_only_controlled_cards_while_valid():
+    from riskstream.streams.pipeline import BlockList
+
+    now = 1_763_800_000_000
+    blocks = BlockList()
+    blocks.apply({"entity_id": "c1", "valid_until": (now + 60_000) / 1000, "max_amount": 0.0})
+    blocks.apply({"entity_id": "c2", "valid_until": (now + 60_000) / 1000, "max_amount": 100.0})
+    batch = TransactionBatch.from_columns({
+        "transaction_id": ["a", "b", "c", "d", "e"], "event_time": [now, now + 120_000, now, now, now],
+        "card_id": ["c1", "c1", "c2", "c2", "c3"], "merchant_id": ["m"] * 5,
+        "amount": [5.0, 5.0, 50.0, 150.0, 1e6],
+    })
+    # c1 blocked until +60s; c2 limited to 100; c3 free.
+    assert blocks.violations(batch).tolist() == [True, False, False, True, False]

@@ -225,14 +225,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 HistoryLoader = Callable[[Any, date, date], tuple[Mapping[str, Any], Any, Any]]
 
 
-def _default_history_loader(settings: Any, date_from: date, date_to: date) -> tuple[Mapping[str, Any], Any, Any]:
-    # The ClickHouse sink owns the stored features and labels; it plugs its loader in here.
-    try:
-        from riskstream.sinks.clickhouse import load_backtest_history  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit("riskstream rules backtest: no history loader yet (riskstream.sinks.clickhouse."
-                         "load_backtest_history is not available in this build)") from None
-    return load_backtest_history(settings, date_from, date_to)
+def _stored_history_loader(args: argparse.Namespace) -> HistoryLoader:
+    """The stored ClickHouse history with features rebuilt as the worker had them
+    (riskstream.rules.history)."""
+    from functools import partial
+
+    from riskstream.rules.history import WARMUP_DAYS, load_backtest_history
+
+    return partial(load_backtest_history, warmup_days=getattr(args, "warmup_days", WARMUP_DAYS))
 
 
 def run_backtest(args: argparse.Namespace, load_history: HistoryLoader | None = None) -> int:
@@ -246,7 +246,7 @@ def run_backtest(args: argparse.Namespace, load_history: HistoryLoader | None = 
         print(str(exc), file=sys.stderr)
         return 1
     settings = load_settings(args.config)
-    loader = load_history or _default_history_loader
+    loader = load_history or _stored_history_loader(args)
     columns, labels, days = loader(settings, args.date_from, args.date_to)
     n = len(labels)
     if n == 0:
@@ -261,6 +261,7 @@ def run_backtest(args: argparse.Namespace, load_history: HistoryLoader | None = 
         print(f"the rule set needs columns the history does not have:\n{exc}", file=sys.stderr)
         return 1
     print(backtest(compiled, columns, labels, days).format_report())
+    print(f"Next: riskstream rules publish {args.file}   (workers switch to it within seconds)")
     return 0
 
 
@@ -295,6 +296,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("file")
     p.add_argument("--from", dest="date_from", type=_date, required=True, help="First day (YYYY-MM-DD).")
     p.add_argument("--to", dest="date_to", type=_date, required=True, help="Day after the last (YYYY-MM-DD).")
+    p.add_argument("--warmup-days", type=int, default=30, metavar="DAYS",
+                   help="Days of history before --from replayed first, so the features (velocities, "
+                        "first-seen, fraud rates) have their state at the period start (default 30).")
     p.set_defaults(run=run_backtest)
 
 

@@ -91,12 +91,17 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
         entries.append((rec["event_time"], "transactions", rec["card_id"].encode(), orjson.dumps(rec)))
 
     lab = sim.labels
+    # Chargebacks name the merchant, terminal and date of the payment.
+    tx_info = dict(zip(tx["transaction_id"].tolist(),
+                       zip(tx["merchant_id"].tolist(), tx["terminal_id"].tolist(), tx["event_time"].tolist())))
     for row in zip(*(lab[c].tolist() for c in lab)):
         rec = dict(zip(lab, row))
         if rec["label_time"] > end_ms:
             continue  # not known yet at the end of the stream
-        if rec["stream"] == "transactions" and rec["event_id"] not in kept_ids:
-            continue
+        if rec["stream"] == "transactions":
+            if rec["event_id"] not in kept_ids:
+                continue
+            rec["merchant_id"], rec["terminal_id"], rec["event_time"] = tx_info[rec["event_id"]]
         entries.append((rec["label_time"], "labels", str(rec.get("entity_id", "")).encode(), orjson.dumps(rec)))
 
     counts = {"transactions": n_transactions}

@@ -186,13 +186,18 @@ def rebuild_history(settings: Settings, date_from: date, date_to: date, *, warmu
         return BacktestHistory({}, np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
                                np.zeros(0, dtype="datetime64[D]"), seconds=time.perf_counter() - t0)
 
-    # Confirmed frauds as the worker learns them (streams.engine.Engine.learn): keyed by the
-    # label's card (entity_id), at label_time. Only those due before the period ends matter.
+    # Confirmed frauds as the worker learns them (streams.engine.Engine.learn): for the
+    # label's card (entity_id), merchant and terminal, from label_time on. Only those due
+    # before the period ends matter.
     label_rows = read(
-        "SELECT entity_id, toUnixTimestamp64Milli(label_time) AS label_time_ms FROM labels FINAL "
+        "SELECT entity_id, merchant_id, terminal_id, toUnixTimestamp64Milli(event_time) AS labelled_event_ms, "
+        "toUnixTimestamp64Milli(label_time) AS label_time_ms FROM labels FINAL "
         f"WHERE stream = 'transactions' AND is_positive = 1 AND label_time >= {_ch_time(warmup_start)} "
         f"AND label_time < {_ch_time(period_end)} ORDER BY label_time_ms")
-    label_card = label_rows.column("entity_id").to_numpy(zero_copy_only=False).astype(object)
+    label_keys = {entity: label_rows.column(column).to_numpy(zero_copy_only=False).astype(object)
+                  for entity, column in (("card", "entity_id"), ("merchant", "merchant_id"),
+                                         ("terminal", "terminal_id"))}
+    label_event_ms = label_rows.column("labelled_event_ms").to_numpy().astype(np.int64)
     label_ms = label_rows.column("label_time_ms").to_numpy().astype(np.int64)
     next_label = 0
 
@@ -220,8 +225,9 @@ def rebuild_history(settings: Settings, date_from: date, date_to: date, *, warmu
         due = int(np.searchsorted(label_ms, int(batch.event_time_ms[-1]), side="right"))
         if due > next_label:
             # The engine folds each one in just before the first row at or after its label time.
-            at = label_ms[next_label:due]
-            engine.apply_labels({"card": label_card[next_label:due]}, at, at, np.ones(due - next_label, dtype=np.int8))
+            engine.apply_labels({entity: keys[next_label:due] for entity, keys in label_keys.items()},
+                                label_event_ms[next_label:due], label_ms[next_label:due],
+                                np.ones(due - next_label, dtype=np.int8))
             next_label = due
         features = engine.compute(batch)
         if lo >= period_start:

@@ -127,9 +127,17 @@ CREATE TABLE IF NOT EXISTS labels (
     is_positive UInt8,
     label_time  DateTime64(3, 'UTC'),
     entity_id   String,
-    source      LowCardinality(String)
+    source      LowCardinality(String),
+    merchant_id String,                    -- of the labelled event, when the label says
+    terminal_id String,
+    event_time  DateTime64(3, 'UTC')       -- of the labelled event (label_time when unknown)
 ) ENGINE = ReplacingMergeTree(label_time)
 ORDER BY (stream, event_id, label);
+
+-- Columns added after the first release: existing data directories get them too.
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS merchant_id String;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS terminal_id String;
+ALTER TABLE labels ADD COLUMN IF NOT EXISTS event_time DateTime64(3, 'UTC');
 
 -- Rolling model quality from labels, and drift.
 CREATE TABLE IF NOT EXISTS model_quality (

@@ -500,14 +500,21 @@ def _label(obj: dict, now_ms: int) -> dict:
     stream = _id(obj, "stream", required=False) or "transactions"
     if stream not in ("transactions", "loan_applications"):
         raise InvalidEvent(f"'stream' must be transactions or loan_applications, got {stream!r}")
+    label_time = parse_event_time(obj.get("label_time") if "label_time" in obj else _missing("label_time"), now_ms)
+    # Chargeback records carry the merchant, terminal and transaction date: with them a
+    # confirmed fraud also counts for the merchant's and terminal's fraud-rate features.
+    event_time = obj.get("event_time")
     return {
         "event_id": _id(obj, "event_id"),
         "stream": stream,
         "label": label,
         "is_positive": LABEL_VALUES[label],
-        "label_time": parse_event_time(obj.get("label_time") if "label_time" in obj else _missing("label_time"), now_ms),
+        "label_time": label_time,
         "entity_id": _id(obj, "entity_id", required=False),
         "source": _id(obj, "source", required=False),
+        "merchant_id": _id(obj, "merchant_id", required=False),
+        "terminal_id": _id(obj, "terminal_id", required=False),
+        "event_time": parse_event_time(event_time, now_ms) if event_time is not None else label_time,
     }
 
 

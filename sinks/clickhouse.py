@@ -42,7 +42,8 @@ def ddl_statements() -> list[str]:
 
 
 def table_names() -> list[str]:
-    return [s.split("EXISTS", 1)[1].split("(", 1)[0].strip() for s in ddl_statements()]
+    return [s.split("EXISTS", 1)[1].split("(", 1)[0].strip() for s in ddl_statements()
+            if s.startswith("CREATE TABLE")]
 
 
 def open_client(settings: Settings):

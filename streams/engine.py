@@ -126,10 +126,13 @@ class Engine:
     def learn(self, labels: list[dict]) -> int:
         learned = self.scorer.learn(labels)
         tx = [r for r in labels if r["stream"] == "transactions" and r["is_positive"]]
-        if tx and hasattr(self.features, "apply_labels"):
+        if tx:
+            def column(name: str) -> np.ndarray:
+                return np.asarray([r.get(name, "") for r in tx], dtype=object)
+
             self.features.apply_labels(
-                {"card": np.asarray([r["entity_id"] for r in tx], dtype=object)},
-                np.asarray([r["label_time"] for r in tx], dtype=np.int64),  # event time unknown here
+                {"card": column("entity_id"), "merchant": column("merchant_id"), "terminal": column("terminal_id")},
+                np.asarray([r.get("event_time", r["label_time"]) for r in tx], dtype=np.int64),
                 np.asarray([r["label_time"] for r in tx], dtype=np.int64),
                 np.ones(len(tx), dtype=np.int8),
             )

@@ -412,7 +412,17 @@ def label_events(columns: dict[str, np.ndarray], times_ms: np.ndarray, flagged: 
         "label_time": label_time.astype(np.int64),
         "entity_id": card[rows].astype(object),
         "source": np.full(m, "replay", dtype=object),
+        # Like a chargeback record: the merchant, terminal and date of the labelled payment.
+        **{name: _text_or_empty(columns, name, len(times_ms))[rows] for name in ("merchant_id", "terminal_id")},
+        "event_time": times_ms[rows].astype(np.int64),
     }
+
+
+def _text_or_empty(columns: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    if name not in columns:
+        return np.full(n, "", dtype=object)
+    values = np.asarray(columns[name], dtype=object)
+    return np.where(np.not_equal(values, None), values, "").astype(object)
 
 
 def _dead_letters(table, rows: np.ndarray, reasons: np.ndarray, order: np.ndarray, settings: Settings,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import sys
@@ -98,6 +99,8 @@ def build_app(settings: Settings, engine=None):
     app._riskstream_reader = None
     app.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
     batches = app.channel(maxsize=2)
+    acks: set[asyncio.Future] = set()
+    max_in_flight = 3  # batches scored but not yet acknowledged by the broker
 
     def topic(name: str):
         return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw",
@@ -115,18 +118,26 @@ def build_app(settings: Settings, engine=None):
         await asyncio.get_running_loop().run_in_executor(loop_executor, publisher.flush)
 
     # --------------------------------------------------------------------------------
+    async def _ack_when_delivered(envelope: BatchEnvelope, n: int) -> None:
+        try:
+            await flush()
+        except Exception as exc:
+            envelope.done.set_exception(exc)
+        else:
+            envelope.done.set_result(n)
+
     @app.agent(batches)
     async def score_transactions(stream):
+        # Pipelined: batch N's broker acknowledgement is awaited in the background while
+        # batch N+1 is scored; the reader commits batches strictly in order as they complete.
         async for envelope in stream:
             try:
                 n = _score_envelope(envelope)
-                await flush()
-            except BaseException as exc:
+            except Exception as exc:
                 envelope.done.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                envelope.done.set_result(n)
+                continue
+            acks.add(asyncio.ensure_future(_ack_when_delivered(envelope, n)))
+            acks.difference_update([t for t in acks if t.done()])
 
     def _score_envelope(envelope: BatchEnvelope) -> int:
         if envelope.labels:
@@ -155,6 +166,9 @@ def build_app(settings: Settings, engine=None):
             self.tx_topic = tx_topic
 
         async def on_partitions_revoked(self, revoked) -> None:
+            reader = app._riskstream_reader
+            if reader is not None:  # the new owner starts after what we scored and delivered
+                await reader.settle(wait_all=True)
             parts = {tp.partition for tp in revoked if tp.topic == self.tx_topic}
             if parts:
                 state_store.save_partitions(parts)
@@ -172,6 +186,7 @@ def build_app(settings: Settings, engine=None):
 
         async def on_start(self) -> None:
             app._riskstream_reader = self
+            self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
             self.consumer = AIOKafkaConsumer(
                 **settings.aiokafka_config(),
                 group_id=f"{settings.topic_prefix}{settings.consumer_group}",
@@ -191,6 +206,10 @@ def build_app(settings: Settings, engine=None):
 
         async def on_stop(self) -> None:
             _start_shutdown_watchdog(settings.shutdown_timeout_s + 1.5)
+            try:  # commit what is scored and delivered; the rest comes again after a restart
+                await asyncio.wait_for(self.settle(wait_all=True), timeout=settings.shutdown_timeout_s / 3)
+            except Exception as exc:
+                log.warning("settling in-flight batches at stop: %s", exc)
             try:
                 owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
                 state_store.save_partitions(owned)
@@ -206,10 +225,39 @@ def build_app(settings: Settings, engine=None):
             except Exception as exc:
                 log.warning("final flush: %s", exc)
 
+        async def settle(self, wait_all: bool = False) -> None:
+            """Commit finished batches in order. Waits for the oldest while too many are in
+            flight (backpressure), or for all with ``wait_all`` (rebalance, shutdown)."""
+            while self.pending:
+                envelope, commit = self.pending[0]
+                if not envelope.done.done() and not wait_all and len(self.pending) < max_in_flight:
+                    return
+                try:
+                    await envelope.done
+                except Exception as exc:
+                    # Publishing failed (broker/Redis outage): commit nothing from here on;
+                    # rewind to the last commit so the same records come again, after a pause.
+                    log.error("batch not published (%s); will retry from the last commit", exc)
+                    later = list(self.pending)
+                    self.pending.clear()
+                    for env, _ in later[1:]:  # their outcome no longer matters
+                        env.done.add_done_callback(lambda f: f.exception())
+                    for tp in {tp for _, c in later for tp in c}:
+                        committed = await self.consumer.committed(tp)
+                        if committed is None:
+                            await self.consumer.seek_to_beginning(tp)
+                        else:
+                            self.consumer.seek(tp, committed)
+                    await asyncio.sleep(1.0)
+                    return
+                self.pending.popleft()
+                await self.consumer.commit(commit)
+
         @Service.task
         async def _read(self) -> None:
             loop = asyncio.get_running_loop()
             while not self.should_stop:
+                await self.settle()
                 data = await self.consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
                 if not data:
                     continue
@@ -222,21 +270,7 @@ def build_app(settings: Settings, engine=None):
                         envelope.labels.extend(records)
                     commit[tp] = records[-1].offset + 1
                 await batches.send(value=envelope)
-                try:
-                    await envelope.done
-                except Exception as exc:
-                    # Publishing failed (broker/Redis outage): do not commit; rewind so the
-                    # same records come again, after a pause.
-                    log.error("batch not published (%s); will retry from the last commit", exc)
-                    for tp in commit:
-                        committed = await self.consumer.committed(tp)
-                        if committed is None:
-                            await self.consumer.seek_to_beginning(tp)
-                        else:
-                            self.consumer.seek(tp, committed)
-                    await asyncio.sleep(1.0)
-                    continue
-                await self.consumer.commit(commit)
+                self.pending.append((envelope, commit))
 
     # --------------------------------------------------------------------------------
     @app.service
@@ -267,9 +301,11 @@ def build_app(settings: Settings, engine=None):
                     continue
                 try:
                     published = orjson.loads(latest.value)
-                    engine.rules.load_async(published["text"], published.get("source_name", "rules topic"))
-                    log.warning("rule set %s from %s: compiling", published.get("version"),
-                                published.get("source_name"))
+                    source = published.get("source_name", "rules topic")
+                    future = engine.rules.load_async(published["text"], source,
+                                                     list_files=published.get("list_files") or None)
+                    log.warning("rule set %s from %s: compiling", published.get("version"), source)
+                    future.add_done_callback(lambda f, src=source: _report_compile(f, src))
                 except Exception as exc:
                     log.error("ignoring unreadable rule set on the rules topic: %s", exc)
 
@@ -327,6 +363,17 @@ def build_app(settings: Settings, engine=None):
             await flush()
 
     return app
+
+
+def _report_compile(future, source: str) -> None:
+    """Say what a hot reload did: the old rule set stays in force when the new one fails."""
+    exc = future.exception()
+    if exc is not None:
+        log.error("rule set from %s rejected, previous rules stay in force: %s", source, exc)
+    else:
+        compiled = future.result()
+        log.warning("rule set %s in force (compiled in %.2fs)", compiled.version,
+                    getattr(compiled, "compile_seconds", float("nan")))
 
 
 def _table(stream: str) -> str:

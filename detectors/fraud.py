@@ -9,7 +9,10 @@ Design, and why:
   variances and the regression's weights into numpy arrays once per learn and computes the
   same logit with one matrix product, which also yields per-feature logit contributions for
   the reasons. ``LinearFraudDetector.river_proba_many`` is the River reference a parity test
-  compares against.
+  compares against. For the same reason the scaler's update from traffic and the scaling of
+  learned mini-batches run River's formulas in numpy on River's own state (bit-identical,
+  checked against ``river_observe_many`` and ``transform_many``): River's DataFrame handling
+  cost more than the arithmetic.
 * **Transforms** live in the detector, not in the features: every feature goes through a
   signed ``log1p`` (amounts, counts and ratios are heavy-tailed; the map is monotone, so flags
   and small values keep their order).
@@ -56,6 +59,8 @@ from river import drift, linear_model, optim, preprocessing
 
 from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError, register
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
+from riskstream.detectors.features import id_hashes
+from riskstream.detectors.kernels import index_insert, index_probe
 
 DAY_MS = 86_400_000
 MATURITY_MS = 7 * DAY_MS
@@ -69,16 +74,52 @@ def default_feature_names() -> tuple[str, ...]:
 def signed_log1p(X: np.ndarray) -> np.ndarray:
     """Heavy tails in, roughly symmetric out; monotone and 0 -> 0."""
     X = np.asarray(X, dtype=np.float32)
-    return np.sign(X) * np.log1p(np.abs(X))
+    # copysign in place: the same values as sign(X) * log1p(|X|) with one temporary, not three
+    out = np.abs(X)
+    np.log1p(out, out=out)
+    return np.copysign(out, X, out=out)
 
 
 def hash_ids(ids: np.ndarray | Sequence) -> np.ndarray:
-    """Event or card ids to uint64 (SipHash with a fixed key: the same id hashes the same in
-    every process and replay). 64 bits: a collision among a million ids has odds ~1e-8."""
+    """Event or card ids to uint64: the feature engine's id hash (FNV-1a + splitmix64 of the
+    UTF-8 bytes, one jitted pass per batch), so the same id hashes the same in every process
+    and replay; ``""`` hashes to 0 (absent). Integer ids hash as their decimal strings.
+    64 bits: a collision among a million ids has odds ~1e-8."""
     arr = np.asarray(ids)
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.int64).astype(str)
-    return pd.util.hash_array(arr.astype(object), categorize=False)
+    try:
+        hashes = id_hashes(arr)
+    except TypeError:  # an object array holding non-strings (ints, None): hash their str
+        hashes = id_hashes([str(v) for v in arr.tolist()])
+    return hashes.view(np.uint64)
+
+
+def quartiles(T: np.ndarray) -> np.ndarray:
+    """``np.percentile(T, [25, 50, 75], axis=0)``, bit for bit, from a sort of the columns.
+
+    numpy's multi-rank ``partition`` costs ~4.5 ms on a 5,000 x 36 batch; sorting the
+    transposed float32 columns costs ~0.6 ms, and the order statistics of float32 values are
+    exact in float64, so the same linear interpolation (numpy's ``_lerp``, which counts from
+    the upper neighbour when the weight is >= 0.5) gives the same numbers. NaNs sort
+    differently from numpy's NaN handling, so a batch holding any takes ``np.percentile``.
+    """
+    T = np.asarray(T)
+    if T.dtype != np.float32 or np.isnan(T).any():
+        return np.percentile(np.asarray(T, np.float64), [25, 50, 75], axis=0)
+    n = T.shape[0]
+    S = np.sort(T.T, axis=1)
+    out = np.empty((3, T.shape[1]), np.float64)
+    for row, q in enumerate((0.25, 0.5, 0.75)):
+        v = q * (n - 1)
+        lo = int(math.floor(v))
+        hi = min(lo + 1, n - 1)
+        g = v - lo
+        a = S[:, lo].astype(np.float64)
+        b = S[:, hi].astype(np.float64)
+        diff = b - a
+        out[row] = b - diff * (1 - g) if g >= 0.5 else a + diff * g
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -135,11 +176,12 @@ class LinearFraudDetector(Detector):
         T = signed_log1p(X[order]).astype(np.float64)
         y = y[order]
         for start in range(0, len(T), self.batch_rows):
-            frame = pd.DataFrame(T[start:start + self.batch_rows], columns=self.columns, copy=False)
+            rows = T[start:start + self.batch_rows]
             target = pd.Series(y[start:start + self.batch_rows])
             if not self.scale_from_traffic:
-                self.scaler.learn_many(frame)
-            scaled = self.scaler.transform_many(frame)
+                self.scaler.learn_many(pd.DataFrame(rows, columns=self.columns, copy=False))
+                self._floor_variances()
+            scaled = self.scaled_frame(rows)
             if self.positive_weight != 1.0:
                 w = pd.Series(np.where(target.to_numpy(), self.positive_weight, 1.0))
                 self.model.learn_many(scaled, target, w=w)
@@ -152,8 +194,76 @@ class LinearFraudDetector(Detector):
         """Update the feature scaling with unlabelled traffic (when ``scale_from_traffic``)."""
         X = self.check_matrix(X)
         if len(X):
+            self.observe_signed_log(signed_log1p(X))
+
+    def observe_signed_log(self, T: np.ndarray) -> None:
+        """``observe_many`` for rows already through ``signed_log1p`` (FraudModels shares
+        them with the anomaly statistics).
+
+        The update is River's ``StandardScaler.learn_many``, same formula, same operation
+        order, so the same bits (``river_observe_many`` is the reference a parity test
+        compares against), done on the scaler's own dicts: River builds and inspects a
+        DataFrame per call (pandas + narwhals), ~4 ms for a 5,000-row batch of 36 columns,
+        which was most of ``remember``.
+        """
+        T = np.asarray(T, dtype=np.float64)
+        if len(T) == 0:
+            return
+        scaler, cols = self.scaler, self.columns
+        nan = np.isnan(T)
+        if nan.any():
+            new_means = np.nanmean(T, axis=0)
+            new_counts = np.sum(~nan, axis=0)
+        else:  # what nanmean computes without NaNs (the same sum and division), minus its copy
+            new_means = T.mean(axis=0)
+            new_counts = np.full(T.shape[1], len(T), dtype=np.int64)
+        new_vars = np.einsum("ij,ij->j", T, T) / len(T) - new_means**2
+        old_means = np.array([scaler.means[c] for c in cols], dtype=np.float64)
+        old_vars = np.array([scaler.vars[c] for c in cols], dtype=np.float64)
+        old_counts = np.array([scaler.counts[c] for c in cols], dtype=np.int64)
+        a = old_counts / (old_counts + new_counts)
+        b = new_counts / (old_counts + new_counts)
+        means = a * old_means + b * new_means
+        vars_ = a * old_vars + b * new_vars + a * b * (old_means - new_means) ** 2
+        for c, m, v, k in zip(cols, means.tolist(), vars_.tolist(), new_counts.tolist()):
+            scaler.means[c] = m
+            scaler.vars[c] = v
+            scaler.counts[c] += k
+        self._floor_variances()
+        self._refresh()
+
+    def river_observe_many(self, X: np.ndarray) -> None:
+        """``observe_many`` through River's own ``learn_many`` (reference for parity tests)."""
+        X = self.check_matrix(X)
+        if len(X):
             self.scaler.learn_many(pd.DataFrame(signed_log1p(X).astype(np.float64), columns=self.columns, copy=False))
+            self._floor_variances()
             self._refresh()
+
+    def scaled_frame(self, T: np.ndarray) -> pd.DataFrame:
+        """River's ``StandardScaler.transform_many`` of signed-log rows, in numpy with the same
+        arithmetic (a parity test checks the bits): River inspects the frame's schema through
+        narwhals on every call, ~2/3 of the cost of learning a 256-row mini-batch."""
+        scaler = self.scaler
+        means = np.array([scaler.means[c] for c in self.columns], dtype=np.float64)
+        stds = np.array([scaler.vars[c] ** 0.5 for c in self.columns], dtype=np.float64)
+        scaled = np.asarray(T, dtype=np.float64) - means
+        np.divide(scaled, stds, where=stds > 0, out=scaled)
+        return pd.DataFrame(scaled, columns=self.columns, copy=False)
+
+    # River's batch variance is E[x^2] - mean^2 merged with the running one: for a constant
+    # feature that cancels to +-1e-17 instead of 0. Negative, River's own transform_many takes
+    # a complex square root and numpy's sqrt warns "invalid value"; tiny positive, a feature
+    # that never varied gets a 1e7 inverse scale and the first different value a huge logit.
+    # Float32 inputs resolve ~1e-7 relative, so a variance under 1e-12 (1 + mean^2) is noise.
+    VARIANCE_FLOOR = 1e-12
+
+    def _floor_variances(self) -> None:
+        means = self.scaler.means
+        vars_ = self.scaler.vars
+        for c, v in list(vars_.items()):
+            if v < self.VARIANCE_FLOOR * (1.0 + means[c] ** 2):
+                vars_[c] = 0.0
 
     def _refresh(self) -> None:
         """Copy River's parameters into numpy for scoring (after each learn, not per score)."""
@@ -161,7 +271,8 @@ class LinearFraudDetector(Detector):
         vars_ = self.scaler.vars
         weights = self.model.weights
         self.mean_ = np.array([means.get(c, 0.0) for c in self.columns], dtype=np.float32)
-        std = np.sqrt(np.array([vars_.get(c, 0.0) for c in self.columns], dtype=np.float64))
+        # Clipped too, for scalers restored from checkpoints written before the floor.
+        std = np.sqrt(np.maximum(np.array([vars_.get(c, 0.0) for c in self.columns], dtype=np.float64), 0.0))
         # River's scaler maps a zero-variance feature to 0: an inverse scale of 0 does the same.
         self.inv_std_ = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0).astype(np.float32)
         self.weight_ = np.array([weights.get(c, 0.0) for c in self.columns], dtype=np.float32)
@@ -232,10 +343,15 @@ class RobustZAnomalyDetector(Detector):
 
     def learn_many(self, X: np.ndarray, y: np.ndarray | None = None) -> None:
         X = self.check_matrix(X)
-        if len(X) == 0:
+        if len(X):
+            self.learn_signed_log(signed_log1p(X))
+
+    def learn_signed_log(self, T32: np.ndarray) -> None:
+        """``learn_many`` for rows already through ``signed_log1p`` (float32)."""
+        if len(T32) == 0:
             return
-        T = signed_log1p(X).astype(np.float64)
-        q25, q50, q75 = np.percentile(T, [25, 50, 75], axis=0)
+        q25, q50, q75 = quartiles(T32)
+        T = T32.astype(np.float64)
         a = len(T) / min(self.n_learned + len(T), self.memory_events) if self.n_learned else 1.0
         a = min(a, 1.0)
         self.median_ += a * (q50 - self.median_)
@@ -357,7 +473,7 @@ class FraudModels:
         self._head = 0
         self._cursor = 0  # oldest slot not yet checked for maturity
         self._span = 0  # slots from the cursor up to the head
-        self._index: dict[int, int] = {}  # event-id hash -> slot
+        self._new_id_index()
         # Settled (decision-time score, label) pairs for quality, a ring as well.
         self._q_time = np.zeros(qcap, np.int64)
         self._q_score = np.zeros(qcap, np.float32)
@@ -395,6 +511,59 @@ class FraudModels:
         probability = _sigmoid(contrib.sum(axis=1) + self.supervised.offset_)
         return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names)
 
+    # ----- event id -> ring slot ------------------------------------------------------------------
+    # An open-addressing table of (event-id hash, slot) rows, probed by the feature engine's
+    # jitted kernels: a Python dict cost ~1 µs per event to fill and to prune. Nothing is ever
+    # deleted: when the ring overwrites a slot, the row that pointed at it goes stale, and a
+    # lookup checks the slot's stored hash (`_key`) so a stale row never answers for the id
+    # now living there. Stale rows still lengthen probe chains, so once rows in use pass
+    # ID_INDEX_MAX_LOAD the table is rebuilt from the ring (O(capacity), every >= 0.2
+    # capacity events: a few ns per event amortised).
+    ID_INDEX_MAX_LOAD = 0.7
+
+    def _new_id_index(self) -> None:
+        rows = 1 << max(4, (2 * self.capacity - 1).bit_length())  # >= 2 rows per slot
+        self._id_index = np.zeros((rows, 2), np.int64)
+        self._id_index[:, 1] = -1
+        self._id_rows = 0  # rows in use, live or stale (an upper bound: re-inserts count twice)
+
+    def _rebuild_id_index(self) -> None:
+        self._new_id_index()
+        # Oldest first, so that of two decisions with the same id the newest answers, as it
+        # did when it was indexed.
+        order = (self._head + np.arange(self.capacity)) % self.capacity
+        order = order[(self._status[order] != EMPTY) & (self._key[order] != 0)]
+        index_insert(self._id_index, self._key[order].view(np.int64), order)
+        self._id_rows = len(order)
+
+    def _index_ids(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Index a batch just written to the ring (hash 0, an empty id, is never indexed)."""
+        if self._id_rows + len(keys) > self.ID_INDEX_MAX_LOAD * len(self._id_index):
+            self._rebuild_id_index()  # the ring already holds the batch
+            return
+        named = keys != 0
+        index_insert(self._id_index, keys[named].view(np.int64), slots[named])
+        self._id_rows += int(np.count_nonzero(named))
+
+    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
+        """Ring slots of remembered event-id hashes, -1 where unknown or overwritten."""
+        slots = np.empty(len(keys), np.int64)
+        index_probe(np.ascontiguousarray(keys).view(np.int64), self._id_index, slots)
+        found = np.flatnonzero(slots >= 0)
+        stale = found[self._key[slots[found]] != keys[found]]
+        slots[stale] = -1
+        slots[slots < 0] = -1
+        return slots
+
+    def _ring_pieces(self, start: int, n: int) -> list[tuple[slice, slice]]:
+        """n slots from ``start`` as at most two (ring slice, batch slice) pairs: contiguous
+        copies instead of fancy indexing by slot."""
+        first = min(n, self.capacity - start)
+        pieces = [(slice(start, start + first), slice(0, first))]
+        if first < n:
+            pieces.append((slice(0, n - first), slice(first, n)))
+        return pieces
+
     # ----- remembering decisions ---------------------------------------------------------------
     def remember(self, event_ids: np.ndarray, X: np.ndarray, event_time_ms: np.ndarray, *,
                  feature_names: Sequence[str] | None = None, scores: np.ndarray | None = None,
@@ -416,25 +585,20 @@ class FraudModels:
         times = np.asarray(event_time_ms, dtype=np.int64)
         if scores is None:
             scores = self.score(X, self.feature_names).probability
+        scores = np.asarray(scores, dtype=np.float32)
         entity = hash_ids(entity_ids) if entity_ids is not None else keys
+        # The ring overwrites the oldest decisions; their id rows go stale (see `_slots_of`).
+        for ring, rows in self._ring_pieces(self._head, n):
+            self.stats["evicted_unsettled"] += int(np.count_nonzero(self._status[ring] == PENDING))
+            self._X[ring] = X[rows]
+            self._time[ring] = times[rows]
+            self._score[ring] = scores[rows]
+            self._key[ring] = keys[rows]
+            self._entity[ring] = entity[rows]
+            self._status[ring] = PENDING
         slots = (self._head + np.arange(n)) % self.capacity
-        # Evict what the ring overwrites.
-        old_status = self._status[slots]
-        occupied = old_status != EMPTY
-        if occupied.any():
-            self.stats["evicted_unsettled"] += int((old_status == PENDING).sum())
-            index = self._index
-            for k, s in zip(self._key[slots[occupied]].tolist(), slots[occupied].tolist()):
-                if index.get(k) == s:
-                    del index[k]
-        self._X[slots] = X
-        self._time[slots] = times
-        self._score[slots] = scores
-        self._key[slots] = keys
-        self._entity[slots] = entity
-        self._status[slots] = PENDING
-        self._index.update(zip(keys.tolist(), slots.tolist()))
-        self._head = int((self._head + n) % self.capacity)
+        self._head = int((self._head + n) % self.capacity)  # before indexing: a rebuild reads from the oldest
+        self._index_ids(keys, slots)
         if self._span + n > self.capacity:  # overwrote the oldest unchecked slots
             self._cursor, self._span = self._head, self.capacity
         else:
@@ -442,26 +606,21 @@ class FraudModels:
         newest = int(times.max())
         self.newest_event_ms = newest if self.newest_event_ms is None else max(self.newest_event_ms, newest)
         self.stats["remembered"] += n
-        self.supervised.observe_many(X)
-        self.anomaly.learn_many(X, None)
+        T = signed_log1p(X)  # once for both: the log is a fifth of the statistics' cost
+        self.supervised.observe_signed_log(T)
+        self.anomaly.learn_signed_log(T)
         self._learn_matured(min_rows=2048)
 
     def _learn_matured(self, min_rows: int) -> int:
         """Learn as negatives the pending decisions older than the maturity horizon."""
         if self.newest_event_ms is None:
             return 0
-        cutoff = self.newest_event_ms - self.maturity_ms
-        span = self._span
-        if span == 0:
+        if self._span == 0:
             return 0
-        slots = (self._cursor + np.arange(span)) % self.capacity
-        # Insertion order is close to event-time order: stop at the first event not yet mature
-        # (a few late events wait a little longer; none is learned early).
-        not_mature = self._time[slots] > cutoff
-        stop = int(np.argmax(not_mature)) if not_mature.any() else span
+        stop = self._mature_prefix(self.newest_event_ms - self.maturity_ms)
         if stop < min_rows:
             return 0
-        slots = slots[:stop]
+        slots = (self._cursor + np.arange(stop)) % self.capacity
         slots = slots[self._status[slots] == PENDING]
         self._cursor = int((self._cursor + stop) % self.capacity)
         self._span -= stop
@@ -470,6 +629,24 @@ class FraudModels:
         self._settle(slots, np.zeros(len(slots), np.int8))
         self.stats["matured_negatives"] += len(slots)
         return len(slots)
+
+    def _mature_prefix(self, cutoff: int) -> int:
+        """Slots from the cursor, in ring order, before the first decision newer than cutoff.
+
+        Insertion order is close to event-time order: stop at the first event not yet mature
+        (a few late events wait a little longer; none is learned early). The scan reads
+        growing chunks from the cursor, so it costs about what matured, not the whole span
+        (~0.7 capacity of pending decisions once the ring covers the maturity horizon)."""
+        done, chunk = 0, 4096
+        while done < self._span:
+            start = (self._cursor + done) % self.capacity
+            n = min(chunk, self._span - done, self.capacity - start)
+            late = self._time[start:start + n] > cutoff
+            if late.any():
+                return done + int(late.argmax())
+            done += n
+            chunk *= 2
+        return self._span
 
     def _settle(self, slots: np.ndarray, y: np.ndarray) -> None:
         """Learn from the remembered decision-time features and record quality and drift."""
@@ -521,8 +698,7 @@ class FraudModels:
             return 0
         keys = hash_ids(event_ids)
         y = np.asarray(is_positive).astype(np.int8)
-        get = self._index.get
-        slots = np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        slots = self._slots_of(keys)
         found = slots >= 0
         self.stats["labels_missed"] += int((~found).sum())
         slots, y = slots[found], y[found]
@@ -592,12 +768,12 @@ class FraudModels:
         return alerts
 
     def state_bytes(self) -> int:
-        """Approximate memory held: arrays plus ~100 bytes per indexed id (dict entry + int)."""
+        """Memory held by the ring, the quality history and the id index."""
         if self.feature_names is None:
             return 0
         arrays = (self._X, self._time, self._score, self._key, self._entity, self._status,
-                  self._q_time, self._q_score, self._q_y, self._q_entity, self._q_key)
-        return sum(a.nbytes for a in arrays) + 100 * len(self._index)
+                  self._q_time, self._q_score, self._q_y, self._q_entity, self._q_key, self._id_index)
+        return sum(a.nbytes for a in arrays)
 
     # ----- checkpoints ------------------------------------------------------------------------
     _ARRAYS = ("_X", "_time", "_score", "_key", "_entity", "_status",
@@ -630,8 +806,10 @@ class FraudModels:
                 setattr(self, k, v)
             self._head, self._cursor, self._q_n = state["head"], state["cursor"], state["q_n"]
             self._span = state["span"]
-            live = np.nonzero(self._status != EMPTY)[0]
-            self._index = dict(zip(self._key[live].tolist(), live.tolist()))
+            # Checkpoints written before ids were hashed with `id_hashes` (pandas SipHash)
+            # hold keys no label will match: their decisions still mature as negatives, but
+            # their labels count as missed.
+            self._rebuild_id_index()
         self.newest_event_ms = state["newest_event_ms"]
         self.stats = state["stats"]
         self._adwin = state["adwin"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from riskstream.detectors.base import DETECTORS, DetectorError, check_detector, load_all, register
 from riskstream.detectors.credit import CreditModel
 from riskstream.detectors.fraud import (
-    DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids,
+    DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
 )
 
 load_all()
@@ -119,7 +122,7 @@ def test_ring_eviction_counts_unsettled_and_forgets_ids():
     assert models.stats["evicted_unsettled"] == 2
     assert models.learn_from_labels(np.array(["a0", "a4", "b4"]), np.array([1, 1, 1]), np.full(3, 20)) == 2
     assert models.stats["labels_missed"] == 1
-    assert len(models._index) == 8
+    assert models._id_rows == 10  # the evicted ids went stale, not deleted (labels checked above)
 
 
 def test_columns_are_matched_by_name():
@@ -247,3 +250,77 @@ def test_credit_prior_is_sensible_before_any_label_and_learns_from_outcomes():
     assert model.learn_from_labels(["a1", "a2", "unknown"], [1, 1, 0]) == 2
     assert model.score_rows([base])[0][0] > p[0]
     assert model.version == "credit_logistic-2"
+
+
+def test_refresh_survives_a_constant_feature_without_invalid_sqrt():
+    # A constant feature's batch variance E[x^2] - mean^2 cancels to about -1e-17; it used to
+    # reach np.sqrt ("invalid value encountered in sqrt") and River's complex square root.
+    det = LinearFraudDetector(NAMES, scale_from_traffic=True, negative_keep_rate=1.0)
+    X = np.column_stack([np.full(1000, 0.1), np.arange(1000), np.full(1000, 3.3), np.ones(1000)]).astype(np.float32)
+    with warnings.catch_warnings(), np.errstate(invalid="raise"):
+        warnings.simplefilter("error")
+        det.observe_many(X)
+        det.observe_many(X[:7])
+        det.learn_many(X[:300], np.r_[np.ones(30), np.zeros(270)])
+        p = det.score_many(X[:5])
+    assert all(v >= 0 for v in det.scaler.vars.values())
+    assert det.inv_std_[0] == 0 and det.inv_std_[2] == 0 and det.inv_std_[1] > 0
+    assert np.isfinite(p).all()
+
+
+def test_numpy_scaler_update_and_transform_match_river_bit_for_bit():
+    rng = np.random.default_rng(4)
+    fast = LinearFraudDetector(NAMES, scale_from_traffic=True)
+    river = LinearFraudDetector(NAMES, scale_from_traffic=True)
+    for n in (1, 7, 5000, 333):
+        X = (rng.lognormal(2, 1, (n, 4)) * rng.choice([-1, 0, 1], (n, 4))).astype(np.float32)
+        if n == 333:
+            X[5, 1] = np.nan  # River's nanmean skips it (its variance does not): same here
+        fast.observe_many(X)
+        river.river_observe_many(X)
+    for stat in ("means", "vars", "counts"):
+        got, want = getattr(fast.scaler, stat), getattr(river.scaler, stat)
+        assert got.keys() == want.keys()
+        np.testing.assert_array_equal([got[c] for c in want], [want[c] for c in want])  # NaN == NaN here
+    T = signed_log1p(X).astype(np.float64)
+    frame = pd.DataFrame(T, columns=river.columns)
+    np.testing.assert_array_equal(fast.scaled_frame(T).to_numpy(), river.scaler.transform_many(frame).to_numpy())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 101, 5000])
+def test_quartiles_match_numpy_percentile(n):
+    rng = np.random.default_rng(n)
+    T = signed_log1p(rng.lognormal(1, 2, (n, 6)) * rng.choice([-1, 0, 1], (n, 6))).astype(np.float32)
+    T[:, 0] = 0.25  # ties and a constant column
+    np.testing.assert_array_equal(quartiles(T), np.percentile(T.astype(np.float64), [25, 50, 75], axis=0))
+    T[0, 1] = np.nan  # NaNs take numpy's own path
+    np.testing.assert_array_equal(quartiles(T), np.percentile(T.astype(np.float64), [25, 50, 75], axis=0))
+
+
+def test_id_index_matches_a_dict_through_eviction_duplicates_and_rebuilds():
+    """Reference: the dict the index replaced (newest slot per id, forgotten on overwrite)."""
+    rng = np.random.default_rng(6)
+    cap = 64
+    models = FraudModels(NAMES, capacity=cap)
+    X = np.ones((1, 4), np.float32)
+    reference: dict[str, int] = {}
+    slot_id: dict[int, str] = {}
+    head, t, rebuilt = 0, 0, 0
+    for _ in range(200):
+        n = int(rng.integers(1, 30))
+        ids = np.array([f"e{i}" for i in rng.integers(0, 400, n)], dtype=object)  # repeats too
+        rows_before = models._id_rows
+        models.remember(ids, np.repeat(X, n, 0), np.arange(t, t + n))
+        rebuilt += models._id_rows < rows_before + n
+        for i, event_id in enumerate(ids):
+            slot = (head + i) % cap
+            if slot_id.get(slot) is not None and reference.get(slot_id[slot]) == slot:
+                del reference[slot_id[slot]]
+            slot_id[slot] = event_id
+            reference[event_id] = slot
+        head, t = (head + n) % cap, t + n
+        probe = np.array([f"e{i}" for i in range(400)], dtype=object)
+        expected = [reference.get(e, -1) for e in probe]
+        np.testing.assert_array_equal(models._slots_of(hash_ids(probe)), expected)
+    assert rebuilt > 0  # stale rows were cleared by rebuilds along the way
+    assert models._id_rows <= models.ID_INDEX_MAX_LOAD * len(models._id_index)

@@ -286,8 +286,9 @@ def _concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
 def publish_transactions(publisher, result: TransactionResult) -> None:
     """Hand one scored batch's outputs to the publisher (no flush)."""
     if result.scored is not None and result.scored.n:
-        enc = encode_outputs(result.scored)
-        publisher.send("decisions", enc.decisions)
+        enc = encode_outputs(result.scored, topics=getattr(publisher, "publishes_topics", True))
+        if enc.decisions:
+            publisher.send("decisions", enc.decisions)
         if enc.alerts:
             publisher.send("alerts", enc.alerts)
         if enc.limits:

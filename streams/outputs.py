@@ -22,6 +22,70 @@ class DeliveryError(RuntimeError):
     """The broker did not acknowledge some output; the batch must not be committed."""
 
 
+class BatchDelivery:
+    """Acknowledgements of one batch's messages.
+
+    ``flush()`` waits for the producer's whole queue, which under a continuous stream never
+    empties while the next batches are produced; counting each batch's own acks lets batch
+    N be committed as soon as its messages are in, whatever came after.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.produced = 0
+        self.acked = 0
+        self.errors: list[str] = []
+        self.closed = False
+        self._waiters: list = []
+
+    def on_delivery(self, err, msg) -> None:  # librdkafka's thread or whoever polls
+        with self._lock:
+            self.acked += 1
+            if err is not None:
+                self.errors.append(f"{msg.topic()}: {err}")
+            finished = self.closed and self.acked >= self.produced
+        if finished:
+            self._notify()
+
+    def close(self) -> None:
+        """No more messages for this batch."""
+        with self._lock:
+            self.closed = True
+            finished = self.acked >= self.produced
+        if finished:
+            self._notify()
+
+    def _notify(self) -> None:
+        for loop, fut in self._waiters:
+            loop.call_soon_threadsafe(self._resolve, fut)
+
+    def _resolve(self, fut) -> None:
+        if fut.done():
+            return
+        if self.errors:
+            fut.set_exception(DeliveryError(f"{len(self.errors)} messages failed: {self.errors[:3]}"))
+        else:
+            fut.set_result(self.produced)
+
+    async def wait(self, timeout: float = 60.0) -> int:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            self._waiters.append((loop, fut))
+            finished = self.closed and self.acked >= self.produced
+        if finished:
+            self._resolve(fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise DeliveryError(f"{self.produced - self.acked} of {self.produced} messages not acknowledged "
+                                f"within {timeout:.0f}s") from None
+
+
 class OutputPublisher:
     def __init__(self, settings: Settings, redis_client=None, producer=None):
         from confluent_kafka import Producer
@@ -30,9 +94,6 @@ class OutputPublisher:
         self.producer = producer or Producer({
             **settings.kafka_client_config(),
             "linger.ms": 5,  # measured on the embedded broker: fewer, larger produce requests win
-            # Callbacks only for failures: one Python call per message is measurable at 50k/s,
-            # and flush() still reports what was not delivered.
-            "delivery.report.only.error": True,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,
@@ -45,15 +106,53 @@ class OutputPublisher:
                        ("decisions", "alerts", "limits", "dead_letters", "sink")}
         self._failed: list[str] = []
         self.counts: dict[str, int] = {}
+        self.delivery: BatchDelivery | None = None  # the batch being produced, if tracked
+        self._poller = None
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err}")
 
+    def begin_batch(self) -> BatchDelivery:
+        """Track the acknowledgements of everything produced until ``end_batch``."""
+        self.delivery = BatchDelivery()
+        return self.delivery
+
+    def end_batch(self) -> BatchDelivery:
+        delivery, self.delivery = self.delivery, None
+        delivery.close()
+        self.producer.poll(0)
+        return delivery
+
+    def start_polling(self) -> None:
+        """Serve delivery callbacks from a thread, so batches resolve while the loop works."""
+        import threading
+
+        if self._poller is not None:
+            return
+        self._polling = True
+
+        def poll() -> None:
+            while self._polling:
+                self.producer.poll(0.02)
+
+        self._poller = threading.Thread(target=poll, daemon=True, name="delivery-poller")
+        self._poller.start()
+
+    def stop_polling(self) -> None:
+        if self._poller is not None:
+            self._polling = False
+            self._poller.join(2)
+            self._poller = None
+
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        delivery = self.delivery
+        callback = delivery.on_delivery if delivery is not None else self._on_delivery
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                if delivery is not None:
+                    delivery.produced += 1
                 return
             except BufferError:
                 # The local queue is full: let librdkafka drain it (backpressure, not loss).

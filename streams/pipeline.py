@@ -298,6 +298,44 @@ TRANSACTION_STRING_COLUMNS = ("terminal_id", "customer_id", "currency", "country
 ARROW_BLOCK_ROWS = 4000
 
 
+def _ipc_blocks(table, block_rows: int) -> list[bytes]:
+    import pyarrow as pa
+
+    blocks = []
+    for start in range(0, table.num_rows, block_rows):
+        part = table.slice(start, block_rows)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        blocks.append(sink.getvalue().to_pybytes())
+    return blocks
+
+
+def decision_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_ROWS) -> list[bytes]:
+    """The batch's rows of the ``decisions`` table as Arrow IPC streams (ClickHouse reads them
+    without the JSON parse that costs the sink several µs a row)."""
+    import pyarrow as pa
+
+    b = scored.batch
+    n = b.n
+    string = pa.string()
+    ms = pa.timestamp("ms", tz="UTC")
+    table = pa.table({
+        "event_id": pa.array(b.transaction_id, string),
+        "stream": pa.array(["transactions"] * n, string),
+        "entity_id": pa.array(b.card_id, string),
+        "event_time": pa.array(b.event_time_ms, ms),
+        "decided_at": pa.array(np.full(n, scored.decided_at_ms, dtype=np.int64), ms),
+        "score": pa.array(scored.score.astype(np.float32, copy=False)),
+        "decision": pa.array(scored.decision, string),
+        "reasons": pa.array(scored.reasons, pa.list_(string)),
+        "rules_version": pa.array([scored.rules_version] * n, string),
+        "model_version": pa.array([scored.model_version] * n, string),
+        "amount": pa.array(b.amount),
+    })
+    return _ipc_blocks(table, block_rows)
+
+
 def transaction_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_ROWS) -> list[bytes]:
     """The scored transactions as Arrow IPC streams for the ``transactions`` table.
 
@@ -322,33 +360,24 @@ def transaction_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_
         "partition": pa.array(b.partition.astype(np.int32, copy=False)),
         "offset": pa.array(b.offset.astype(np.int64, copy=False)),
     }
-    table = pa.table(columns)
-    blocks = []
-    for start in range(0, max(table.num_rows, 1), block_rows):
-        part = table.slice(start, block_rows)
-        if part.num_rows == 0:
-            break
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, part.schema) as writer:
-            writer.write_table(part)
-        blocks.append(sink.getvalue().to_pybytes())
-    return blocks
+    return _ipc_blocks(pa.table(columns), block_rows)
 
 
-def encode_outputs(scored: ScoredBatch) -> EncodedOutputs:
-    decisions = decision_rows(scored)
-    keys = [c.encode() for c in scored.batch.card_id.tolist()]
+def encode_outputs(scored: ScoredBatch, topics: bool = True) -> EncodedOutputs:
+    """Everything a scored batch publishes. ``topics=False`` (offline replay) skips the
+    per-decision JSON messages that only the decisions topic needs."""
+    if topics:
+        keys = [c.encode() for c in scored.batch.card_id.tolist()]
+        decisions = list(zip(keys, decision_rows(scored)))
+    else:
+        decisions = []
     alerts = [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in scored.alerts]
     limits = [orjson.dumps(lim, option=orjson.OPT_SERIALIZE_NUMPY) for lim in scored.limits]
     return EncodedOutputs(
-        decisions=list(zip(keys, decisions)),
+        decisions=decisions,
         alerts=[(a["entity_id"].encode(), v) for a, v in zip(scored.alerts, alerts)],
         limits=[(lim["entity_id"].encode(), v) for lim, v in zip(scored.limits, limits)],
-        sink_rows={
-            "decisions": decisions,
-            "alerts": alerts,
-            "limits": limits,
-        },
+        sink_rows={"alerts": alerts, "limits": limits},
         redis_limits=scored.limits,
-        sink_arrow={"transactions": transaction_arrow_blocks(scored)},
+        sink_arrow={"decisions": decision_arrow_blocks(scored), "transactions": transaction_arrow_blocks(scored)},
     )

@@ -474,6 +474,8 @@ class ClickHouseBlocks:
         self._thread.start()
 
     # -- the OutputPublisher surface used by publish_transactions ---------------------
+    publishes_topics = False  # offline: no decisions topic, so no per-decision JSON to build
+
     def send(self, stream: str, messages) -> None:
         self.counts[stream] = self.counts.get(stream, 0) + len(messages)
 

@@ -112,15 +112,20 @@ def build_app(settings: Settings, engine=None):
     position_state = app.Table("portfolio_positions", default=None, partitions=settings.topic_partitions)
     app.market_state, app.position_state = last_price, position_state
 
-    loop_executor = None  # default executor: flush() blocks on broker acks
-
-    async def flush() -> None:
-        await asyncio.get_running_loop().run_in_executor(loop_executor, publisher.flush)
+    async def delivered(produce, *args) -> int:
+        """Run ``produce`` (synchronous: no other task interleaves its messages) and wait until
+        the broker has acknowledged every message it handed to the publisher."""
+        publisher.begin_batch()
+        try:
+            produce(*args)
+        finally:
+            delivery = publisher.end_batch()
+        return await delivery.wait(timeout=60.0)
 
     # --------------------------------------------------------------------------------
-    async def _ack_when_delivered(envelope: BatchEnvelope, n: int) -> None:
+    async def _ack_when_delivered(envelope: BatchEnvelope, delivery, n: int) -> None:
         try:
-            await flush()
+            await delivery.wait(timeout=60.0)
         except Exception as exc:
             envelope.done.set_exception(exc)
         else:
@@ -130,13 +135,17 @@ def build_app(settings: Settings, engine=None):
     async def score_transactions(stream):
         # Pipelined: batch N's broker acknowledgement is awaited in the background while
         # batch N+1 is scored; the reader commits batches strictly in order as they complete.
+        publisher.start_polling()
         async for envelope in stream:
+            publisher.begin_batch()
             try:
                 n = _score_envelope(envelope)
             except Exception as exc:
+                publisher.end_batch()
                 envelope.done.set_exception(exc)
                 continue
-            acks.add(asyncio.ensure_future(_ack_when_delivered(envelope, n)))
+            delivery = publisher.end_batch()
+            acks.add(asyncio.ensure_future(_ack_when_delivered(envelope, delivery, n)))
             acks.difference_update([t for t in acks if t.done()])
 
     def _score_envelope(envelope: BatchEnvelope) -> int:
@@ -309,24 +318,26 @@ def build_app(settings: Settings, engine=None):
                 except Exception as exc:
                     log.error("ignoring unreadable rule set on the rules topic: %s", exc)
 
-    @app.timer(interval=30.0)
-    async def checkpoint_and_report() -> None:
-        """Model upkeep and state checkpoints, between batches of the same event loop."""
+    def _report() -> None:
         quality, drift = model_report(engine)
         publisher.sink("model_quality", quality)
         if drift:
             encoded = [orjson.dumps(a) for a in drift]
             publisher.send("alerts", ((a["entity_id"].encode(), v) for a, v in zip(drift, encoded)))
             publisher.sink("alerts", encoded)
+
+    @app.timer(interval=30.0)
+    async def checkpoint_and_report() -> None:
+        """Model upkeep and state checkpoints, between batches of the same event loop."""
+        await delivered(_report)
         reader = app._riskstream_reader
         if reader is not None and getattr(reader, "consumer", None) is not None:
             owned = {tp.partition for tp in reader.consumer.assignment() if tp.topic == reader.tx_topic}
             state_store.save_partitions(owned)
         state_store.save_models()
-        await flush()
 
     # --------------------------------------------------------------------------------
-    async def _store(stream_name: str, events) -> list[dict]:
+    def _store(stream_name: str, events) -> list[dict]:
         recs = [(e.value, e.message.partition, e.message.offset) for e in events]
         rows, dead = engine.process_rows(stream_name, recs)
         publisher.sink(_table(stream_name), rows_for_table(rows))
@@ -335,32 +346,39 @@ def build_app(settings: Settings, engine=None):
         app.stats["dead_letters"] += len(dead)
         return rows
 
+    def _market(events) -> None:
+        for row in _store("market", events):
+            last_price[row["instrument"].encode()] = orjson.dumps(
+                {"price": row["price"], "event_time": row["event_time"]})
+
+    def _positions(events) -> None:
+        for row in _store("positions", events):
+            key = f"{row['portfolio_id']}|{row['instrument']}".encode()
+            position_state[key] = orjson.dumps({"quantity": row["quantity"], "price": row["price"],
+                                                "event_time": row["event_time"]})
+
+    def _loans(events) -> None:
+        decisions = engine.credit_decisions(_store("loan_applications", events))
+        encoded = [orjson.dumps(d) for d in decisions]
+        publisher.send("decisions", ((d["entity_id"].encode(), v) for d, v in zip(decisions, encoded)))
+        publisher.sink("decisions", encoded)
+
+    # Faust acknowledges (and later commits) an agent's events when its loop moves on, so
+    # each agent waits for its own outputs to be acknowledged first.
     @app.agent(topic("market"))
     async def market_ticks(stream):
         async for events in stream.take_events(1000, within=0.2):
-            for row in await _store("market", events):
-                last_price[row["instrument"].encode()] = orjson.dumps(
-                    {"price": row["price"], "event_time": row["event_time"]})
-            await flush()
+            await delivered(_market, events)
 
     @app.agent(topic("positions"))
     async def positions(stream):
         async for events in stream.take_events(1000, within=0.2):
-            for row in await _store("positions", events):
-                key = f"{row['portfolio_id']}|{row['instrument']}".encode()
-                position_state[key] = orjson.dumps({"quantity": row["quantity"], "price": row["price"],
-                                                    "event_time": row["event_time"]})
-            await flush()
+            await delivered(_positions, events)
 
     @app.agent(topic("loan_applications"))
     async def loan_applications(stream):
         async for events in stream.take_events(1000, within=0.2):
-            rows = await _store("loan_applications", events)
-            decisions = engine.credit_decisions(rows)
-            encoded = [orjson.dumps(d) for d in decisions]
-            publisher.send("decisions", ((d["entity_id"].encode(), v) for d, v in zip(decisions, encoded)))
-            publisher.sink("decisions", encoded)
-            await flush()
+            await delivered(_loans, events)
 
     return app
 

@@ -138,8 +138,13 @@ def test_encoded_outputs_are_one_decision_per_transaction(scorer):
     assert set(row) == {"event_id", "stream", "entity_id", "event_time", "decided_at", "score", "decision",
                         "reasons", "rules_version", "model_version", "amount"}
     assert row["event_time"] == NOW / 1000 and 0.0 <= row["score"] <= 1.0
-    assert enc.sink_rows["decisions"] == [v for _, v in enc.decisions]
-    assert enc.sink_arrow["transactions"]
+    assert enc.sink_arrow["transactions"] and enc.sink_arrow["decisions"]
+    import pyarrow as pa
+
+    table = pa.ipc.open_stream(enc.sink_arrow["decisions"][0]).read_all()
+    assert table.column("event_id").to_pylist() == [f"t{i}" for i in range(10)]
+    assert table.column("reasons").to_pylist() == out.reasons
+    assert encode_outputs(out, topics=False).decisions == []
 
 
 def test_block_list_declines_only_controlled_cards_while_valid():

@@ -30,6 +30,7 @@ import orjson
 from riskstream.schemas.events import TransactionBatch
 
 DECISIONS = ("approve", "step_up", "review", "decline")
+NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class TransactionScorer:
         n = batch.n
         p = self.policy
         decision = np.full(n, "approve", dtype=object)
-        reasons: list[list[str]] = [[] for _ in range(n)]
+        reasons: list = [NO_REASONS] * n
         limits: list[dict[str, Any]] = []
         if n == 0:
             return decision, reasons, limits
@@ -170,20 +171,17 @@ class TransactionScorer:
         if outcome is not None and len(outcome.rule_ids):
             hit_rows |= outcome.hits.any(axis=0)
         flagged = hit_rows | blocked | (score >= p.step_up_score)
-        for i in np.flatnonzero(flagged):
+        model_rows = np.flatnonzero(score >= p.step_up_score)
+        model_text = _model_reasons(scored, score, model_rows)
+        for i in np.flatnonzero(flagged).tolist():
             row: list[str] = []
             if blocked[i]:
                 row.append(f"LIMIT_BLOCK: card is under a limit control issued earlier "
                            f"(max amount {self.blocks.max_amount.get(batch.card_id[i], 0):g})")
             if outcome is not None and hit_rows[i]:
                 row.extend(("shadow:" if r.shadow else "") + f"{r.code}: {r.text}" for r in outcome.reasons(i))
-            if score[i] >= p.step_up_score:
-                text = f"MODEL_SCORE: fraud probability {score[i]:.2f}"
-                if scored is not None:
-                    contrib = scored.top_contributions(i, k=3)
-                    if contrib:
-                        text += " (" + "; ".join(contrib) + ")"
-                row.append(text)
+            if i in model_text:
+                row.append(model_text[i])
             reasons[i] = row
 
         # Limit controls: rule-issued blocks/cuts, and blocks for near-certain model declines.
@@ -251,6 +249,29 @@ class TransactionScorer:
                 np.asarray([r["label_time"] for r in tx], dtype=np.int64),
             )
         return learned
+
+
+def _model_reasons(scored, score: np.ndarray, rows: np.ndarray, k: int = 3) -> dict[int, str]:
+    """``MODEL_SCORE`` reasons for the given rows, with the features that pushed the fraud
+    logit up the most; the top-k search runs once for all rows, not once per row."""
+    if len(rows) == 0:
+        return {}
+    out: dict[int, str] = {}
+    if scored is None:
+        return {i: f"MODEL_SCORE: fraud probability {score[i]:.2f}" for i in rows.tolist()}
+    contrib = scored.contributions[rows]
+    values = scored.values[rows]
+    k = min(k, contrib.shape[1])
+    top = np.argpartition(-contrib, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(contrib, top, axis=1), axis=1)
+    top = np.take_along_axis(top, order, axis=1)
+    names = scored.feature_names
+    for r, i in enumerate(rows.tolist()):
+        parts = [f"{names[j]}={values[r, j]:.4g} pushed {contrib[r, j]:+.1f}"
+                 for j in top[r].tolist() if contrib[r, j] > 0.05]
+        text = f"MODEL_SCORE: fraud probability {score[i]:.2f}"
+        out[i] = text + (" (" + "; ".join(parts) + ")" if parts else "")
+    return out
 
 
 def _cut_limit_amount(outcome, i: int, amount: float) -> float:

@@ -89,8 +89,8 @@ def test_rule_precedence_and_reasons(scorer):
                          "big": "review", "medium": "step_up", "small": "approve", "plain": "approve"}
     reasons = dict(zip(out.batch.transaction_id, out.reasons))
     assert "DENY_COUNTRY: from KP" in reasons["deny"]
-    assert reasons["small"] == ["shadow:SMALL: small"]  # recorded, never acted on
-    assert reasons["plain"] == []
+    assert list(reasons["small"]) == ["shadow:SMALL: small"]  # recorded, never acted on
+    assert list(reasons["plain"]) == []
     assert out.rules_version.startswith("t-1#")
 
 
@@ -143,7 +143,7 @@ def test_encoded_outputs_are_one_decision_per_transaction(scorer):
 
     table = pa.ipc.open_stream(enc.sink_arrow["decisions"][0]).read_all()
     assert table.column("event_id").to_pylist() == [f"t{i}" for i in range(10)]
-    assert table.column("reasons").to_pylist() == out.reasons
+    assert table.column("reasons").to_pylist() == [list(r) for r in out.reasons]
     assert encode_outputs(out, topics=False).decisions == []
 
 
@@ -161,3 +161,26 @@ def test_block_list_declines_only_controlled_cards_while_valid():
     })
     # c1 blocked until +60s; c2 limited to 100; c3 free.
     assert blocks.violations(batch).tolist() == [True, False, False, True, False]
+
+
+def test_vectorised_model_reasons_match_the_per_row_ones():
+    from riskstream.detectors.fraud import FraudModels
+    from riskstream.streams.pipeline import _model_reasons
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)
+    models = FraudModels()
+    models.score(X, FEATURE_NAMES)
+    y = (X[:, 0] + X[:, 3] > 1.5).astype(np.int8)
+    ids = np.asarray([f"e{i}" for i in range(400)], dtype=object)
+    models.remember(ids, X, np.full(400, NOW, dtype=np.int64))
+    models.learn_from_labels(ids[y == 1], np.ones(int(y.sum()), dtype=np.int8), np.full(int(y.sum()), NOW))
+    scored = models.score(X, FEATURE_NAMES)
+    score = np.asarray(scored.probability, dtype=np.float32)
+    rows = np.arange(0, 400, 7)
+    got = _model_reasons(scored, score, rows)
+    for i in rows.tolist():
+        per_row = scored.top_contributions(i, k=3)
+        expected = f"MODEL_SCORE: fraud probability {score[i]:.2f}" + (" (" + "; ".join(per_row) + ")" if per_row else "")
+        assert got[i] == expected
+    assert any("pushed" in t for t in got.values())

@@ -319,16 +319,34 @@ TRANSACTION_STRING_COLUMNS = ("terminal_id", "customer_id", "currency", "country
 ARROW_BLOCK_ROWS = 4000
 
 
-def _ipc_blocks(table, block_rows: int) -> list[bytes]:
+def _ipc_blocks(table, block_rows: int, max_bytes: int | None = None) -> list[bytes]:
+    """Arrow IPC streams of at most ``block_rows`` rows and ``max_bytes`` bytes each.
+
+    The producer refuses a message over its limit (checked before compression), and a
+    refused message would fail the batch on every retry: a block that comes out too big is
+    split in half until it fits.
+    """
     import pyarrow as pa
 
-    blocks = []
-    for start in range(0, table.num_rows, block_rows):
-        part = table.slice(start, block_rows)
+    from riskstream.sinks.clickhouse import MAX_BLOCK_BYTES
+
+    limit = max_bytes or MAX_BLOCK_BYTES
+    blocks: list[bytes] = []
+
+    def emit(part) -> None:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, part.schema) as writer:
             writer.write_table(part)
-        blocks.append(sink.getvalue().to_pybytes())
+        blob = sink.getvalue().to_pybytes()
+        if len(blob) > limit and part.num_rows > 1:
+            half = part.num_rows // 2
+            emit(part.slice(0, half))
+            emit(part.slice(half))
+        else:
+            blocks.append(blob)
+
+    for start in range(0, table.num_rows, block_rows):
+        emit(table.slice(start, block_rows))
     return blocks
 
 

@@ -184,3 +184,21 @@ def test_vectorised_model_reasons_match_the_per_row_ones():
         expected = f"MODEL_SCORE: fraud probability {score[i]:.2f}" + (" (" + "; ".join(per_row) + ")" if per_row else "")
         assert got[i] == expected
     assert any("pushed" in t for t in got.values())
+
+
+def test_arrow_blocks_stay_under_the_message_limit():
+    """Long reasons must not make a block the producer refuses (it would fail on every retry)."""
+    import pyarrow as pa
+
+    from riskstream.sinks.clickhouse import MAX_BLOCK_BYTES
+    from riskstream.streams.pipeline import ScoredBatch, decision_arrow_blocks
+
+    n = 4000
+    batch = _batch([{"transaction_id": f"t{i}", "card_id": f"c{i}"} for i in range(n)])
+    long_reasons = [[f"MODEL_SCORE: fraud probability 0.99 ({'x' * 300})", "CARD_TESTING: " + "y" * 200]] * n
+    scored = ScoredBatch(batch, np.full(n, 0.99, dtype=np.float32), np.full(n, "decline", dtype=object),
+                         long_reasons, "r", "m", decided_at_ms=NOW)
+    blocks = decision_arrow_blocks(scored)
+    assert len(blocks) > 1 and all(len(b) <= MAX_BLOCK_BYTES for b in blocks)
+    rows = sum(pa.ipc.open_stream(b).read_all().num_rows for b in blocks)
+    assert rows == n

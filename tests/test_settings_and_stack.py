@@ -1,0 +1,72 @@
+"""Settings errors name the file and line; the embedded stack leaves no orphans."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from riskstream.settings import ConfigError, Settings, load_settings
+from riskstream.stack import pid_alive
+
+
+def test_yaml_errors_name_file_and_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("RISKSTREAM_TOPIC_PARTITIONS", raising=False)
+    cfg = tmp_path / "riskstream.yaml"
+    cfg.write_text("data_dir: /tmp/x\n\ntopic_partitions: lots\nbatch_max_events: 100\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert f"{cfg}:3: topic_partitions" in str(err.value)
+
+    cfg.write_text("data_dir: /tmp/x\nkafka_bootstrp: broker:9092\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert f"{cfg}:2: unknown setting 'kafka_bootstrp'" in str(err.value)
+    assert "kafka_bootstrap" in str(err.value)  # the known settings are listed
+
+    cfg.write_text("data_dir: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert str(cfg) in str(err.value) and "not valid YAML" in str(err.value)
+
+
+def test_environment_wins_over_the_file_and_secrets_are_masked(tmp_path, monkeypatch):
+    cfg = tmp_path / "riskstream.yaml"
+    cfg.write_text("batch_max_events: 100\nkafka_sasl_password: hunter2\n")
+    monkeypatch.setenv("RISKSTREAM_BATCH_MAX_EVENTS", "250")
+    s = load_settings(cfg)
+    assert s.batch_max_events == 250
+    assert s.describe()["kafka_sasl_password"] == "******"
+    assert "hunter2" not in repr(s)
+
+
+def test_missing_stack_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="riskstream stack up"):
+        Settings(data_dir=tmp_path).kafka_servers()
+
+
+def test_stack_dies_with_a_killed_cli(tmp_path):
+    """An attached stack must not outlive its CLI, even one killed with SIGKILL."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from riskstream.settings import Settings
+        from riskstream.stack import EmbeddedStack
+        s = EmbeddedStack(Settings(data_dir={str(tmp_path)!r}), with_sink=False)
+        s.start()
+        print(" ".join(str(svc.process.pid) for svc in s.services), flush=True)
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids), "broker or Valkey outlived the CLI"

@@ -179,10 +179,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from riskstream.settings import load_settings
     from riskstream.sinks.clickhouse import QueryError
 
+    settings = load_settings(args.config)
+    if args.start is None or args.to is None:
+        # Default: every decided transaction (first to last event day).
+        from riskstream.sinks.clickhouse import run_query
+
+        lo, hi = run_query(settings, "SELECT toDate(min(event_time)), toDate(max(event_time)) FROM decisions "
+                                     "FINAL WHERE stream = 'transactions'", "tsv").decode().split()[-2:]
+        args.start = args.start or date.fromisoformat(lo)
+        args.to = args.to or date.fromisoformat(hi)
     if args.to < args.start:
         print("riskstream evaluate: --to is before --from", file=sys.stderr)
         return 2
-    settings = load_settings(args.config)
     try:
         r = evaluate(settings, args.start, args.to)
     except QueryError as exc:
@@ -209,6 +217,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="Model quality (ROC AUC, AP, Card Precision@100) from decisions and labels.")
-    p.add_argument("--from", dest="start", type=_day, required=True, help="First day, YYYY-MM-DD (UTC).")
-    p.add_argument("--to", type=_day, required=True, help="Last day, inclusive, YYYY-MM-DD (UTC).")
+    p.add_argument("--from", dest="start", type=_day, help="First day, YYYY-MM-DD (UTC); default: the first decided.")
+    p.add_argument("--to", type=_day, help="Last day, inclusive, YYYY-MM-DD (UTC); default: the last decided.")
     p.set_defaults(run=_cmd_evaluate)

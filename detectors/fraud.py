@@ -450,6 +450,10 @@ class FraudModels:
         self.drift_delta = drift_delta
         self.feature_names: tuple[str, ...] | None = None
         self.newest_event_ms: int | None = None
+        # Event-time watermark from the caller (the slowest input partition): while several
+        # partitions catch up unevenly, "7 days old" must mean old for all of them, or
+        # frauds whose chargebacks are still to come would be learned as negatives.
+        self.watermark_ms: int | None = None
         self.stats = {"remembered": 0, "labels_applied": 0, "labels_missed": 0, "matured_negatives": 0,
                       "evicted_unsettled": 0, "duplicate_labels": 0}
         self._alerts: list[dict] = []
@@ -611,13 +615,19 @@ class FraudModels:
         self.anomaly.learn_signed_log(T)
         self._learn_matured(min_rows=2048)
 
+    def _clock(self) -> int:
+        """Event time "now" for maturity: the newest event seen, held back by the watermark."""
+        if self.watermark_ms is None:
+            return self.newest_event_ms
+        return min(self.newest_event_ms, self.watermark_ms)
+
     def _learn_matured(self, min_rows: int) -> int:
         """Learn as negatives the pending decisions older than the maturity horizon."""
         if self.newest_event_ms is None:
             return 0
         if self._span == 0:
             return 0
-        stop = self._mature_prefix(self.newest_event_ms - self.maturity_ms)
+        stop = self._mature_prefix(self._clock() - self.maturity_ms)
         if stop < min_rows:
             return 0
         slots = (self._cursor + np.arange(stop)) % self.capacity
@@ -743,7 +753,7 @@ class FraudModels:
         if self.newest_event_ms is None or self._q_n == 0:
             return []
         n = min(self._q_n, self.quality_capacity)
-        cutoff = self.newest_event_ms - self.maturity_ms
+        cutoff = self._clock() - self.maturity_ms
         measured_at = time.time() if measured_at is None else measured_at
         rows = []
         for days in windows_days:

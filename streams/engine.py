@@ -53,6 +53,8 @@ class TransactionResult:
 
 
 class Engine:
+    MAX_PENDING_LABELS = 1_000_000
+
     def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True):
         from riskstream.detectors.features import FeatureEngine
         from riskstream.rules.compiler import RuleSetHolder
@@ -75,6 +77,13 @@ class Engine:
             self.credit = CreditModel()
         self.scorer = TransactionScorer(self.features, self.rules, models)
         self.labels_learned = 0
+        # Labels wait here until the transactions scored reach their label time: a replay or
+        # a catching-up worker reads the small labels topic far ahead of the transactions,
+        # and a label must not reach the learners before the event it labels was decided.
+        self.pending_labels: list[dict] = []
+        self.newest_event_ms = 0
+        # Per input partition: newest event time and when data last came (wall clock).
+        self.partition_time: dict[int, tuple[int, float]] = {}
 
     def rule_columns(self) -> list[str]:
         from riskstream.detectors.features import FEATURE_NAMES
@@ -96,8 +105,12 @@ class Engine:
     def score_batch(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
                     values: Sequence[bytes] | None = None, topic: str = "transactions") -> TransactionResult:
         dead = dead if dead is not None else []
+        if batch.n:
+            self._advance(batch)
         try:
-            return TransactionResult(self.scorer.process(batch), dead)
+            result = TransactionResult(self.scorer.process(batch), dead)
+            self._learn_due()
+            return result
         except Exception as exc:  # a poison batch: find the rows that fail, keep the rest
             log.exception("scoring a batch of %d failed; retrying row by row", batch.n)
             good: list[ScoredBatch] = []
@@ -124,7 +137,10 @@ class Engine:
         return rows, dead
 
     def learn(self, labels: list[dict]) -> int:
-        learned = self.scorer.learn(labels)
+        """Take labels. The features fold each in at its label time by themselves (their own
+        event-time queue); the models learn it once this worker's transactions have reached
+        its label time, so that the labelled decision has been made and remembered.
+        Returns how many the models learned now."""
         tx = [r for r in labels if r["stream"] == "transactions" and r["is_positive"]]
         if tx:
             def column(name: str) -> np.ndarray:
@@ -136,6 +152,54 @@ class Engine:
                 np.asarray([r["label_time"] for r in tx], dtype=np.int64),
                 np.ones(len(tx), dtype=np.int8),
             )
+        self.pending_labels.extend(labels)
+        return self._learn_due()
+
+    IDLE_PARTITION_S = 60.0
+
+    def _advance(self, batch: TransactionBatch) -> None:
+        """Move event time on: per partition, and the watermark (the slowest partition that
+        had data in the last minute, so an idle or revoked one cannot hold it back)."""
+        now = time.monotonic()
+        parts = batch.partition
+        for p in np.unique(parts).tolist():
+            newest = int(batch.event_time_ms[parts == p].max())
+            old = self.partition_time.get(p, (0, now))[0]
+            self.partition_time[p] = (max(old, newest), now)
+        live = [t for t, seen in self.partition_time.values() if now - seen <= self.IDLE_PARTITION_S]
+        self.newest_event_ms = min(live) if live else int(batch.event_time_ms.max())
+        if self.scorer.models is not None:
+            self.scorer.models.watermark_ms = self.newest_event_ms
+
+    def assign_partitions(self, partitions: set[int]) -> None:
+        """Assigned partitions hold the watermark back until they deliver (or go idle): a
+        first fetch that returns one partition must not move event time for all of them."""
+        now = time.monotonic()
+        for p in partitions:
+            self.partition_time.setdefault(p, (0, now))
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Revoked partitions no longer count for the watermark."""
+        for p in partitions:
+            self.partition_time.pop(p, None)
+
+    def _learn_due(self) -> int:
+        if not self.pending_labels:
+            return 0
+        horizon = self.newest_event_ms
+        due = [r for r in self.pending_labels if r["label_time"] <= horizon]
+        if len(due) < len(self.pending_labels):
+            self.pending_labels = [r for r in self.pending_labels if r["label_time"] > horizon]
+        else:
+            self.pending_labels = []
+        if len(self.pending_labels) > self.MAX_PENDING_LABELS:  # bounded: the oldest go now
+            self.pending_labels.sort(key=lambda r: r["label_time"])
+            extra = len(self.pending_labels) - self.MAX_PENDING_LABELS
+            due += self.pending_labels[:extra]
+            self.pending_labels = self.pending_labels[extra:]
+        if not due:
+            return 0
+        learned = self.scorer.learn(due)
         self.labels_learned += learned
         return learned
 
@@ -203,7 +267,12 @@ class StateStore:
         if models is None:
             return 0
         blob = models.checkpoint()
-        self.redis.set(f"{self.prefix}models", blob)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}models", blob)
+        # Labels still waiting for their event time were committed on the labels topic: keep them.
+        pipe.set(f"{self.prefix}pending_labels", orjson.dumps(
+            {"labels": self.engine.pending_labels, "newest_event_ms": self.engine.newest_event_ms}))
+        pipe.execute()
         return len(blob)
 
     def load_models(self) -> bool:
@@ -212,6 +281,11 @@ class StateStore:
         if not blob:
             return False
         models.restore(blob)
+        pending = self.redis.get(f"{self.prefix}pending_labels")
+        if pending:
+            state = orjson.loads(pending)
+            self.engine.pending_labels = state["labels"] + self.engine.pending_labels
+            self.engine.newest_event_ms = max(self.engine.newest_event_ms, state["newest_event_ms"])
         return True
 
 

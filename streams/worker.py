@@ -182,9 +182,11 @@ def build_app(settings: Settings, engine=None):
             if parts:
                 state_store.save_partitions(parts)
                 state_store.drop_partitions(parts)
+                engine.forget_partitions(parts)
 
         async def on_partitions_assigned(self, assigned) -> None:
             parts = {tp.partition for tp in assigned if tp.topic == self.tx_topic}
+            engine.assign_partitions(parts)
             loaded = state_store.load_partitions(parts)
             log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
 
@@ -203,7 +205,9 @@ def build_app(settings: Settings, engine=None):
                 auto_offset_reset="earliest",
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=max(300, settings.session_timeout_ms // 6),
-                max_partition_fetch_bytes=8 * 1024 * 1024,
+                # ~3k records per partition per fetch: partitions advance together in event time
+                # when a backlog is drained (replays, catching up), instead of one racing ahead.
+                max_partition_fetch_bytes=1024 * 1024,
                 fetch_max_wait_ms=settings.fetch_max_wait_ms,
                 fetch_max_bytes=64 * 1024 * 1024,
                 partition_assignment_strategy=(RangePartitionAssignor,),
@@ -219,6 +223,7 @@ def build_app(settings: Settings, engine=None):
                 await asyncio.wait_for(self.settle(wait_all=True), timeout=settings.shutdown_timeout_s / 3)
             except Exception as exc:
                 log.warning("settling in-flight batches at stop: %s", exc)
+            log.warning("stopping: %s", _engine_summary(engine))
             try:
                 owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
                 state_store.save_partitions(owned)
@@ -330,6 +335,7 @@ def build_app(settings: Settings, engine=None):
     async def checkpoint_and_report() -> None:
         """Model upkeep and state checkpoints, between batches of the same event loop."""
         await delivered(_report)
+        log.warning("%s", _engine_summary(engine))
         reader = app._riskstream_reader
         if reader is not None and getattr(reader, "consumer", None) is not None:
             owned = {tp.partition for tp in reader.consumer.assignment() if tp.topic == reader.tx_topic}
@@ -381,6 +387,13 @@ def build_app(settings: Settings, engine=None):
             await delivered(_loans, events)
 
     return app
+
+
+def _engine_summary(engine) -> str:
+    models = engine.scorer.models
+    stats = models.stats if models is not None else {}
+    return (f"event-time watermark {engine.newest_event_ms}, labels waiting {len(engine.pending_labels)}, "
+            f"model {models.version if models else 'none'} {stats}")
 
 
 def _report_compile(future, source: str) -> None:

@@ -1,0 +1,69 @@
+"""The engine without a broker: labels reach the learners in event time."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from pydantic import SecretStr
+
+from riskstream.settings import Settings
+from riskstream.streams.engine import Engine
+
+DAY = 86_400_000
+T0 = 1_763_000_000_000
+
+
+def _tx(i: int, t: int, card: str = "c1") -> bytes:
+    return orjson.dumps({"transaction_id": f"t{i}", "event_time": t, "card_id": card,
+                         "merchant_id": "m1", "terminal_id": "term1", "amount": 20.0 + i})
+
+
+def _label(i: int, label_time: int, event_time: int) -> dict:
+    return {"event_id": f"t{i}", "stream": "transactions", "label": "chargeback", "is_positive": 1,
+            "label_time": label_time, "entity_id": "c1", "source": "test", "merchant_id": "m1",
+            "terminal_id": "term1", "event_time": event_time}
+
+
+def test_a_label_read_before_its_transaction_is_learned_once_event_time_reaches_it(tmp_path):
+    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    models = engine.scorer.models
+    # The label arrives first (a replay reads the small labels topic ahead of the transactions).
+    assert engine.learn([_label(0, label_time=T0 + 2 * DAY, event_time=T0)]) == 0
+    assert len(engine.pending_labels) == 1
+    engine.process_transactions([_tx(0, T0)], now_ms=T0 + 10 * DAY)  # decided, label not due yet
+    assert len(engine.pending_labels) == 1 and models.stats["labels_applied"] == 0
+    engine.process_transactions([_tx(1, T0 + DAY)], now_ms=T0 + 10 * DAY)
+    assert len(engine.pending_labels) == 1  # event time is now T0+1d < label time T0+2d
+    engine.process_transactions([_tx(2, T0 + 3 * DAY)], now_ms=T0 + 10 * DAY)
+    assert engine.pending_labels == []
+    assert models.stats["labels_applied"] == 1 and models.stats["labels_missed"] == 0
+
+
+def test_label_features_count_for_card_merchant_and_terminal(tmp_path):
+    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    engine.process_transactions([_tx(i, T0 + i * 60_000) for i in range(5)], now_ms=T0 + 10 * DAY)
+    engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
+    before = engine.process_transactions([_tx(10, T0 + DAY // 2, card="c2")], now_ms=T0 + 10 * DAY)
+    after = engine.process_transactions([_tx(11, T0 + 2 * DAY, card="c3")], now_ms=T0 + 10 * DAY)
+    # A new card at the same merchant and terminal: only the merchant/terminal history differs.
+    for name in ("merchant_fraud_rate_7d", "terminal_fraud_rate_7d"):
+        assert after.scored.features[name][0] > 10 * before.scored.features[name][0], name
+    np.testing.assert_array_equal(before.scored.features["card_fraud_rate_30d"],
+                                  after.scored.features["card_fraud_rate_30d"])
+
+
+def test_assigned_partitions_hold_the_watermark_until_they_deliver(tmp_path):
+    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    engine.assign_partitions({0, 1})
+    engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
+    # Partition 0 races ahead; partition 1 (where the labelled payment is) has not delivered.
+    engine.process_transactions([_tx(5, T0 + 5 * DAY, card="c9")], partitions=[0], offsets=[0], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == 0 and len(engine.pending_labels) == 1
+    engine.process_transactions([_tx(0, T0)], partitions=[1], offsets=[0], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == T0 and len(engine.pending_labels) == 1
+    engine.process_transactions([_tx(1, T0 + 2 * DAY)], partitions=[1], offsets=[1], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == T0 + 2 * DAY and engine.pending_labels == []
+    assert engine.scorer.models.stats["labels_missed"] == 0
+    engine.forget_partitions({1})
+    engine.process_transactions([_tx(6, T0 + 6 * DAY, card="c9")], partitions=[0], offsets=[1], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == T0 + 6 * DAY

@@ -23,12 +23,11 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -161,13 +160,9 @@ class ProcessGroup:
         return proc
 
     def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        from riskstream.stack import stop_process
+
+        stop_process(proc, timeout)
         if proc in self.procs:
             self.procs.remove(proc)
 
@@ -687,9 +682,9 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
     the broker's acks, as the worker does before committing.
     """
     from riskstream.schemas.events import decode_transactions
-    from riskstream.streams.engine import Engine
+    from riskstream.streams.engine import Engine, publish_encoded
     from riskstream.streams.outputs import OutputPublisher, connect_redis
-    from riskstream.streams.pipeline import ScoredBatch, encode_outputs
+    from riskstream.streams.pipeline import ScoredBatch, encode_outputs, rule_columns
 
     engine = Engine(settings)
     scorer = engine.scorer
@@ -717,14 +712,10 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
         scored = scorer.models.score(X, names)
         score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
         t3 = time.perf_counter()
-        scorer.models.remember(batch.transaction_id, X, batch.event_time_ms)
+        scorer.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
         t4 = time.perf_counter()
         ruleset = scorer.rules.current
-        columns: dict[str, np.ndarray] = dict(feats)
-        columns["score"] = score
-        columns["card_id"] = batch.card_id
-        columns["merchant_id"] = batch.merchant_id
-        columns.update(batch.optional)
+        columns = rule_columns(batch, feats, score)
         outcome = ruleset.evaluate(columns)
         t5 = time.perf_counter()
         decision, reasons, limits = scorer._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
@@ -735,15 +726,7 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
         t7 = time.perf_counter()
         enc = encode_outputs(out)
         t8 = time.perf_counter()
-        # The body of engine.publish_transactions with the outputs encoded above.
-        publisher.send("decisions", enc.decisions)
-        if enc.alerts:
-            publisher.send("alerts", enc.alerts)
-        if enc.limits:
-            publisher.send("limits", enc.limits)
-            publisher.limits(enc.redis_limits)
-        for table, rows in enc.sink_rows.items():
-            publisher.sink(table, rows)
+        publish_encoded(publisher, enc, out.n)
         publisher.dead_letters(dead)
         t9 = time.perf_counter()
         publisher.flush()

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -182,14 +180,11 @@ def start_worker(settings: Settings, stack_state: dict, index: int = 0) -> subpr
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> float:
+    """SIGTERM (a graceful, flushed stop), SIGKILL after ``timeout``; returns the seconds taken."""
+    from riskstream.stack import stop_process
+
     t0 = time.monotonic()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc, timeout)
     return time.monotonic() - t0
 
 
@@ -198,7 +193,6 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
 
     from riskstream.sinks.clickhouse import run_query
 
-    t_start = time.monotonic()
     stream = build_stream(events)
     _say(f"stream ready: {stream.transactions:,} transactions ({stream.fraud:,} fraudulent), "
          + ", ".join(f"{v:,} {k}" for k, v in stream.counts.items() if k != "transactions")

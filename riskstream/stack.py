@@ -208,13 +208,7 @@ class EmbeddedStack:
     def stop(self, timeout: float = 10.0) -> None:
         # Sink first: it flushes what it holds to ClickHouse while the broker is still there.
         for svc in sorted(self.services, key=lambda s: s.name != "sink"):
-            if svc.process.poll() is None:
-                svc.process.terminate()
-                try:
-                    svc.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    svc.process.kill()
-                    svc.process.wait(5)
+            stop_process(svc.process, timeout)
         self.services.clear()
         path = self.settings.stack_file()
         if path.exists():
@@ -231,6 +225,17 @@ class EmbeddedStack:
         """Settings pointing clients at this stack explicitly (as `stack up` exports)."""
         state = self.settings.stack_state()
         return self.settings.model_copy(update={"kafka_bootstrap": state["kafka"]})
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def _sink_ready(port: int) -> bool:

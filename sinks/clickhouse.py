@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from riskstream.settings import ConfigError, Settings, load_settings
+from riskstream.settings import Settings, load_settings
 
 # Kafka's default message limit is 1 MB; keep blocks safely under it.
 MAX_BLOCK_BYTES = 900_000
@@ -224,7 +224,7 @@ class _QueryHandler(BaseHTTPRequestHandler):
 def run_sink(settings: Settings, stop: threading.Event, query_port: int = 0,
              ready: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> dict[str, int]:
     """Consume the sink topic into ClickHouse until ``stop`` is set; returns rows per table."""
-    from confluent_kafka import Consumer, KafkaError
+    from confluent_kafka import Consumer
 
     from riskstream.stack import ensure_topics
 

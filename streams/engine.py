@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import orjson
@@ -361,15 +361,20 @@ def publish_transactions(publisher, result: TransactionResult) -> None:
     """Hand one scored batch's outputs to the publisher (no flush)."""
     if result.scored is not None and result.scored.n:
         enc = encode_outputs(result.scored, topics=getattr(publisher, "publishes_topics", True))
-        if enc.decisions:
-            publisher.send("decisions", enc.decisions)
-        if enc.alerts:
-            publisher.send("alerts", enc.alerts)
-        if enc.limits:
-            publisher.send("limits", enc.limits)
-            publisher.limits(enc.redis_limits)
-        for table, rows in enc.sink_rows.items():
-            publisher.sink(table, rows)
-        for table, blocks in enc.sink_arrow.items():
-            publisher.sink_arrow(table, blocks, result.scored.n)
+        publish_encoded(publisher, enc, result.scored.n)
     publisher.dead_letters(result.dead)
+
+
+def publish_encoded(publisher, enc, rows: int) -> None:
+    """Topics, Redis limits and ClickHouse blocks of one encoded batch."""
+    if enc.decisions:
+        publisher.send("decisions", enc.decisions)
+    if enc.alerts:
+        publisher.send("alerts", enc.alerts)
+    if enc.limits:
+        publisher.send("limits", enc.limits)
+        publisher.limits(enc.redis_limits)
+    for table, rows_ in enc.sink_rows.items():
+        publisher.sink(table, rows_)
+    for table, blocks in enc.sink_arrow.items():
+        publisher.sink_arrow(table, blocks, rows)

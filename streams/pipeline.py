@@ -99,6 +99,16 @@ class BlockList:
         return out
 
 
+def rule_columns(batch: TransactionBatch, feats: dict[str, np.ndarray], score: np.ndarray) -> dict[str, np.ndarray]:
+    """What rules can name: the features, the model score and the transaction's text columns."""
+    columns: dict[str, np.ndarray] = dict(feats)
+    columns["score"] = score
+    columns["card_id"] = batch.card_id
+    columns["merchant_id"] = batch.merchant_id
+    columns.update(batch.optional)
+    return columns
+
+
 class TransactionScorer:
     """Features, rules, models and the decision for transaction batches (state in memory)."""
 
@@ -126,11 +136,7 @@ class TransactionScorer:
             model_version = "none"
 
         ruleset = self.rules.current
-        columns: dict[str, np.ndarray] = dict(feats)
-        columns["score"] = score
-        columns["card_id"] = batch.card_id
-        columns["merchant_id"] = batch.merchant_id
-        columns.update(batch.optional)
+        columns = rule_columns(batch, feats, score)
         outcome = ruleset.evaluate(columns) if n else None
         decision, reasons, limits = self._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
         out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,

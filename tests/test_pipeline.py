@@ -9,7 +9,7 @@ import pytest
 from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
 from riskstream.rules.compiler import RuleSetHolder
 from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
-from riskstream.streams.pipeline import BlockList, DecisionPolicy, TransactionScorer, encode_outputs
+from riskstream.streams.pipeline import DecisionPolicy, TransactionScorer, encode_outputs
 
 NOW = 1_763_800_000_000
 

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         description="Key for tokenizing card numbers (HMAC-SHA256). Empty: a random key kept in data_dir.",
     )
     rules_file: str = Field("", description="Rule set loaded at start-up. Empty: the built-in rule set.")
+    decline_score: float = Field(0.90, gt=0, le=1, description="Model score at or above which a transaction is declined.")
+    review_score: float = Field(0.60, gt=0, le=1, description="Model score at or above which it goes to review.")
+    step_up_score: float = Field(0.35, gt=0, le=1, description="Model score at or above which it needs step-up auth.")
     shutdown_timeout_s: float = Field(8.0, gt=0, description="Bound on a worker's graceful stop.")
     state_checkpoint_interval_s: float = Field(
         300.0, ge=5.0,

@@ -23,7 +23,7 @@ from riskstream.schemas.events import (
     DeadLetter, PanTokenizer, TransactionBatch, decode_rows, decode_transactions,
 )
 from riskstream.settings import ConfigError, Settings
-from riskstream.streams.pipeline import ScoredBatch, TransactionScorer, encode_outputs
+from riskstream.streams.pipeline import DecisionPolicy, ScoredBatch, TransactionScorer, encode_outputs
 
 log = logging.getLogger("riskstream.engine")
 
@@ -75,7 +75,12 @@ class Engine:
 
             models = FraudModels()
             self.credit = CreditModel()
-        self.scorer = TransactionScorer(self.features, self.rules, models)
+        if not settings.step_up_score <= settings.review_score <= settings.decline_score:
+            raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "
+                              f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")
+        policy = DecisionPolicy(decline_score=settings.decline_score, review_score=settings.review_score,
+                                step_up_score=settings.step_up_score)
+        self.scorer = TransactionScorer(self.features, self.rules, models, policy)
         self.labels_learned = 0
         # Labels wait here until the transactions scored reach their label time: a replay or
         # a catching-up worker reads the small labels topic far ahead of the transactions,

@@ -67,3 +67,16 @@ def test_assigned_partitions_hold_the_watermark_until_they_deliver(tmp_path):
     engine.forget_partitions({1})
     engine.process_transactions([_tx(6, T0 + 6 * DAY, card="c9")], partitions=[0], offsets=[1], now_ms=T0 + 10 * DAY)
     assert engine.newest_event_ms == T0 + 6 * DAY
+
+
+def test_score_thresholds_come_from_settings_and_must_rise(tmp_path):
+    import pytest
+
+    from riskstream.settings import ConfigError
+
+    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), step_up_score=0.5,
+                             review_score=0.7, decline_score=0.95))
+    policy = engine.scorer.policy
+    assert (policy.step_up_score, policy.review_score, policy.decline_score) == (0.5, 0.7, 0.95)
+    with pytest.raises(ConfigError, match="must rise"):
+        Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), review_score=0.2))

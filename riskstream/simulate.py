@@ -1241,7 +1241,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate",
-        help="generate seeded synthetic transactions with labelled fraud, labels, market, positions, loans",
+        help="Generate seeded synthetic transactions with labelled fraud, labels, market, positions, loans",
         description="Generate realistic, seeded input streams. Transactions go to --out; labels, market, "
                     "positions and loan applications next to it as <stem>.<stream><suffix>.",
     )

@@ -221,11 +221,6 @@ class EmbeddedStack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def settings_for_clients(self) -> Settings:
-        """Settings pointing clients at this stack explicitly (as `stack up` exports)."""
-        state = self.settings.stack_state()
-        return self.settings.model_copy(update={"kafka_bootstrap": state["kafka"]})
-
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""

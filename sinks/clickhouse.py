@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import orjson
 
@@ -65,11 +65,6 @@ def ensure_schema(client) -> None:
 # --------------------------------------------------------------------------------------
 # Row encoding (worker side)
 # --------------------------------------------------------------------------------------
-def ms_to_ch(ms: int | float) -> float:
-    """ClickHouse reads a JSON number for DateTime64 as seconds since the epoch."""
-    return ms / 1000.0
-
-
 def encode_blocks(rows: Iterable[bytes]) -> list[bytes]:
     """Join already-encoded JSON rows into newline-separated blocks under the message limit."""
     blocks: list[bytes] = []
@@ -84,11 +79,6 @@ def encode_blocks(rows: Iterable[bytes]) -> list[bytes]:
     if current:
         blocks.append(b"\n".join(current))
     return blocks
-
-
-def encode_dict_rows(rows: Iterable[dict[str, Any]]) -> list[bytes]:
-    dumps = orjson.dumps
-    return encode_blocks(dumps(r) for r in rows)
 
 
 # --------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import orjson
 
 from riskstream.schemas.events import TransactionBatch
 
-DECISIONS = ("approve", "step_up", "review", "decline")
 NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons
 
 

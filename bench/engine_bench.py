@@ -504,12 +504,15 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
     # floor under the engine's latency on this machine).
     echoed: dict[bytes, float] = {}
     stop = threading.Event()
-    consumer = _decisions_consumer(settings, from_end=True, topics=("decisions", "transactions"))
+    consumer = _decisions_consumer(settings, from_end=True, topics=("decisions", "transactions"),
+                                   fetch_wait_ms=settings.fetch_max_wait_ms)
     input_topic = settings.topic("transactions")
 
     def consume() -> None:
         while not stop.is_set():
-            for m in consumer.consume(10000, timeout=0.05):
+            # consume(n, timeout) returns early only once it holds n messages: a short timeout,
+            # or every arrival would wait up to it (a bias of ~timeout/2 on every latency).
+            for m in consumer.consume(10000, timeout=0.001):
                 if m.error():
                     continue
                 now = time.time()

@@ -66,14 +66,16 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="ClickHouse DSN, e.g. https://user:pw@host:8443/risk. Empty: chDB under data_dir.",
     )
+    sink_flush_interval_ms: int = Field(
+        1000, ge=10, le=60_000,
+        description="How long the sink gathers rows before one insert per table: larger inserts make "
+                    "fewer parts for ClickHouse to merge (rows are this much later in queries).",
+    )
     sink_query_port: int = Field(
         0, ge=0, le=65535, description="Port of the sink's query endpoint (embedded mode); 0 picks a free one."
     )
     # --- Hot path --------------------------------------------------------------------------
     batch_max_events: int = Field(5000, ge=1, le=100_000, description="Most transactions in one batch.")
-    batch_max_wait_ms: int = Field(
-        5, ge=0, le=5000, description="Longest a partial batch waits for more events (latency bound)."
-    )
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000,
         description="Longest a fetch waits for data; a broker that holds fetches this long (Tansu does) adds it to latency.",

@@ -64,3 +64,29 @@ def test_json_rows(writer):
     writer.insert_blocks({"labels": [b"\n".join(rows[:3]), b"\n".join(rows[3:])]})
     assert _count(writer, "SELECT count() FROM labels FINAL") == 5
 
+
+
+class _Message:
+    def __init__(self, value: bytes):
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_sink_window_gathers_until_its_time_or_size_is_up():
+    from riskstream.sinks.clickhouse import SinkWindow
+
+    window = SinkWindow(seconds=1.0, max_bytes=100)
+    assert not window.due(now=50.0)  # nothing gathered: nothing to insert
+    window.add([_Message(b"x" * 10)], now=10.0)
+    window.add([_Message(b"y" * 10), _Message(b"z" * 10)], now=10.5)  # same window: keeps its start
+    assert not window.due(now=10.9)
+    assert window.due(now=11.0)
+    assert [m.value()[:1] for m in window.take()] == [b"x", b"y", b"z"]
+    assert not window.due(now=99.0) and window.bytes == 0
+
+    window.add([_Message(b"b" * 60)], now=20.0)
+    assert not window.due(now=20.1)
+    window.add([_Message(b"c" * 60)], now=20.2)  # a backlog: full before its time
+    assert window.due(now=20.2)

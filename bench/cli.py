@@ -13,6 +13,7 @@ Progress goes to stderr; the report to stdout (to stderr with ``--json``).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -118,7 +119,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if first:
                 _say(f"\n== latency: open-loop producer against the running worker ({w}), "
                      f"{seconds:.0f}s per rate; producer and consumer are threads of this process")
-                res["latency_ms"], _ = eb.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say)
+                roles = {"workers": [w.pid for w in workers], **{k: [v] for k, v in bs.service_pids().items()},
+                         "bench": [os.getpid()]}
+                res["latency_ms"], _ = eb.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say,
+                                                           roles=roles)
                 for proc in workers:
                     group.stop(proc)
                 _say("\n== baselines on the same topic")

@@ -264,15 +264,19 @@ def _decisions_consumer(settings: Settings, from_end: bool, topics: tuple[str, .
     return consumer
 
 
-_EVENT_ID_PREFIX = b'{"event_id":"'
+def _leading_id(value: bytes, name: str) -> bytes:
+    """The value of string field ``name`` without a JSON parse when it comes first (orjson
+    writes decisions with ``event_id`` first; the simulator writes ``transaction_id`` first).
+    The bench shares the cores with the worker, so its own per-message cost matters."""
+    prefix = b'{"' + name.encode() + b'":"'
+    if value.startswith(prefix):
+        start = len(prefix)
+        return value[start:value.index(b'"', start)]
+    return str(orjson.loads(value)[name]).encode()
 
 
 def _event_id(value: bytes) -> bytes:
-    """The decision's event id without a JSON parse (orjson writes ``event_id`` first); the
-    bench shares the cores with the worker, so its own per-message cost matters."""
-    if value.startswith(_EVENT_ID_PREFIX):
-        return value[13:value.index(b'"', 13)]
-    return str(orjson.loads(value)["event_id"]).encode()
+    return _leading_id(value, "event_id")
 
 
 # ------------------------------------------------------------------------------------------
@@ -490,11 +494,13 @@ def raw_getmany_drain(settings: Settings, expected: int, max_records: int = 1000
 # 2. latency: open-loop producer at fixed offered rates
 # ------------------------------------------------------------------------------------------
 def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list[int], seconds: float,
-                     progress: Progress = _quiet, drain_s: float = 15.0) -> tuple[dict[str, dict], int]:
+                     progress: Progress = _quiet, drain_s: float = 15.0,
+                     roles: dict[str, list[int]] | None = None) -> tuple[dict[str, dict], int]:
     """Offer each rate for ``seconds``; latency = decision arrival - send (both ``time.time()``).
 
     Open loop: message i is due at t0 + i/rate whatever the engine does, so queueing shows
     up as latency instead of slowing the producer down. Returns (per-rate stats, next index).
+    ``roles`` (name -> pids): each one's CPU share while the rate is offered, in % of a core.
     """
     from confluent_kafka import Producer
 
@@ -517,7 +523,7 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
                     continue
                 now = time.time()
                 if m.topic() == input_topic:
-                    echoed.setdefault(orjson.loads(m.value())["transaction_id"].encode(), now)
+                    echoed.setdefault(_leading_id(m.value(), "transaction_id"), now)
                 else:
                     arrived.setdefault(_event_id(m.value()), now)
 
@@ -537,6 +543,7 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
                 raise ValueError(f"not enough simulated messages for {rate}/s x {seconds}s")
             ids = [t.encode() for t in msgs.ids[i:i + n]]
             progress(f"  offering {rate:,}/s for {seconds:.0f}s ({n:,} transactions) ...")
+            cpu0 = {r: cpu_seconds(p, children=False) for r, p in (roles or {}).items()}
             t0 = time.perf_counter()
             k = 0
             behind_max = 0.0
@@ -558,13 +565,17 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
                 if sleep > 0:
                     time.sleep(min(sleep, 0.002))
             producer.flush(30)
-            offered = n / (time.perf_counter() - t0)
+            offered_s = time.perf_counter() - t0
+            offered = n / offered_s
+            cpu_share = {r: round(100.0 * (cpu_seconds(p, children=False) - cpu0[r]) / offered_s, 1)
+                         for r, p in (roles or {}).items()}
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline and sum(1 for t in ids if t in arrived) < n:
                 time.sleep(0.1)
             lat = np.array([arrived[t] - sent[t] for t in ids if t in arrived]) * 1000.0
             got = len(lat)
-            stats = {"offered_tps": round(offered, 1), "sent": n, "decided": got, "missing": n - got}
+            stats = {"offered_tps": round(offered, 1), "sent": n, "decided": got, "missing": n - got,
+                     "cpu_percent_of_a_core": cpu_share}
             if got:
                 p50, p95, p99 = np.percentile(lat, [50, 95, 99])
                 stats.update(p50=round(float(p50), 2), p95=round(float(p95), 2), p99=round(float(p99), 2),
@@ -577,7 +588,8 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
             progress(f"    offered {offered:,.0f}/s: p50 {stats.get('p50', float('nan')):.1f} ms, "
                      f"p95 {stats.get('p95', float('nan')):.1f}, p99 {stats.get('p99', float('nan')):.1f}, "
                      f"max {stats.get('max', float('nan')):.1f}; {got:,}/{n:,} decided; broker round trip "
-                     f"p50/p99 {stats.get('broker_round_trip_ms', {})}")
+                     f"p50/p99 {stats.get('broker_round_trip_ms', {})}"
+                     + (f"; CPU % of a core {cpu_share}" if cpu_share else ""))
             i += n
     finally:
         stop.set()

@@ -355,6 +355,15 @@ def _ipc_blocks(table, block_rows: int, max_bytes: int | None = None) -> list[by
     return blocks
 
 
+def _array(values, type=None):
+    """``pa.array`` without pandas conversion semantics. With the default, pyarrow spends
+    ~0.15 ms per call looking for pandas (measured), which made Arrow encoding the largest
+    fixed cost of a small batch; NaN also stays NaN instead of becoming null."""
+    import pyarrow as pa
+
+    return pa.array(values, type, from_pandas=False)
+
+
 def decision_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_ROWS) -> list[bytes]:
     """The batch's rows of the ``decisions`` table as Arrow IPC streams (ClickHouse reads them
     without the JSON parse that costs the sink several µs a row)."""
@@ -365,17 +374,17 @@ def decision_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_ROW
     string = pa.string()
     ms = pa.timestamp("ms", tz="UTC")
     table = pa.table({
-        "event_id": pa.array(b.transaction_id, string),
-        "stream": pa.array(["transactions"] * n, string),
-        "entity_id": pa.array(b.card_id, string),
-        "event_time": pa.array(b.event_time_ms, ms),
-        "decided_at": pa.array(np.full(n, scored.decided_at_ms, dtype=np.int64), ms),
-        "score": pa.array(scored.score.astype(np.float32, copy=False)),
-        "decision": pa.array(scored.decision, string),
-        "reasons": pa.array(scored.reasons, pa.list_(string)),
-        "rules_version": pa.array([scored.rules_version] * n, string),
-        "model_version": pa.array([scored.model_version] * n, string),
-        "amount": pa.array(b.amount),
+        "event_id": _array(b.transaction_id, string),
+        "stream": _array(["transactions"] * n, string),
+        "entity_id": _array(b.card_id, string),
+        "event_time": _array(b.event_time_ms, ms),
+        "decided_at": _array(np.full(n, scored.decided_at_ms, dtype=np.int64), ms),
+        "score": _array(scored.score.astype(np.float32, copy=False)),
+        "decision": _array(scored.decision, string),
+        "reasons": _array(scored.reasons, pa.list_(string)),
+        "rules_version": _array([scored.rules_version] * n, string),
+        "model_version": _array([scored.model_version] * n, string),
+        "amount": _array(b.amount),
     })
     return _ipc_blocks(table, block_rows)
 
@@ -391,18 +400,18 @@ def transaction_arrow_blocks(scored: ScoredBatch, block_rows: int = ARROW_BLOCK_
     b = scored.batch
     string = pa.string()
     columns = {
-        "transaction_id": pa.array(b.transaction_id, string),
-        "event_time": pa.array(b.event_time_ms, pa.timestamp("ms", tz="UTC")),
-        "card_id": pa.array(b.card_id, string),
-        "merchant_id": pa.array(b.merchant_id, string),
-        **{k: pa.array(b.optional[k], string) for k in TRANSACTION_STRING_COLUMNS},
-        "amount": pa.array(b.amount),
-        "lat": pa.array(np.nan_to_num(b.lat)),
-        "lon": pa.array(np.nan_to_num(b.lon)),
-        "score": pa.array(scored.score.astype(np.float32, copy=False)),
-        "decision": pa.array(scored.decision, string),
-        "partition": pa.array(b.partition.astype(np.int32, copy=False)),
-        "offset": pa.array(b.offset.astype(np.int64, copy=False)),
+        "transaction_id": _array(b.transaction_id, string),
+        "event_time": _array(b.event_time_ms, pa.timestamp("ms", tz="UTC")),
+        "card_id": _array(b.card_id, string),
+        "merchant_id": _array(b.merchant_id, string),
+        **{k: _array(b.optional[k], string) for k in TRANSACTION_STRING_COLUMNS},
+        "amount": _array(b.amount),
+        "lat": _array(np.nan_to_num(b.lat)),
+        "lon": _array(np.nan_to_num(b.lon)),
+        "score": _array(scored.score.astype(np.float32, copy=False)),
+        "decision": _array(scored.decision, string),
+        "partition": _array(b.partition.astype(np.int32, copy=False)),
+        "offset": _array(b.offset.astype(np.int64, copy=False)),
     }
     return _ipc_blocks(pa.table(columns), block_rows)
 

@@ -49,6 +49,18 @@ def test_latency_per_rate(report):
     for st in report["latency_ms"].values():
         assert st["decided"] == st["sent"] > 0
         assert 0 < st["p50"] <= st["p95"] <= st["p99"] <= st["max"]
+        # where the CPU went while the rate was offered: every part of the stack is sampled
+        assert set(st["cpu_percent_of_a_core"]) >= {"workers", "broker", "sink", "bench"}
+        assert st["cpu_percent_of_a_core"]["workers"] > 0
+
+
+def test_ids_are_read_without_a_json_parse_when_they_come_first():
+    from riskstream.bench.engine_bench import _leading_id
+
+    assert _leading_id(b'{"transaction_id":"tx-1","amount":2}', "transaction_id") == b"tx-1"
+    # not first: the JSON parse, same answer
+    assert _leading_id(b'{"amount":2,"transaction_id":"tx-2"}', "transaction_id") == b"tx-2"
+    assert _leading_id(b'{"event_id":"e-9","score":0.5}', "event_id") == b"e-9"
 
 
 def test_in_process_figures(report):

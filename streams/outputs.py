@@ -160,10 +160,21 @@ class OutputPublisher:
 
     def send(self, stream: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
         topic = self.topics[stream]
-        n = 0
+        delivery = self.delivery
+        callback = delivery.on_delivery if delivery is not None else self._on_delivery
+        produce = self.producer.produce
+        n = queued = 0
+        # One decision message per transaction: the loop is kept tight (no call per message
+        # besides produce itself); a full local queue falls back to the waiting path.
         for key, value in messages:
-            self._produce(topic, key, value)
             n += 1
+            try:
+                produce(topic, value, key, on_delivery=callback)
+                queued += 1
+            except BufferError:
+                self._produce(topic, key, value)  # waits for room; counts its own message
+        if delivery is not None:
+            delivery.produced += queued
         self.counts[stream] = self.counts.get(stream, 0) + n
         self.producer.poll(0)
 

@@ -25,9 +25,11 @@ def sim():
     return simulate(days=3, customers=250, terminals=50, seed=3, with_market=False, with_credit=False)
 
 
-def args(file, stream="transactions", maps=(), label_column=None, label_delay=None, offline=True, rate=None):
+def args(file, stream="transactions", maps=(), label_column=None, label_delay=None, offline=True, rate=None,
+         processes=1):
     return argparse.Namespace(file=str(file), stream=stream, map=list(maps), label_column=label_column,
-                              label_delay=label_delay, offline=offline, rate=rate, config=None)
+                              label_delay=label_delay, offline=offline, rate=rate, config=None,
+                              processes=processes if offline else None)
 
 
 def count(settings: Settings, sql: str) -> int:

@@ -48,6 +48,7 @@ from riskstream.schemas.events import (
     MAX_FUTURE_MS, MAX_ID_LENGTH, MIN_EVENT_TIME_MS, TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch,
     looks_like_pan,
 )
+from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS
 from riskstream.settings import Settings, load_settings
 
 DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -59,10 +60,6 @@ INSERT_ROWS = 20_000
 # scoring, and chDB spends less per row on bigger inserts: 5.3 us -> 3.7 us a transaction
 # (decisions + transactions) from 20k- to 100k-row inserts, measured.
 SHARDED_INSERT_ROWS = 100_000
-# Each replay insert holds distinct events, so ReplacingMergeTree's collapsing within the
-# inserted block finds nothing to fold (repeats across inserts are folded by merges and FINAL
-# as before); skipping it cut chDB's cost from 3.7 to 3.0 us a transaction, measured.
-ARROW_INSERT_SETTINGS = {"optimize_on_insert": 0}
 TRUTHY_STRINGS = frozenset({"1", "true", "t", "yes", "y"})
 
 

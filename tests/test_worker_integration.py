@@ -193,3 +193,37 @@ def test_feature_and_model_state_survive_a_worker_restart(stack, worker_factory)
     assert any(reason.startswith("VELOCITY_1H") for reason in row["reasons"]), row["reasons"]
     assert "restored model state" in second.log_text()
     assert re.search(r"feature state restored for [1-9]", second.log_text()), second.log_text()[-2000:]
+
+
+def test_an_idle_worker_commits_everything_it_published_at_once(stack, worker_factory):
+    """Commits are batched over RISKSTREAM_COMMIT_INTERVAL_MS, but a worker that runs out of
+    input commits what it has published straight away: a restart then repeats nothing."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    now_ms = int(time.time() * 1000)
+    # an interval far longer than the test: only the idle commit can get the offsets in
+    worker = worker_factory(extra_env={"RISKSTREAM_COMMIT_INTERVAL_MS": "60000"})
+    group = Consumer({**stack.kafka_client_config(), "group.id": f"{stack.topic_prefix}{stack.consumer_group}",
+                      "enable.auto.commit": False})
+    topic = stack.topic("transactions")
+    parts = [TopicPartition(topic, p) for p in range(stack.topic_partitions)]
+
+    def committed_offsets() -> int:
+        return sum(max(tp.offset, 0) for tp in group.committed(parts, timeout=10))
+
+    try:
+        for burst in range(3):  # the first batch commits at once; the later ones fall inside the interval
+            produce(stack, "transactions", [(f"card-{i % 7}".encode(), _tx(1000 * burst + i, now_ms))
+                                             for i in range(100)])
+            if burst == 0:
+                wait_for(committed_offsets, 90, "the first batch committed", worker, ok=lambda n: n == 100)
+            else:
+                time.sleep(0.5)
+        committed = wait_for(committed_offsets, 45, "all 300 transactions committed", worker,
+                             ok=lambda n: n == 300)
+    finally:
+        group.close()
+    assert committed == 300
+    rows = wait_for(lambda: _decisions(stack, "it-"), 30, "300 decisions in ClickHouse", worker,
+                    ok=lambda r: len(r) == 300)
+    assert len({r["event_id"] for r in rows}) == 300  # and each was decided and stored once

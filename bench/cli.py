@@ -119,9 +119,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         warm = min(n, 5000)
         eb.preload(bs.settings, preload_msgs, stop=warm, progress=_say)
         _, workers = eb.drain_throughput(bs, group, 1, warm, progress=_say, keep_running=True)
-        roles = {"workers": [w.pid for w in workers], **{k: [v] for k, v in bs.service_pids().items()},
-                 "bench": [os.getpid()]}
-        res["latency_ms"], _ = eb.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say, roles=roles)
+        res["latency_ms"], _ = eb.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say,
+                                                   roles=bs.roles(workers))
         for proc in workers:
             group.stop(proc)
         bs.stack.stop()
@@ -236,7 +235,7 @@ def render(res: dict[str, Any]) -> str:
     off = res["offline_replay"]
     direct = off.get("engine_only", off)
     lines.append(f"Offline replay: {off['tps']:,.0f} tx/s ({off['path']})"
-                 + (f"; stage µs/txn " + ", ".join(f"{k} {v:.1f}" for k, v in off["profile_us_per_txn"].items())
+                 + ("; stage µs/txn " + ", ".join(f"{k} {v:.1f}" for k, v in off["profile_us_per_txn"].items())
                     if "profile_us_per_txn" in off else ""))
     lines.append(f"  engine alone: {direct['tps']:,.0f} tx/s ({direct['path']}, batches of {direct['batch_size']}); "
                  "µs/txn " + ", ".join(f"{k} {v:.1f}" for k, v in direct["us_per_txn"].items()))

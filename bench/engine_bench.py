@@ -182,6 +182,11 @@ class BenchStack:
     def service_pids(self) -> dict[str, int]:
         return {s.name: s.process.pid for s in self.stack.services}
 
+    def roles(self, workers: list[subprocess.Popen]) -> dict[str, list[int]]:
+        """Process ids by role, for CPU accounting: workers, each service, and this process."""
+        return {"workers": [w.pid for w in workers], **{k: [v] for k, v in self.service_pids().items()},
+                "bench": [os.getpid()]}
+
 
 def start_stack(base: Settings, data_dir: Path, progress: Progress = _quiet) -> BenchStack:
     from pydantic import SecretStr
@@ -345,8 +350,7 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
     partitions = [TopicPartition(topic, p) for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
     t_launch, t_launch_wall = time.monotonic(), time.time()
     workers = [start_worker(bs, group, i) for i in range(n_workers)]
-    svc = bs.service_pids()
-    roles = {"workers": [w.pid for w in workers], **{k: [v] for k, v in svc.items()}, "bench": [os.getpid()]}
+    roles = bs.roles(workers)
     count = first_group = 0
     first_t = last_t = 0.0
     cpu0: dict[str, float] = {}

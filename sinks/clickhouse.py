@@ -112,7 +112,7 @@ class SinkWriter:
                 self._dead_letter(table, _describe(parts, fmt), f"sink: unknown table or format {key!r}")
                 continue
             try:
-                blob, rows = _combine(parts, fmt)
+                blob, rows = combine_blocks(parts, fmt)
             except Exception as exc:  # an unreadable Arrow block: poison, not an outage
                 self._dead_letter(table, _describe(parts, fmt), f"sink: unreadable {fmt} block: {exc}")
                 continue
@@ -144,7 +144,8 @@ class SinkWriter:
             return self.client.raw_query(sql, fmt=fmt)
 
 
-def _combine(parts: list[bytes], fmt: str) -> tuple[bytes, int]:
+def combine_blocks(parts: list[bytes], fmt: str) -> tuple[bytes | memoryview, int]:
+    """Blocks of one table in one format as a single insert body, and its row count."""
     if fmt == "JSONEachRow":
         blob = b"\n".join(parts)
         return blob, blob.count(b"\n") + 1

@@ -145,36 +145,30 @@ class OutputPublisher:
             self._poller.join(2)
             self._poller = None
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        delivery = self.delivery
-        callback = delivery.on_delivery if delivery is not None else self._on_delivery
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
-                if delivery is not None:
-                    delivery.produced += 1
-                return
-            except BufferError:
-                # The local queue is full: let librdkafka drain it (backpressure, not loss).
-                self.producer.poll(0.05)
+    def _produce_all(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
+        """Hand messages to the producer, counted for the batch being tracked; returns how many.
 
-    def send(self, stream: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
-        topic = self.topics[stream]
+        One decision message per transaction goes through here, so the loop stays tight (no
+        call per message besides produce itself). A full local queue is backpressure, not loss:
+        librdkafka is given time to drain it and the message is produced again."""
         delivery = self.delivery
         callback = delivery.on_delivery if delivery is not None else self._on_delivery
         produce = self.producer.produce
-        n = queued = 0
-        # One decision message per transaction: the loop is kept tight (no call per message
-        # besides produce itself); a full local queue falls back to the waiting path.
+        n = 0
         for key, value in messages:
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=callback)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
             n += 1
-            try:
-                produce(topic, value, key, on_delivery=callback)
-                queued += 1
-            except BufferError:
-                self._produce(topic, key, value)  # waits for room; counts its own message
-        if delivery is not None:
-            delivery.produced += queued
+        if delivery is not None:  # before end_batch closes it, so no acknowledgement is missed
+            delivery.produced += n
+        return n
+
+    def send(self, stream: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+        n = self._produce_all(self.topics[stream], messages)
         self.counts[stream] = self.counts.get(stream, 0) + n
         self.producer.poll(0)
 
@@ -183,8 +177,7 @@ class OutputPublisher:
         if not rows:
             return
         key = table.encode()
-        for block in encode_blocks(rows):
-            self._produce(self.topics["sink"], key, block)
+        self._produce_all(self.topics["sink"], ((key, block) for block in encode_blocks(rows)))
         self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + len(rows)
         self.producer.poll(0)
 
@@ -193,8 +186,7 @@ class OutputPublisher:
         if not blocks:
             return
         key = f"{table}@ArrowStream".encode()
-        for block in blocks:
-            self._produce(self.topics["sink"], key, block)
+        self._produce_all(self.topics["sink"], ((key, block) for block in blocks))
         self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + rows
         self.producer.poll(0)
 

@@ -48,7 +48,7 @@ from riskstream.schemas.events import (
     MAX_FUTURE_MS, MAX_ID_LENGTH, MIN_EVENT_TIME_MS, TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch,
     looks_like_pan,
 )
-from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS
+from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
 
 DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -571,20 +571,18 @@ class ClickHouseBlocks:
     def _insert_arrow(self, table: str, blocks: list[bytes]) -> int:
         import pyarrow as pa
 
-        combined = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blocks])
         if self._client is not None:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, combined.schema) as ipc:
-                ipc.write_table(combined)
-            self._client.raw_insert(table, None, memoryview(sink.getvalue()), fmt="ArrowStream",
-                                    settings=ARROW_INSERT_SETTINGS)
-        else:  # through the sink's JSONEachRow /insert; DateTime64 reads JSON numbers as seconds
-            for name in combined.column_names:
-                if pa.types.is_timestamp(combined.schema.field(name).type):
-                    ms = combined.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0
-                    combined = combined.set_column(combined.column_names.index(name), name, pa.array(ms))
-            rows = [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in combined.to_pylist()]
-            self.insert(self.settings, table, [b"\n".join(rows)])
+            blob, rows = combine_blocks(blocks, "ArrowStream")
+            self._client.raw_insert(table, None, blob, fmt="ArrowStream", settings=ARROW_INSERT_SETTINGS)
+            return rows
+        # through the sink's JSONEachRow /insert; DateTime64 reads JSON numbers as seconds
+        combined = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blocks])
+        for name in combined.column_names:
+            if pa.types.is_timestamp(combined.schema.field(name).type):
+                ms = combined.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0
+                combined = combined.set_column(combined.column_names.index(name), name, pa.array(ms))
+        rows = [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in combined.to_pylist()]
+        self.insert(self.settings, table, [b"\n".join(rows)])
         return combined.num_rows
 
     def _check(self) -> None:

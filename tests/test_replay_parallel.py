@@ -155,16 +155,27 @@ def test_shards_split_by_card_and_keep_event_time_order(two):
         assert set(part.labels["entity_id"].tolist()) <= set(part.columns["card_id"].tolist())
 
 
-def test_a_failing_process_stops_the_replay_with_its_error(tmp_path, tx_file, monkeypatch):
+def _in_replay_processes(monkeypatch, act) -> int:
+    """Run ``act(batch)`` before each batch is scored in the replay processes (not in this one,
+    which warms the engine up before forking); returns this process's pid."""
     parent = os.getpid()
     score_batch = Engine.score_batch
 
-    def failing(self, batch, *args, **kw):
-        if os.getpid() != parent and batch.n and (batch.amount > 0).any():
-            raise RuntimeError("injected scoring failure")
+    def patched(self, batch, *args, **kw):
+        if os.getpid() != parent:
+            act(batch)
         return score_batch(self, batch, *args, **kw)
 
-    monkeypatch.setattr(Engine, "score_batch", failing)
+    monkeypatch.setattr(Engine, "score_batch", patched)
+    return parent
+
+
+def test_a_failing_process_stops_the_replay_with_its_error(tmp_path, tx_file, monkeypatch):
+    def fail(batch):
+        if batch.n and (batch.amount > 0).any():
+            raise RuntimeError("injected scoring failure")
+
+    _in_replay_processes(monkeypatch, fail)
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
     data = replay.load_input(tx_file[0], "transactions", settings=settings)
     with deadline(120), pytest.raises(replay.ShardFailed, match="injected scoring failure") as err:
@@ -174,15 +185,8 @@ def test_a_failing_process_stops_the_replay_with_its_error(tmp_path, tx_file, mo
 
 
 def test_a_process_that_dies_stops_the_replay(tmp_path, tx_file, monkeypatch):
-    parent = os.getpid()
-    score_batch = Engine.score_batch
-
-    def dying(self, batch, *args, **kw):
-        if os.getpid() != parent:
-            os._exit(3)  # like the OOM killer: no error message, the pipe just closes
-        return score_batch(self, batch, *args, **kw)
-
-    monkeypatch.setattr(Engine, "score_batch", dying)
+    # like the OOM killer: no error message, the pipe just closes
+    _in_replay_processes(monkeypatch, lambda batch: os._exit(3))
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
     data = replay.load_input(tx_file[0], "transactions", settings=settings)
     with deadline(120), pytest.raises(replay.ShardFailed, match=r"exited \(code 3\) before finishing"):
@@ -191,15 +195,7 @@ def test_a_process_that_dies_stops_the_replay(tmp_path, tx_file, monkeypatch):
 
 
 def test_ctrl_c_stops_every_process(tmp_path, tx_file, monkeypatch):
-    parent = os.getpid()
-    score_batch = Engine.score_batch
-
-    def slow(self, batch, *args, **kw):
-        if os.getpid() != parent:
-            time.sleep(600)
-        return score_batch(self, batch, *args, **kw)
-
-    monkeypatch.setattr(Engine, "score_batch", slow)
+    parent = _in_replay_processes(monkeypatch, lambda batch: time.sleep(600))
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
     data = replay.load_input(tx_file[0], "transactions", settings=settings)
     timer = threading.Timer(5.0, os.kill, (parent, signal.SIGINT))

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from riskstream.detectors.base import DETECTORS, DetectorError, check_detector, load_all, register
+from riskstream.detectors.evaluate import roc_auc
 from riskstream.detectors.credit import CreditModel
 from riskstream.detectors.fraud import (
     DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
@@ -145,7 +146,10 @@ def _trained_models(seed=3, n=8000):
     models = FraudModels(NAMES, capacity=20_000, negative_keep_rate=0.5, seed=seed)
     t = np.linspace(0, 20 * DAY_MS, n).astype(np.int64)
     ids = _ids("t", n)
+    models.ready_from_ms = None  # event time of the first batch decided with a ready model
     for s in range(0, n, 1000):
+        if models.ready and models.ready_from_ms is None:
+            models.ready_from_ms = int(t[s])
         models.remember(ids[s:s + 1000], X[s:s + 1000], t[s:s + 1000], entity_ids=ids[s:s + 1000])
         pos = np.nonzero(y[s:s + 1000])[0] + s
         models.learn_from_labels(ids[pos], y[pos], t[pos] + DAY_MS)
@@ -199,12 +203,15 @@ def test_quality_rows_for_the_model_quality_table():
         assert 0 <= r["value"] <= 1 and r["n_labels"] > 0 and r["measured_at"] == 123.0
     auc = next(r for r in rows if r["metric"] == "roc_auc" and r["window"] == "28d")
     assert auc["value"] > 0.8  # decision-time scores; the toy is easy once labels come in
-    # Only settled decisions count: nothing younger than the maturity horizon (day 13 of 20).
-    assert auc["n_labels"] == int(np.sum(np.linspace(0, 20 * DAY_MS, 8000).astype(np.int64) <= 13 * DAY_MS))
+    # Only settled decisions count: nothing younger than the maturity horizon (day 13 of 20),
+    # and nothing decided while the model was warming up (negatives first matured on day 7).
+    t = np.linspace(0, 20 * DAY_MS, 8000).astype(np.int64)
+    assert 7 * DAY_MS <= models.ready_from_ms < 13 * DAY_MS
+    assert auc["n_labels"] == int(np.sum((t >= models.ready_from_ms) & (t <= 13 * DAY_MS)))
 
 
 def test_drift_alert_fires_when_confirmed_fraud_starts_scoring_low():
-    models = FraudModels(NAMES, capacity=10_000)
+    models = FraudModels(NAMES, capacity=10_000, min_positives=0, min_negatives=0)  # scores given
     X = np.ones((1, 4), np.float32)
     n = 400
     ids = _ids("t", 2 * n)
@@ -324,3 +331,27 @@ def test_id_index_matches_a_dict_through_eviction_duplicates_and_rebuilds():
         np.testing.assert_array_equal(models._slots_of(hash_ids(probe)), expected)
     assert rebuilt > 0  # stale rows were cleared by rebuilds along the way
     assert models._id_rows <= models.ID_INDEX_MAX_LOAD * len(models._id_index)
+
+
+def test_a_model_that_has_seen_one_outcome_has_no_say_until_it_has_seen_both():
+    """Matured negatives alone (no labels flowing yet) used to random-walk the weights until
+    clean traffic scored like fraud; the probability now waits for 20 positives and 200
+    negatives, and decisions made meanwhile stay out of quality and drift."""
+    rng = np.random.default_rng(4)
+    X, y = _fraud_data(rng, 6000, fraud_rate=0.05)
+    models = FraudModels(NAMES, capacity=20_000, maturity_ms=DAY_MS, seed=4)
+    t = np.linspace(0, 6 * DAY_MS, 6000).astype(np.int64)
+    ids = _ids("w", 6000)
+    for s in range(0, 4000, 500):  # four days, no labels: negatives mature after one
+        assert not (models.score(X[s:s + 500], NAMES).probability).any()
+        models.remember(ids[s:s + 500], X[s:s + 500], t[s:s + 500])
+    assert models.stats["settled_negatives"] > 200 and models.stats["settled_positives"] == 0
+    assert not models.ready and models.version == (
+        f"fraud-warming-up-pos0of20-neg{models.stats['settled_negatives']}of200")
+    assert models.quality(measured_at=1.0) == [] and models.drift_alerts() == []
+    # Chargebacks for the fraud among them: now both outcomes are known, and the model scores.
+    pos = np.flatnonzero(y[:4000])
+    models.learn_from_labels(ids[pos], np.ones(len(pos), np.int8), np.full(len(pos), 4 * DAY_MS))
+    assert models.ready and models.version.startswith("fraud-lr")
+    p = models.score(X[4000:], NAMES).probability
+    assert p.min() > 0 and roc_auc(y[4000:], p) > 0.8

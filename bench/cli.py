@@ -84,8 +84,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         latency_pool = int(sum(rates) * seconds)
         _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep")
         msgs = eb.build_messages(n + latency_pool, progress=lambda s: _say(f"  {s}"))
-        preload_msgs = eb.Messages({k: v[:n] for k, v in msgs.columns.items()}, msgs.keys[:n], msgs.values[:n],
-                                   msgs.ids[:n])
+        preload_msgs = msgs.head(n)
 
         _say("\n== offline replay (in process)")
         offline_settings = eb._offline_settings(base, tmp / "offline")
@@ -98,6 +97,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 update={"data_dir": tmp / f"offline-{procs}"}), preload_msgs, processes=procs)
             by_processes[str(procs)] = run
             _say(f"  {run['tps']:,.0f} transactions/s, {run['cpu_us_per_txn']:.1f} µs CPU each ({run['path']})")
+            mix = run["decision_mix"]
+            _say(f"    decided: {', '.join(f'{k} {v:.2%}' for k, v in mix['share'].items())}; "
+                 f"fraud model ready for {mix['model_ready_share']:.0%} of them, {run['labels']:,} chargebacks fed")
         best = max(by_processes.values(), key=lambda r: r["tps"])
         res["offline_replay"] = {**best, "by_processes": {k: v["tps"] for k, v in by_processes.items()},
                                  "runs": by_processes, "engine_only": direct}

@@ -109,6 +109,7 @@ class Messages:
     keys: list[bytes]
     values: list[bytes]
     ids: list[str]
+    sim_labels: dict[str, np.ndarray] | None = None  # the simulator's labels, by label time
 
     @property
     def n(self) -> int:
@@ -117,9 +118,36 @@ class Messages:
     def column_slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[start:stop] for k, v in self.columns.items()}
 
+    def head(self, n: int) -> "Messages":
+        return Messages({k: v[:n] for k, v in self.columns.items()}, self.keys[:n], self.values[:n], self.ids[:n],
+                        self.sim_labels)
+
+    def labels(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """The simulator's labels (chargebacks, analyst verdicts both ways) of rows [start, stop),
+        in label-time order."""
+        stop = self.n if stop is None else stop
+        if not self.sim_labels:
+            return {}
+        ids = set(self.ids[start:stop])  # a set: np.isin on object arrays took seconds here
+        mine = np.fromiter(map(ids.__contains__, self.sim_labels["event_id"]), bool, len(self.sim_labels["event_id"]))
+        return {k: v[mine] for k, v in self.sim_labels.items()}
+
+    def label_messages(self, start: int = 0, stop: int | None = None) -> list[tuple[bytes, bytes]]:
+        """The same labels as (key, JSON value) for the labels topic, keyed by card."""
+        labels = self.labels(start, stop)
+        if not labels:
+            return []
+        names = list(labels)
+        rows = zip(*(labels[c].tolist() for c in names))
+        return [(r["entity_id"].encode(), orjson.dumps(r)) for r in (dict(zip(names, row)) for row in rows)]
+
 
 def build_messages(n: int, seed: int = 11, progress: Progress = _quiet) -> Messages:
-    """``n`` simulated transactions (all scenarios on), serialised once with orjson."""
+    """``n`` simulated transactions (all scenarios on), serialised once with orjson, and the
+    simulator's labels for them (``Messages.labels``): chargebacks and analyst verdicts, 30
+    minutes to 30 days late. With them the fraud model gets ready (both outcomes seen) early
+    and decides, as a deployed one would; without them it would stay warming up, and the
+    bench would measure a rules-only engine."""
     from riskstream.simulate import simulate
 
     days = 14 if n >= 20_000 else 7
@@ -135,6 +163,8 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet) -> Messa
             break
         customers = int(customers * 1.3) + 1
     tx = {k: v[:n] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
+    order = np.argsort(sim.labels["label_time"], kind="stable")
+    labels = {k: v[order] for k, v in sim.labels.items()}
     progress(f"simulated {n:,} transactions ({customers:,} customers, {days} days) in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     names = list(tx)
@@ -143,7 +173,7 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet) -> Messa
     keys = [c.encode() for c in tx["card_id"].tolist()]
     progress(f"serialised {n:,} messages with orjson in {time.perf_counter() - t0:.1f}s "
              f"(mean {sum(map(len, values)) / max(n, 1):.0f} bytes)")
-    return Messages(tx, keys, values, tx["transaction_id"].tolist())
+    return Messages(tx, keys, values, tx["transaction_id"].tolist(), labels)
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,12 +255,17 @@ def start_worker(bs: BenchStack, group: ProcessGroup, index: int) -> subprocess.
 
 def preload(settings: Settings, msgs: Messages, start: int = 0, stop: int | None = None,
             progress: Progress = _quiet) -> float:
-    """Produce messages [start, stop) to the transactions topic; returns messages/s."""
+    """Produce messages [start, stop) to the transactions topic, and their chargebacks to the
+    labels topic first (the worker holds each until event time reaches its label time);
+    returns transactions/s."""
     from confluent_kafka import Producer
 
     stop = msgs.n if stop is None else stop
     producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "batch.num.messages": 10000,
                          "queue.buffering.max.messages": 2_000_000, "compression.type": "lz4"})
+    labels = msgs.label_messages(start, stop)
+    for key, value in labels:
+        producer.produce(settings.topic("labels"), value=value, key=key)
     topic = settings.topic("transactions")
     t0 = time.perf_counter()
     for i in range(start, stop):
@@ -245,7 +280,7 @@ def preload(settings: Settings, msgs: Messages, start: int = 0, stop: int | None
     if left:
         raise RuntimeError(f"preload: {left} messages not acknowledged")
     rate = (stop - start) / (time.perf_counter() - t0)
-    progress(f"  preloaded {stop - start:,} transactions at {rate:,.0f}/s")
+    progress(f"  preloaded {stop - start:,} transactions at {rate:,.0f}/s and {len(labels):,} chargebacks")
     return rate
 
 
@@ -653,6 +688,27 @@ def warm_engine(settings: Settings, msgs: Messages) -> float:
     return time.perf_counter() - t0
 
 
+class LabelFeed:
+    """The bench's chargebacks handed to an in-process engine in event time, as the worker
+    does: before a batch, every label whose time is before the batch's first event."""
+
+    def __init__(self, msgs: Messages):
+        from riskstream.streams.replay import _label_rows
+
+        self.labels = msgs.labels()
+        self.rows = _label_rows
+        self.fed = 0
+
+    def feed_before(self, engine, event_time_ms: int) -> int:
+        due = int(np.searchsorted(self.labels.get("label_time", np.zeros(0, np.int64)), event_time_ms, side="left"))
+        if due <= self.fed:
+            return 0
+        rows = self.rows(self.labels, np.arange(self.fed, due))
+        self.fed = due
+        engine.learn(rows)
+        return len(rows)
+
+
 def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
                    progress: Progress = _quiet) -> dict[str, Any]:
     """Engine.score_batch(TransactionBatch.from_columns(...)) + encode_outputs, in process."""
@@ -661,13 +717,17 @@ def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
     from riskstream.streams.pipeline import encode_outputs
 
     engine = Engine(settings)
-    t_from = t_score = t_encode = 0.0
+    labels = LabelFeed(msgs)
+    t_from = t_score = t_encode = t_labels = 0.0
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     last_print = t0
     decided = 0
     for a in range(0, msgs.n, batch_size):
+        s_l = time.perf_counter()
+        labels.feed_before(engine, int(msgs.columns["event_time"][a]))
         s0 = time.perf_counter()
+        t_labels += s0 - s_l
         batch = TransactionBatch.from_columns(msgs.column_slice(a, a + batch_size))
         s1 = time.perf_counter()
         result = engine.score_batch(batch)
@@ -685,8 +745,10 @@ def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
     return {
         "path": "Engine.score_batch(TransactionBatch.from_columns) + encode_outputs",
         "transactions": msgs.n, "decided": decided, "batch_size": batch_size, "seconds": round(wall, 3),
+        "labels": labels.fed, "model_version_at_end": engine.scorer.models.version,
         "tps": round(msgs.n / wall, 1), "cpu_us_per_txn": round(cpu / msgs.n * 1e6, 2),
-        "us_per_txn": {"from_columns": round(t_from / msgs.n * 1e6, 2),
+        "us_per_txn": {"labels": round(t_labels / msgs.n * 1e6, 2),
+                       "from_columns": round(t_from / msgs.n * 1e6, 2),
                        "score_batch": round(t_score / msgs.n * 1e6, 2),
                        "encode_outputs": round(t_encode / msgs.n * 1e6, 2)},
     }
@@ -710,6 +772,9 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
     pq.write_table(pa.table(dict(msgs.columns)), path)
     t0 = time.perf_counter()
     data = load_input(path, "transactions", settings=settings, validate=True)
+    # The simulator's labels, interleaved by time as a label column's chargebacks would be
+    # (the command itself takes labels only as --label-column chargebacks).
+    data.labels = msgs.labels()
     read_s = time.perf_counter() - t0
 
     def cpu_now() -> float:
@@ -721,19 +786,38 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
     cpu = cpu_now() - cpu0
     return {
         "path": f"riskstream replay FILE.parquet --stream transactions --offline --processes {processes} "
-                "(streams.replay.load_input + replay_offline), chDB writer",
+                "(streams.replay.load_input + replay_offline, with the simulator's labels), chDB writer",
+        "labels": summary.labels,
         "processes": processes, "transactions": summary.rows, "seconds": round(summary.seconds, 3),
         "tps": round(summary.rate, 1), "read_and_validate_s": round(read_s, 3),
         "cpu_us_per_txn": round(cpu / max(summary.rows, 1) * 1e6, 2),
         "profile_us_per_txn": {k: round(v / max(summary.rows, 1) * 1e6, 2) for k, v in summary.profile.items()},
         "rows_written": summary.rows_written,
+        "decision_mix": decision_mix(settings),
     }
+
+
+def decision_mix(settings: Settings) -> dict[str, Any]:
+    """What the replay decided (from its ``decisions`` rows), and how much of it the fraud
+    model had a say in: the workload behind the figures (reasons and alerts cost per flagged
+    transaction)."""
+    from riskstream.sinks.clickhouse import open_client
+
+    client = open_client(settings)
+    try:
+        rows = client.query("SELECT decision, count(), countIf(model_version LIKE 'fraud-warming-up%') "
+                            "FROM decisions FINAL GROUP BY decision").result_rows
+    finally:
+        client.close()
+    total = sum(r[1] for r in rows) or 1
+    return {"share": {r[0]: round(r[1] / total, 4) for r in sorted(rows)},
+            "model_ready_share": round(1 - sum(r[2] for r in rows) / total, 3)}
 
 
 # ------------------------------------------------------------------------------------------
 # 6. per-stage profile of the worker path
 # ------------------------------------------------------------------------------------------
-STAGES = ("decode", "features", "rules", "models_score", "models_remember", "decide", "alerts", "encode",
+STAGES = ("labels", "decode", "features", "rules", "models_score", "models_remember", "decide", "alerts", "encode",
           "produce", "flush")
 
 
@@ -753,6 +837,7 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
 
     engine = Engine(settings)
     scorer = engine.scorer
+    labels = LabelFeed(msgs)
     publisher = OutputPublisher(settings, redis_client=connect_redis(settings))
     total = {k: 0.0 for k in STAGES}
     n_total = 0
@@ -763,6 +848,8 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
     for a in range(0, stop, batch_size):
         chunk = values[a:min(a + batch_size, stop)]
         n = len(chunk)
+        t_l = time.perf_counter()
+        labels.feed_before(engine, int(msgs.columns["event_time"][a]))
         t0 = time.perf_counter()
         batch, dead = decode_transactions(chunk, tokenizer=engine.tokenizer, topic=settings.topic("transactions"),
                                           partitions=[0] * n, offsets=list(range(a, a + n)),
@@ -796,8 +883,8 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
         t9 = time.perf_counter()
         publisher.flush()
         t10 = time.perf_counter()
-        for stage, (x, y) in zip(STAGES, ((t0, t1), (t1, t2), (t4, t5), (t2, t3), (t3, t4), (t5, t6), (t6, t7),
-                                          (t7, t8), (t8, t9), (t9, t10))):
+        for stage, (x, y) in zip(STAGES, ((t_l, t0), (t0, t1), (t1, t2), (t4, t5), (t2, t3), (t3, t4), (t5, t6),
+                                          (t6, t7), (t7, t8), (t8, t9), (t9, t10))):
             total[stage] += y - x
         n_total += n
         if time.perf_counter() - last_print >= 2.0:

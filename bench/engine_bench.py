@@ -764,9 +764,9 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from riskstream.streams.replay import load_input, replay_offline
+    from riskstream.streams.replay import default_processes, load_input, replay_offline
 
-    processes = processes or os.cpu_count() or 1
+    processes = processes or default_processes()
     path = Path(settings.data_dir) / "bench-transactions.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(dict(msgs.columns)), path)

@@ -101,8 +101,11 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
     lab_ids, lab_pos, lab_t = labels["event_id"][order], labels["is_positive"][order], lab_time[order]
     fed = 0
     t0 = time.perf_counter()
+    models.ready_day = float("nan")
     for start in range(0, n, batch):
         stop = min(start + batch, n)
+        if models.ready and models.ready_day != models.ready_day:
+            models.ready_day = (int(tx["event_time"][start]) - sim.start_ms) / DAY_MS
         scores = models.score(X[start:stop], names)
         prob[start:stop] = scores.probability
         models.remember(tx["transaction_id"][start:stop], X[start:stop], tx["event_time"][start:stop],
@@ -141,6 +144,26 @@ def metrics(sim, score: np.ndarray, test: np.ndarray) -> dict[str, float]:
     }
 
 
+def weekly_friction(sim, prob: np.ndarray) -> list[dict]:
+    """Per simulated week: the share of transactions the model alone would send to step-up,
+    review or decline (the default policy's thresholds), against the fraud there is."""
+    from riskstream.streams.pipeline import DecisionPolicy
+
+    policy = DecisionPolicy()
+    t, y = sim.transactions["event_time"], sim.transactions["is_fraud"].astype(bool)
+    weeks = []
+    for w in range(int((t.max() - sim.start_ms) // (7 * DAY_MS)) + 1):
+        sel = (t >= sim.start_ms + w * 7 * DAY_MS) & (t < sim.start_ms + (w + 1) * 7 * DAY_MS)
+        if not sel.any():
+            continue
+        p = prob[sel]
+        weeks.append({"week": w + 1, "step_up_or_worse": float(np.mean(p >= policy.step_up_score)),
+                      "review_or_worse": float(np.mean(p >= policy.review_score)),
+                      "decline": float(np.mean(p >= policy.decline_score)), "fraud": float(np.mean(y[sel])),
+                      "fraud_recall_at_step_up": float(np.mean(p[y[sel]] >= policy.step_up_score)) if y[sel].any() else 0.0})
+    return weeks
+
+
 def scoring_cost(models: FraudModels, X: np.ndarray, names, batch: int = 5000, repeats: int = 20) -> float:
     """µs per transaction for score (supervised + anomaly + contributions) + top-3 reasons."""
     rows = X[:batch] if len(X) >= batch else np.resize(X, (batch, X.shape[1]))
@@ -177,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         configs["online, fraud weight 20"] = {"negative_keep_rate": 1.0, "positive_weight": 20.0}
     results: dict[str, dict] = {}
     main_models = None
+    friction: list[dict] = []
     for label, cfg in configs.items():
         prob, models, seconds = replay_online(sim, X, names, args.batch, test_start, seed=args.seed, **cfg)
+        friction = friction or weekly_friction(sim, prob)
         results[label] = metrics(sim, prob, test)
         results[label]["replay_s"] = seconds
         log(f"{label}: replay {seconds:.1f}s, learned rows {models.supervised.n_learned:,}, "
@@ -202,9 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     replay_us = results["online (legit undersampled 10%)"]["replay_s"] / len(X) * 1e6
     print(f"whole online path (score + remember + learn from labels and maturity): {replay_us:.2f} µs/transaction")
     print(f"model state: {main_models.state_bytes() / 1e6:.1f} MB for {main_models.capacity:,} remembered decisions")
+    print("friction of the online model by week (decision-time probability at or over a threshold; "
+          f"model ready from day {main_models.ready_day:.1f}):")
+    for w in friction:
+        print(f"  week {w['week']}: step-up or worse {w['step_up_or_worse']:.2%}, review or worse "
+              f"{w['review_or_worse']:.2%}, decline {w['decline']:.2%}; fraud {w['fraud']:.2%}, "
+              f"of it at step-up or worse {w['fraud_recall_at_step_up']:.0%}")
     print(json.dumps({"bench": "fraud_quality", "days": args.days, "customers": args.customers,
                       "terminals": args.terminals, "seed": args.seed, "test_transactions": n_test,
-                      "score_us_per_tx": round(us, 3),
+                      "score_us_per_tx": round(us, 3), "weekly_friction": friction,
                       "results": {k: {m: round(float(v), 4) for m, v in r.items()} for k, r in results.items()}}))
     return 0
 

@@ -99,7 +99,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             _say(f"  {run['tps']:,.0f} transactions/s, {run['cpu_us_per_txn']:.1f} µs CPU each ({run['path']})")
             mix = run["decision_mix"]
             _say(f"    decided: {', '.join(f'{k} {v:.2%}' for k, v in mix['share'].items())}; "
-                 f"fraud model ready for {mix['model_ready_share']:.0%} of them, {run['labels']:,} chargebacks fed")
+                 f"fraud model ready for {mix['model_ready_share']:.0%} of them, {run['labels']:,} labels fed")
         best = max(by_processes.values(), key=lambda r: r["tps"])
         res["offline_replay"] = {**best, "by_processes": {k: v["tps"] for k, v in by_processes.items()},
                                  "runs": by_processes, "engine_only": direct}

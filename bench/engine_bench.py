@@ -119,8 +119,9 @@ class Messages:
         return {k: v[start:stop] for k, v in self.columns.items()}
 
     def head(self, n: int) -> "Messages":
+        """The first n messages, with their labels only."""
         return Messages({k: v[:n] for k, v in self.columns.items()}, self.keys[:n], self.values[:n], self.ids[:n],
-                        self.sim_labels)
+                        self.labels(0, n))
 
     def labels(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """The simulator's labels (chargebacks, analyst verdicts both ways) of rows [start, stop),
@@ -128,6 +129,8 @@ class Messages:
         stop = self.n if stop is None else stop
         if not self.sim_labels:
             return {}
+        if start == 0 and stop == self.n:
+            return self.sim_labels  # build_messages and head keep only the labels of their rows
         ids = set(self.ids[start:stop])  # a set: np.isin on object arrays took seconds here
         mine = np.fromiter(map(ids.__contains__, self.sim_labels["event_id"]), bool, len(self.sim_labels["event_id"]))
         return {k: v[mine] for k, v in self.sim_labels.items()}
@@ -163,7 +166,9 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet) -> Messa
             break
         customers = int(customers * 1.3) + 1
     tx = {k: v[:n] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
-    order = np.argsort(sim.labels["label_time"], kind="stable")
+    ids = set(tx["transaction_id"].tolist())  # the simulation may run past n: its labels, not all
+    mine = np.fromiter(map(ids.__contains__, sim.labels["event_id"]), bool, len(sim.labels["event_id"]))
+    order = np.flatnonzero(mine)[np.argsort(sim.labels["label_time"][mine], kind="stable")]
     labels = {k: v[order] for k, v in sim.labels.items()}
     progress(f"simulated {n:,} transactions ({customers:,} customers, {days} days) in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
@@ -255,7 +260,7 @@ def start_worker(bs: BenchStack, group: ProcessGroup, index: int) -> subprocess.
 
 def preload(settings: Settings, msgs: Messages, start: int = 0, stop: int | None = None,
             progress: Progress = _quiet) -> float:
-    """Produce messages [start, stop) to the transactions topic, and their chargebacks to the
+    """Produce messages [start, stop) to the transactions topic, and their labels to the
     labels topic first (the worker holds each until event time reaches its label time);
     returns transactions/s."""
     from confluent_kafka import Producer
@@ -280,7 +285,7 @@ def preload(settings: Settings, msgs: Messages, start: int = 0, stop: int | None
     if left:
         raise RuntimeError(f"preload: {left} messages not acknowledged")
     rate = (stop - start) / (time.perf_counter() - t0)
-    progress(f"  preloaded {stop - start:,} transactions at {rate:,.0f}/s and {len(labels):,} chargebacks")
+    progress(f"  preloaded {stop - start:,} transactions at {rate:,.0f}/s and {len(labels):,} labels")
     return rate
 
 
@@ -689,21 +694,20 @@ def warm_engine(settings: Settings, msgs: Messages) -> float:
 
 
 class LabelFeed:
-    """The bench's chargebacks handed to an in-process engine in event time, as the worker
+    """The bench's labels handed to an in-process engine in event time, as the worker
     does: before a batch, every label whose time is before the batch's first event."""
 
     def __init__(self, msgs: Messages):
-        from riskstream.streams.replay import _label_rows
-
         self.labels = msgs.labels()
-        self.rows = _label_rows
         self.fed = 0
 
     def feed_before(self, engine, event_time_ms: int) -> int:
         due = int(np.searchsorted(self.labels.get("label_time", np.zeros(0, np.int64)), event_time_ms, side="left"))
         if due <= self.fed:
             return 0
-        rows = self.rows(self.labels, np.arange(self.fed, due))
+        from riskstream.streams.replay import label_rows
+
+        rows = label_rows(self.labels, np.arange(self.fed, due))
         self.fed = due
         engine.learn(rows)
         return len(rows)

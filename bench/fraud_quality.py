@@ -101,11 +101,8 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
     lab_ids, lab_pos, lab_t = labels["event_id"][order], labels["is_positive"][order], lab_time[order]
     fed = 0
     t0 = time.perf_counter()
-    models.ready_day = float("nan")
     for start in range(0, n, batch):
         stop = min(start + batch, n)
-        if models.ready and models.ready_day != models.ready_day:
-            models.ready_day = (int(tx["event_time"][start]) - sim.start_ms) / DAY_MS
         scores = models.score(X[start:stop], names)
         prob[start:stop] = scores.probability
         models.remember(tx["transaction_id"][start:stop], X[start:stop], tx["event_time"][start:stop],
@@ -142,6 +139,12 @@ def metrics(sim, score: np.ndarray, test: np.ndarray) -> dict[str, float]:
         "average_precision": average_precision(y, s),
         "card_precision_at_100": card_precision_at_k(tx["event_time"][test] // DAY_MS, tx["card_id"][test], s, y, k=100),
     }
+
+
+def ready_day(sim, prob: np.ndarray) -> float:
+    """Day of the first decision the model had a say in (its probability is 0 while warming up)."""
+    scored = np.flatnonzero(prob > 0)
+    return (int(sim.transactions["event_time"][scored[0]]) - sim.start_ms) / DAY_MS if len(scored) else float("nan")
 
 
 def weekly_friction(sim, prob: np.ndarray) -> list[dict]:
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     friction: list[dict] = []
     for label, cfg in configs.items():
         prob, models, seconds = replay_online(sim, X, names, args.batch, test_start, seed=args.seed, **cfg)
-        friction = friction or weekly_friction(sim, prob)
+        if not friction:
+            friction, main_prob = weekly_friction(sim, prob), prob
         results[label] = metrics(sim, prob, test)
         results[label]["replay_s"] = seconds
         log(f"{label}: replay {seconds:.1f}s, learned rows {models.supervised.n_learned:,}, "
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"whole online path (score + remember + learn from labels and maturity): {replay_us:.2f} µs/transaction")
     print(f"model state: {main_models.state_bytes() / 1e6:.1f} MB for {main_models.capacity:,} remembered decisions")
     print("friction of the online model by week (decision-time probability at or over a threshold; "
-          f"model ready from day {main_models.ready_day:.1f}):")
+          f"model ready from day {ready_day(sim, main_prob):.1f}):")
     for w in friction:
         print(f"  week {w['week']}: step-up or worse {w['step_up_or_worse']:.2%}, review or worse "
               f"{w['review_or_worse']:.2%}, decline {w['decline']:.2%}; fraud {w['fraud']:.2%}, "

@@ -667,7 +667,7 @@ def transaction_chunks(data: ReplayInput, chunk_rows: int) -> Iterator[tuple[int
         yield n, n, np.arange(next_label, len(label_time))
 
 
-def _label_rows(labels: dict[str, np.ndarray], index: np.ndarray) -> list[dict]:
+def label_rows(labels: dict[str, np.ndarray], index: np.ndarray) -> list[dict]:
     cols = list(labels)
     values = [labels[c][index].tolist() for c in cols]
     return [dict(zip(cols, row)) for row in zip(*values)]
@@ -718,7 +718,7 @@ def score_transaction_chunks(data: ReplayInput, settings: Settings, engine, publ
     for start, end, due in transaction_chunks(data, settings.batch_max_events):
         t0 = time.perf_counter()
         if len(due):
-            rows = _label_rows(data.labels, due)
+            rows = label_rows(data.labels, due)
             engine.learn(rows)
             publisher.sink("labels", rows_for_table(rows))
             labels_fed += len(rows)
@@ -894,7 +894,7 @@ def _warm_up(engine, data: ReplayInput, rows: int = 64) -> None:
     if m == 0:
         return
     if len(data.labels.get("label_time", ())):
-        label = _label_rows(data.labels, np.arange(1))[0]
+        label = label_rows(data.labels, np.arange(1))[0]
         label["event_time"] = label["label_time"] = int(data.times_ms[0])  # due at the first row
         engine.learn([label])
     batch = chunk_batch(data, 0, m, engine.tokenizer)

@@ -233,6 +233,12 @@ def render(res: dict[str, Any]) -> str:
                      f"{st.get('p95', float('nan')):>8.1f} {st.get('p99', float('nan')):>8.1f} "
                      f"{st.get('max', float('nan')):>8.1f}  {st['decided']:>7,}/{st['sent']:<7,}  "
                      f"{rt.get('p50', float('nan')):.1f}/{rt.get('p99', float('nan')):.1f}")
+    lines.append("  where the time went, p50/p99 ms: to_scoring = broker hop + worker fetch, linger, queue and "
+                 "decode; scoring = the engine on the batch; to_reader = producer linger + broker hop")
+    for rate, st in res["latency_ms"].items():
+        if "stages_ms" in st:
+            lines.append(f"  {int(rate):>10,}  " + ", ".join(
+                f"{k} {v['p50']:.1f}/{v['p99']:.1f}" for k, v in st["stages_ms"].items()))
     lines.append("")
     off = res["offline_replay"]
     direct = off.get("engine_only", off)

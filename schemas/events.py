@@ -372,6 +372,8 @@ def _fast_transaction_columns(objs: list[Any], max_amount: float, now_ms: int) -
     which the slow path ``_transaction_row`` then accepts (with conversion) or rejects.
     """
     n = len(objs)
+    if n == 0:  # the whole-column checks below take min/max of each column
+        return [[] for _ in range(7 + len(TRANSACTION_OPTIONAL))], np.zeros(0, dtype=bool)
     empty: dict = {}
     if set(map(type, objs)) == {dict}:
         rows = objs

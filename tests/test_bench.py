@@ -52,6 +52,25 @@ def test_latency_per_rate(report):
         # where the CPU went while the rate was offered: every part of the stack is sampled
         assert set(st["cpu_percent_of_a_core"]) >= {"workers", "broker", "sink", "bench"}
         assert st["cpu_percent_of_a_core"]["workers"] > 0
+        # the same latency cut where it was spent: the broker hops and the engine's own part
+        assert set(st["stages_ms"]) == {"to_scoring", "scoring", "to_reader"}
+        for part in st["stages_ms"].values():
+            assert 0 <= part["p50"] <= part["p99"] <= st["max"]
+
+
+def test_latency_stages_split_each_decision_at_its_two_stamps():
+    from riskstream.bench.engine_bench import _decided_at, latency_stages
+
+    value = (b'{"event_id":"t1","stream":"transactions","entity_id":"c","event_time":1.5,'
+             b'"decided_at":1700000000.123,"score":0.1}')
+    assert _decided_at(value) == 1700000000.123
+    assert _decided_at(b'{"decided_at":5.0}') == 5.0  # last field: the JSON parse
+    # sent 0 s -> scoring from 10 ms -> produced at 12 ms -> read at 20 ms; twice as long for the second
+    stages = latency_stages([100.0, 200.0], [(100.010, 100.012), (200.020, 200.024)], [100.020, 200.040])
+    assert stages["to_scoring"]["p50"] == pytest.approx(15.0)
+    assert stages["scoring"]["p50"] == pytest.approx(3.0)
+    assert stages["to_reader"]["p50"] == pytest.approx(12.0)
+    assert stages["to_reader"]["p99"] == pytest.approx(15.92, abs=0.01)
 
 
 def test_ids_are_read_without_a_json_parse_when_they_come_first():

@@ -112,6 +112,12 @@ def test_each_problem_has_a_clear_reason(record, reason):
     assert (dead[0].topic, dead[0].partition, dead[0].offset) == ("tx", 3, 42)
 
 
+def test_an_empty_batch_decodes_to_an_empty_batch():
+    for fast in (True, False):
+        batch, dead = decode_transactions([], tokenizer=TOK, now_ms=NOW, partitions=[], offsets=[], fast=fast)
+        assert batch.n == 0 and not dead and batch.transaction_id.dtype == object
+
+
 def test_oversized_and_null_messages():
     batch, dead = decode_transactions([None, b"{" + b" " * 70_000 + b"}"], tokenizer=TOK, now_ms=NOW)
     assert batch.n == 0

@@ -82,8 +82,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
     try:
         latency_pool = int(sum(rates) * seconds)
-        _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep")
-        msgs = eb.build_messages(n + latency_pool, progress=lambda s: _say(f"  {s}"))
+        # The engine-only latency runs once per linger, each on transactions of its own.
+        lingers = sorted({0, base.batch_linger_ms})
+        _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep "
+             f"+ {latency_pool * len(lingers):,} for the engine-only latency")
+        msgs = eb.build_messages(n + latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
         preload_msgs = msgs.head(n)
 
         _say("\n== offline replay (in process)")
@@ -104,6 +107,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         res["offline_replay"] = {**best, "by_processes": {k: v["tps"] for k, v in by_processes.items()},
                                  "runs": by_processes, "engine_only": direct}
         res["offline_replay_tps"] = res["offline_replay"]["tps"]
+
+        _say(f"\n== engine-only latency (in process, no broker): open-loop arrivals, {seconds:.0f}s per rate, "
+             f"batching as the worker does with a linger of {' and '.join(f'{x} ms' for x in lingers)}")
+        res["engine_latency_ms"], _ = eb.engine_latency(
+            offline_settings.model_copy(update={"data_dir": tmp / "engine-latency"}), msgs, n + latency_pool,
+            rates, seconds, lingers, progress=_say)
 
         _say(f"\n== memory: an Engine fed {cards:,} distinct cards (own process)")
         res["memory"] = eb.memory_in_subprocess(cards, group, progress=lambda s: _say(f"  {s}"))
@@ -177,6 +186,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"{m['cores']} cores shared by the broker, Valkey, the chDB sink, the worker(s) and this process "
             "(its producer and consumer threads): figures are noisy; re-run before reading small differences.",
             "Latency = decision arrival at this process's consumer - time.time() at produce, open loop.",
+            "Engine-only latency = outputs encoded - arrival, in process with no broker: the engine's share "
+            "of the end-to-end figure, which adds two broker hops and the producers' lingers.",
             "CPU per transaction is sampled from the first to the last decision: start-up excluded.",
         ]
         res["elapsed_s"] = round(time.monotonic() - t_all, 1)
@@ -239,6 +250,16 @@ def render(res: dict[str, Any]) -> str:
         if "stages_ms" in st:
             lines.append(f"  {int(rate):>10,}  " + ", ".join(
                 f"{k} {v['p50']:.1f}/{v['p99']:.1f}" for k, v in st["stages_ms"].items()))
+    lines.append("")
+    lines.append("Engine-only latency (in process, no broker: open-loop arrivals -> decode, score, encode)")
+    lines.append(f"  {'linger':>7} {'offered/s':>10} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}  "
+                 f"{'batch':>6}  batch ms p50/p99/max  busy")
+    for linger, by_rate in res.get("engine_latency_ms", {}).items():
+        for rate, st in by_rate.items():
+            bm = st["batch_ms"]
+            lines.append(f"  {st['linger_ms']:>4} ms {int(rate):>10,} {st['p50']:>8.1f} {st['p95']:>8.1f} "
+                         f"{st['p99']:>8.1f} {st['max']:>8.1f}  {st['mean_batch']:>6,.0f}  "
+                         f"{bm['p50']:.1f}/{bm['p99']:.1f}/{bm['max']:.1f}  {st['busy_share']:.0%}")
     lines.append("")
     off = res["offline_replay"]
     direct = off.get("engine_only", off)

@@ -12,6 +12,7 @@ Pieces, each usable alone:
 * :func:`drain_throughput` - preload a topic, start N workers, time the drain on ``decisions``;
 * :func:`faust_per_event_drain`, :func:`raw_getmany_drain` - the baselines on the same topic;
 * :func:`latency_at_rates` - open-loop producer at fixed rates against a running worker;
+* :func:`engine_latency` - the same open-loop arrivals straight into the engine (its own share);
 * :func:`offline_replay`, :func:`stage_profile` - in-process throughput and per-stage costs;
 * :func:`memory_at_cards` - state bytes per card and peak RSS (run in its own process through
   ``python -m riskstream.bench.engine_bench memory`` so the peak is the engine's alone).
@@ -717,6 +718,93 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
         reader.join(2)
         consumer.close()
     return out, i
+
+
+def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[int], seconds: float,
+                   lingers_ms: list[int], warm: int = 100_000,
+                   progress: Progress = _quiet) -> tuple[dict[str, dict[str, dict]], int]:
+    """The engine's own share of the latency at each offered rate, with no broker.
+
+    Message i arrives at ``t0 + i / rate`` on the wall clock whatever the engine does (open
+    loop). A loop that batches as the worker's reader does (wait for data, then the linger for
+    more, up to ``batch_max_events``) decodes, scores and encodes each batch with the real
+    engine, labels fed in event time. Latency = the batch's outputs encoded - the arrival.
+    The engine first runs the ``warm`` transactions before ``start`` (feature state filled,
+    fraud model ready), as a worker that has been running; the garbage collector is tuned as
+    the worker tunes it. Each linger takes the next ``sum(rates) * seconds`` transactions.
+
+    Left out, and measured by the broker run: the hop to the worker, its fetch, handing the
+    outputs to the producer and the hop to the reader. What shows here is a batch's fixed cost
+    (~1.5-2 ms), the linger, and the occasional batch that also learns (a model update from
+    ~2,000 matured decisions, or a burst of labels: 10-35 ms).
+
+    Returns ({"linger_<ms>": {rate: stats}}, the next unused message index).
+    """
+    from riskstream.streams.engine import Engine
+    from riskstream.streams.pipeline import encode_outputs
+    from riskstream.streams.worker import _tune_garbage_collector
+
+    engine = Engine(settings)
+    labels = LabelFeed(msgs)
+    times = msgs.columns["event_time"]
+    most = settings.batch_max_events
+    for a in range(max(0, start - warm), start, most):
+        b = min(a + most, start)
+        labels.feed_before(engine, int(times[a]))
+        engine.process_transactions(msgs.values[a:b], [0] * (b - a), list(range(a, b)))
+    _tune_garbage_collector()
+    out: dict[str, dict[str, dict]] = {}
+    i0 = start
+    for linger_ms in lingers_ms:
+        linger = linger_ms / 1000.0
+        by_rate = out.setdefault(f"linger_{linger_ms}", {})
+        for rate in rates:
+            n = int(rate * seconds)
+            if i0 + n > msgs.n:
+                raise ValueError(f"not enough simulated messages for {rate}/s x {seconds}s")
+            latency = np.empty(n)
+            cost: list[float] = []  # seconds per batch
+            t0 = time.perf_counter() + 0.01
+            k = 0
+            while k < n:
+                first = t0 + k / rate
+                now = time.perf_counter()
+                if now < first:  # idle until the next transaction arrives
+                    time.sleep(first - now)
+                arrived = min(n, int((time.perf_counter() - t0) * rate) + 1)
+                if arrived - k < most and linger > 0:  # a trickle: give the batch a moment to fill
+                    time.sleep(linger)
+                    arrived = min(n, int((time.perf_counter() - t0) * rate) + 1)
+                stop = min(arrived, k + most)
+                b0 = time.perf_counter()
+                labels.feed_before(engine, int(times[i0 + k]))
+                result = engine.process_transactions(msgs.values[i0 + k:i0 + stop], [0] * (stop - k),
+                                                     list(range(i0 + k, i0 + stop)))
+                if result.scored is not None:
+                    encode_outputs(result.scored)
+                done = time.perf_counter()
+                cost.append(done - b0)
+                latency[k:stop] = done - (t0 + np.arange(k, stop) / rate)
+                k = stop
+            span = time.perf_counter() - t0
+            ms = latency * 1000.0
+            p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+            batch_ms = np.asarray(cost) * 1000.0
+            busy = float(batch_ms.sum()) / 1000.0 / span
+            by_rate[str(rate)] = {
+                "transactions": n, "linger_ms": linger_ms, "batches": len(cost),
+                "mean_batch": round(n / len(cost), 1), "busy_share": round(busy, 3),
+                "batch_ms": {"p50": round(float(np.median(batch_ms)), 2),
+                             "p99": round(float(np.percentile(batch_ms, 99)), 2),
+                             "max": round(float(batch_ms.max()), 2)},
+                "p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
+                "max": round(float(ms.max()), 2)}
+            progress(f"  {rate:,}/s, linger {linger_ms} ms: p50 {p50:.1f} ms, p95 {p95:.1f}, p99 {p99:.1f}, "
+                     f"max {ms.max():.1f}; {len(cost):,} batches of {n / len(cost):,.0f} on average, each "
+                     f"{np.median(batch_ms):.1f} ms (p99 {np.percentile(batch_ms, 99):.1f}, max "
+                     f"{batch_ms.max():.1f}); engine busy {busy:.0%} of the time")
+            i0 += n
+    return out, i0
 
 
 # ------------------------------------------------------------------------------------------

@@ -58,6 +58,18 @@ def test_latency_per_rate(report):
             assert 0 <= part["p50"] <= part["p99"] <= st["max"]
 
 
+def test_engine_only_latency_per_linger_and_rate(report):
+    rates = {str(r) for r in report["config"]["rates"]}
+    lingers = report["engine_latency_ms"]
+    assert "linger_0" in lingers and len(lingers) >= 1
+    for by_rate in lingers.values():
+        assert set(by_rate) == rates
+        for st in by_rate.values():
+            assert 0 < st["p50"] <= st["p95"] <= st["p99"] <= st["max"]
+            assert st["mean_batch"] == pytest.approx(st["transactions"] / st["batches"], abs=0.05)
+            assert 0 < st["busy_share"] <= 1.0 and st["batch_ms"]["p50"] <= st["batch_ms"]["max"]
+
+
 def test_latency_stages_split_each_decision_at_its_two_stamps():
     from riskstream.bench.engine_bench import _decided_at, latency_stages
 

@@ -86,7 +86,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         lingers = sorted({0, base.batch_linger_ms})
         _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep "
              f"+ {latency_pool * len(lingers):,} for the engine-only latency")
-        msgs = eb.build_messages(n + latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
+        msgs = eb.build_messages(n, extra=latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
         preload_msgs = msgs.head(n)
 
         _say("\n== offline replay (in process)")

@@ -11,7 +11,7 @@ What it does:
    ``--batch`` transactions; confirmed-fraud labels reach the features at their label time.
 3. Replays ``FraudModels`` predict-then-learn over every batch: score, remember, then learn
    from the labels whose ``label_time`` has passed (simulator delays: 30 min-30 days) and from
-   decisions older than 7 days with no positive label (maturity negatives).
+   decisions older than a day with no positive label (maturity negatives, corrected by a later chargeback).
 4. Offline baseline: scikit-learn ``LogisticRegression(class_weight='balanced')`` on the same
    features (same signed-log transform, standardised), trained on the transactions of the
    weeks before the test week *minus a 7-day delay week*, with a fraud label only if it was

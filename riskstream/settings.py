@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Offsets of finished batches are committed together at most this often "
                     "(a crash repeats at most this much; outputs are idempotent).",
     )
+    produce_linger_ms: int = Field(
+        5, ge=0, le=1000,
+        description="How long the output producer gathers decisions into one request. Every decision "
+                    "waits up to this long: 5 suits the embedded broker (fewer, larger requests); on "
+                    "Kafka, 0-1 for the lowest latency.",
+    )
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000,
         description="Longest a fetch waits for data; a broker that holds fetches this long (Tansu does) adds it to latency.",

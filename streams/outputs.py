@@ -93,7 +93,7 @@ class OutputPublisher:
         self.settings = settings
         self.producer = producer or Producer({
             **settings.kafka_client_config(),
-            "linger.ms": 5,  # measured on the embedded broker: fewer, larger produce requests win
+            "linger.ms": settings.produce_linger_ms,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 1_000_000,
             "queue.buffering.max.kbytes": 1_048_576,

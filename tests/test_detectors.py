@@ -143,7 +143,7 @@ def test_columns_are_matched_by_name():
 def _trained_models(seed=3, n=8000):
     rng = np.random.default_rng(seed)
     X, y = _fraud_data(rng, n)
-    models = FraudModels(NAMES, capacity=20_000, negative_keep_rate=0.5, seed=seed)
+    models = FraudModels(NAMES, capacity=20_000, negative_keep_rate=0.5, seed=seed, maturity_ms=7 * DAY_MS)
     t = np.linspace(0, 20 * DAY_MS, n).astype(np.int64)
     ids = _ids("t", n)
     models.ready_from_ms = None  # event time of the first batch decided with a ready model

@@ -475,7 +475,7 @@ class FraudModels:
         self.feature_names: tuple[str, ...] | None = None
         self.newest_event_ms: int | None = None
         # Event-time watermark from the caller (the slowest input partition): while several
-        # partitions catch up unevenly, "7 days old" must mean old for all of them, or
+        # partitions catch up unevenly, "a day old" must mean old for all of them, or
         # frauds whose chargebacks are still to come would be learned as negatives.
         self.watermark_ms: int | None = None
         self.stats = {"remembered": 0, "labels_applied": 0, "labels_missed": 0, "matured_negatives": 0,

@@ -174,13 +174,12 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
             break
         sim_days += max(1, sim_days // 4)
         start_ms = int(time.time() * 1000) - sim_days * DAY_MS - 3_600_000
-    n = total
-    tx = {k: v[:n] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
-    ids = set(tx["transaction_id"].tolist())  # the simulation may run past n: its labels, not all
+    tx = {k: v[:total] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
+    ids = set(tx["transaction_id"].tolist())  # the simulation may run past them: their labels, not all
     mine = np.fromiter(map(ids.__contains__, sim.labels["event_id"]), bool, len(sim.labels["event_id"]))
     order = np.flatnonzero(mine)[np.argsort(sim.labels["label_time"][mine], kind="stable")]
     labels = {k: v[order] for k, v in sim.labels.items()}
-    progress(f"simulated {n:,} transactions ({customers:,} customers, {sim_days} days) in {time.perf_counter() - t0:.1f}s")
+    progress(f"simulated {total:,} transactions ({customers:,} customers, {sim_days} days) in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     names = list(tx)
     dumps = orjson.dumps
@@ -192,8 +191,8 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
     finally:
         gc.enable()
     keys = [c.encode() for c in tx["card_id"].tolist()]
-    progress(f"serialised {n:,} messages with orjson in {time.perf_counter() - t0:.1f}s "
-             f"(mean {sum(map(len, values)) / max(n, 1):.0f} bytes)")
+    progress(f"serialised {total:,} messages with orjson in {time.perf_counter() - t0:.1f}s "
+             f"(mean {sum(map(len, values)) / max(total, 1):.0f} bytes)")
     return Messages(tx, keys, values, tx["transaction_id"].tolist(), labels)
 
 
@@ -350,8 +349,19 @@ def _decided_at(value: bytes) -> float:
     return float(value[start + len(b'"decided_at":'):end])
 
 
+def _summary(ms: np.ndarray, *names: str) -> dict[str, float]:
+    """Named figures of a latency sample in ms ("p50", "p99", ..., "max", "mean"), rounded."""
+    def one(name: str) -> float:
+        if name == "max":
+            return float(ms.max())
+        if name == "mean":
+            return float(ms.mean())
+        return float(np.percentile(ms, float(name[1:])))
+    return {name: round(one(name), 2) for name in names}
+
+
 def _p50_p99(ms: np.ndarray) -> dict[str, float]:
-    return {k: round(float(v), 2) for k, v in zip(("p50", "p99"), np.percentile(ms, [50, 99]))}
+    return _summary(ms, "p50", "p99")
 
 
 def latency_stages(sent: list[float], stamps: list[tuple[float, float]], arrived: list[float]) -> dict[str, dict]:
@@ -706,21 +716,19 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline and sum(1 for t in ids if t in arrived) < n:
                 time.sleep(0.1)
-            lat = np.array([arrived[t] - sent[t] for t in ids if t in arrived]) * 1000.0
-            got = len(lat)
+            decided = [t for t in ids if t in arrived]
+            got = len(decided)
             stats = {"offered_tps": round(offered, 1), "sent": n, "decided": got, "missing": n - got,
                      "cpu_percent_of_a_core": cpu_share}
             if got:
-                p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-                stats.update(p50=round(float(p50), 2), p95=round(float(p95), 2), p99=round(float(p99), 2),
-                             max=round(float(lat.max()), 2), mean=round(float(lat.mean()), 2))
+                times_sent = [sent[t] for t in decided]
+                times_arrived = [arrived[t] for t in decided]
+                lat = (np.asarray(times_arrived) - np.asarray(times_sent)) * 1000.0
+                stats.update(_summary(lat, "p50", "p95", "p99", "max", "mean"))
+                stats["stages_ms"] = latency_stages(times_sent, [stamps[t] for t in decided], times_arrived)
             floor = np.array([echoed[t] - sent[t] for t in ids if t in echoed]) * 1000.0
             if len(floor):
                 stats["broker_round_trip_ms"] = _p50_p99(floor)
-            if got:
-                stats["stages_ms"] = latency_stages([sent[t] for t in ids if t in arrived],
-                                                    [stamps[t] for t in ids if t in arrived],
-                                                    [arrived[t] for t in ids if t in arrived])
             out[str(rate)] = stats
             progress(f"    offered {offered:,.0f}/s: p50 {stats.get('p50', float('nan')):.1f} ms, "
                      f"p95 {stats.get('p95', float('nan')):.1f}, p99 {stats.get('p99', float('nan')):.1f}, "
@@ -780,17 +788,19 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
             latency = np.empty(n)
             cost: list[float] = []  # seconds per batch
             t0 = time.perf_counter() + 0.01
+
+            def arrived() -> int:  # transactions that have arrived by now
+                return min(n, int((time.perf_counter() - t0) * rate) + 1)
+
             k = 0
             while k < n:
                 first = t0 + k / rate
                 now = time.perf_counter()
                 if now < first:  # idle until the next transaction arrives
                     time.sleep(first - now)
-                arrived = min(n, int((time.perf_counter() - t0) * rate) + 1)
-                if arrived - k < most and linger > 0:  # a trickle: give the batch a moment to fill
+                if arrived() - k < most and linger > 0:  # a trickle: give the batch a moment to fill
                     time.sleep(linger)
-                    arrived = min(n, int((time.perf_counter() - t0) * rate) + 1)
-                stop = min(arrived, k + most)
+                stop = min(arrived(), k + most)
                 b0 = time.perf_counter()
                 labels.feed_before(engine, int(times[i0 + k]))
                 result = engine.process_transactions(msgs.values[i0 + k:i0 + stop], [0] * (stop - k),
@@ -801,23 +811,16 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
                 cost.append(done - b0)
                 latency[k:stop] = done - (t0 + np.arange(k, stop) / rate)
                 k = stop
-            span = time.perf_counter() - t0
-            ms = latency * 1000.0
-            p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-            batch_ms = np.asarray(cost) * 1000.0
-            busy = float(batch_ms.sum()) / 1000.0 / span
-            by_rate[str(rate)] = {
-                "transactions": n, "linger_ms": linger_ms, "batches": len(cost),
-                "mean_batch": round(n / len(cost), 1), "busy_share": round(busy, 3),
-                "batch_ms": {"p50": round(float(np.median(batch_ms)), 2),
-                             "p99": round(float(np.percentile(batch_ms, 99)), 2),
-                             "max": round(float(batch_ms.max()), 2)},
-                "p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
-                "max": round(float(ms.max()), 2)}
-            progress(f"  {rate:,}/s, linger {linger_ms} ms: p50 {p50:.1f} ms, p95 {p95:.1f}, p99 {p99:.1f}, "
-                     f"max {ms.max():.1f}; {len(cost):,} batches of {n / len(cost):,.0f} on average, each "
-                     f"{np.median(batch_ms):.1f} ms (p99 {np.percentile(batch_ms, 99):.1f}, max "
-                     f"{batch_ms.max():.1f}); engine busy {busy:.0%} of the time")
+            busy = sum(cost) / (time.perf_counter() - t0)
+            lat = _summary(latency * 1000.0, "p50", "p95", "p99", "max")
+            batch = _summary(np.asarray(cost) * 1000.0, "p50", "p99", "max")
+            by_rate[str(rate)] = {"transactions": n, "linger_ms": linger_ms, "batches": len(cost),
+                                  "mean_batch": round(n / len(cost), 1), "busy_share": round(busy, 3),
+                                  "batch_ms": batch, **lat}
+            progress(f"  {rate:,}/s, linger {linger_ms} ms: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f}, "
+                     f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}; {len(cost):,} batches of "
+                     f"{n / len(cost):,.0f} on average, each {batch['p50']:.1f} ms (p99 {batch['p99']:.1f}, "
+                     f"max {batch['max']:.1f}); engine busy {busy:.0%} of the time")
             i0 += n
     return out, i0
 

@@ -703,7 +703,8 @@ class FraudModels:
         if positives == 0 and self.stats["settled_positives"] == 0 and self.min_positives > 0:
             self._hold_negatives(self._X[slots])
         elif self._held:  # the first positives: learned mixed with the negatives held so far
-            X_all = np.concatenate(self._held + [self._X[slots]])
+            held = np.concatenate(self._held)[-self.held_negatives:]
+            X_all = np.concatenate([held, self._X[slots]])
             y_all = np.concatenate([np.zeros(len(X_all) - len(y), np.int8), y])
             self._held = []
             self.supervised.learn_many(X_all, y_all)
@@ -723,10 +724,13 @@ class FraudModels:
         self._feed_adwin("legit_score", p[~pos], "legit transactions now score higher (false alarms rising)")
 
     def _hold_negatives(self, X: np.ndarray) -> None:
-        """Keep the newest ``held_negatives`` negatives settled before any positive."""
+        """Keep the newest ``held_negatives`` negatives settled before any positive.
+
+        Trimmed only once twice the limit is held: trimming on every call copied the whole
+        hold (100k rows) per matured batch, a third of an offline replay without labels."""
         self._held.append(X.copy())
         held = sum(map(len, self._held))
-        if held > self.held_negatives:
+        if held > 2 * self.held_negatives:
             self._held = [np.concatenate(self._held)[held - self.held_negatives:]]
 
     def _feed_adwin(self, signal: str, errors: np.ndarray, meaning: str) -> None:

@@ -355,3 +355,26 @@ def test_a_model_that_has_seen_one_outcome_has_no_say_until_it_has_seen_both():
     assert models.ready and models.version.startswith("fraud-lr")
     p = models.score(X[4000:], NAMES).probability
     assert p.min() > 0 and roc_auc(y[4000:], p) > 0.8
+
+
+def test_negatives_held_before_the_first_positive_are_the_newest_ones():
+    """Before any chargeback, matured negatives wait in a bounded hold; the first positives
+    are learned together with the newest ``held_negatives`` of them, in maturity order."""
+    rng = np.random.default_rng(9)
+    X, y = _fraud_data(rng, 4000, fraud_rate=0.05)
+    models = FraudModels(NAMES, capacity=20_000, maturity_ms=DAY_MS, seed=9, held_negatives=300)
+    t = np.linspace(0, 4 * DAY_MS, 4000).astype(np.int64)
+    ids = _ids("h", 4000)
+    for s in range(0, 4000, 250):
+        models.remember(ids[s:s + 250], X[s:s + 250], t[s:s + 250])
+    matured = models.stats["settled_negatives"]
+    assert matured > 2 * 300  # enough to have trimmed the hold at least once
+    learned = []
+    learn_many = models.supervised.learn_many
+    models.supervised.learn_many = lambda Xs, ys: (learned.append((Xs.copy(), ys.copy())), learn_many(Xs, ys))
+    pos = 3800 + np.flatnonzero(y[3800:])  # fraud not matured yet: its label settles it
+    assert len(pos) > 0
+    models.learn_from_labels(ids[pos], np.ones(len(pos), np.int8), np.full(len(pos), 4 * DAY_MS))
+    X_all, y_all = learned[0]  # the hold and the first positives, in one call
+    assert len(X_all) == 300 + len(pos) and int(y_all.sum()) == len(pos)
+    np.testing.assert_array_equal(X_all[:300], X[matured - 300:matured].astype(np.float32))

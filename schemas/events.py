@@ -183,6 +183,10 @@ class TransactionBatch:
     optional: dict[str, np.ndarray]  # TRANSACTION_OPTIONAL -> object arrays, "" when absent
     partition: np.ndarray  # int32, -1 when not from Kafka
     offset: np.ndarray  # int64, -1 when not from Kafka
+    # The same rows' string columns as pyarrow arrays, when they came from Arrow (an offline
+    # replay's file): the ClickHouse blocks take them as they are instead of converting every
+    # Python str back to Arrow. Absent columns are converted as usual.
+    arrow: dict[str, Any] | None = None
 
     @property
     def n(self) -> int:

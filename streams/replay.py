@@ -142,6 +142,8 @@ class ReplayInput:
     # Transactions validated here: ids are str ("" when absent), amount/lat/lon float64, times
     # int64, what TransactionBatch holds, so a chunk becomes a batch without converting values.
     engine_types: bool = False
+    # Validated transactions' string columns as pyarrow arrays, row for row with ``columns``.
+    arrow: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -228,8 +230,9 @@ def _strings_to_ms(values: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
     return ms, ok
 
 
-def _text(column, repeats: bool = True) -> np.ndarray:
-    """An object array of ``str`` ("" for null) from any pyarrow column.
+def _text(column, repeats: bool = True) -> tuple[np.ndarray, Any]:
+    """An object array of ``str`` ("" for null) from any pyarrow column, and the same values
+    as a pyarrow string array.
 
     ``repeats``: one ``str`` per distinct value, shared by its rows, instead of one per row.
     Card, merchant, country... ids repeat, so this is a fraction of the memory, and a forked
@@ -238,16 +241,15 @@ def _text(column, repeats: bool = True) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+    if column.type != pa.string():  # one type for the blocks of every file (large_string too)
         column = pc.cast(column, pa.string())
     column = pc.fill_null(column, "")
     if not repeats:
-        return column.to_numpy(zero_copy_only=False).astype(object, copy=False)
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    coded = column.dictionary_encode()
+        return column.to_numpy(zero_copy_only=False).astype(object, copy=False), column
+    whole = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    coded = whole.dictionary_encode()
     values = coded.dictionary.to_numpy(zero_copy_only=False).astype(object, copy=False)
-    return values[coded.indices.to_numpy(zero_copy_only=False)]
+    return values[coded.indices.to_numpy(zero_copy_only=False)], column
 
 
 def _numbers(column) -> tuple[np.ndarray, np.ndarray]:
@@ -298,15 +300,20 @@ class _Reasons:
 
 
 def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_amount: float,
-                          now_ms: int) -> tuple[dict[str, np.ndarray], _Reasons]:
+                          now_ms: int) -> tuple[dict[str, np.ndarray], dict[str, Any], _Reasons]:
     """The checks ``decode_transactions`` makes per record, as column operations over the file.
-    Returns the engine's columns (card/merchant with their fallbacks) and each bad row's reason."""
+    Returns the engine's columns (card/merchant with their fallbacks), their string columns
+    as pyarrow arrays too, and each bad row's reason."""
+    import pyarrow.compute as pc
+
     n = table.num_rows
     names = set(table.column_names)
     why = _Reasons(n)
-    text = {c: _text(table.column(c), repeats=c != "transaction_id")
+    both = {c: _text(table.column(c), repeats=c != "transaction_id")
             for c in ("transaction_id", "card_id", "customer_id", "merchant_id", "terminal_id", *TRANSACTION_OPTIONAL)
             if c in names}
+    text = {c: values for c, (values, _) in both.items()}
+    arrow = {c: array for c, (_, array) in both.items()}
     empty = np.full(n, "", dtype=object)
     why.add(text["transaction_id"] == "", "missing required field 'transaction_id'")
     why.add(~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601")
@@ -318,10 +325,15 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
     card = text.get("card_id", empty)
     if "customer_id" in text:
         card = np.where(card == "", text["customer_id"], card)
+        arrow["card_id"] = (pc.if_else(pc.equal(arrow["card_id"], ""), arrow["customer_id"], arrow["card_id"])
+                            if "card_id" in arrow else arrow["customer_id"])
     why.add(card == "", "missing required field: one of 'card_id', 'customer_id' or 'pan'")
     merchant = text.get("merchant_id", empty)
     if "terminal_id" in text:
         merchant = np.where(merchant == "", text["terminal_id"], merchant)
+        arrow["merchant_id"] = (pc.if_else(pc.equal(arrow["merchant_id"], ""), arrow["terminal_id"],
+                                           arrow["merchant_id"])
+                                if "merchant_id" in arrow else arrow["terminal_id"])
     why.add(merchant == "", "missing required field: one of 'merchant_id' or 'terminal_id'")
     for name, values in text.items():
         too_long = _longer_than(table.column(name), MAX_ID_LENGTH)
@@ -346,7 +358,8 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
     for name in TRANSACTION_OPTIONAL:
         if name in text:
             columns[name] = text[name]
-    return columns, why
+    arrow = {k: v for k, v in arrow.items() if k in columns}
+    return columns, arrow, why
 
 
 def _longer_than(column, limit: int) -> np.ndarray | None:
@@ -393,15 +406,17 @@ def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None
     out = ReplayInput(stream=stream, path=path, columns={}, times_ms=times_ms, row_number=order.astype(np.int64),
                       label_column=label_column, file_rows=n)
     if stream == "transactions" and validate:
-        columns, why = validate_transactions(table, times_ms, time_ok, settings.max_amount, now_ms)
+        columns, arrow, why = validate_transactions(table, times_ms, time_ok, settings.max_amount, now_ms)
         bad = why.bad
         if bad.any():
             out.dead = _dead_letters(table, np.flatnonzero(bad), why.reason, order, settings, stream, now_ms)
             keep = np.flatnonzero(~bad)
             columns = {k: v[keep] for k, v in columns.items()}
+            arrow = {k: v.take(keep) for k, v in arrow.items()}
             out.times_ms, out.row_number = times_ms[keep], out.row_number[keep]
             flagged = flagged[keep] if flagged is not None else None
         out.columns = columns
+        out.arrow = arrow
         out.engine_types = True
     else:
         out.columns = {c: _column_values(table.column(c)) for c in table.column_names}
@@ -686,9 +701,11 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
     # Card numbers become tokens, as the decoder makes them; only all-digit ids can be PANs.
     digits = np.flatnonzero(np.fromiter(map(str.isdigit, card), dtype=bool, count=n))
     pans = [i for i in digits.tolist() if looks_like_pan(card[i])]
+    arrow = {k: v.slice(start, n) for k, v in data.arrow.items()}
     if pans:
         card = card.copy()
         card[pans] = [tokenizer.token(card[i]) for i in pans]
+        arrow.pop("card_id", None)  # the file's card numbers: never written
     nan = np.full(n, np.nan)
     return TransactionBatch(
         transaction_id=cols["transaction_id"][start:end],
@@ -701,6 +718,7 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
         optional={k: cols[k][start:end] if k in cols else absent for k in TRANSACTION_OPTIONAL},
         partition=np.full(n, -1, dtype=np.int32),
         offset=np.full(n, -1, dtype=np.int64),
+        arrow=arrow or None,
     )
 
 
@@ -838,7 +856,8 @@ def shard_input(data: ReplayInput, row_shard: np.ndarray, label_shard: np.ndarra
     return ReplayInput(stream=data.stream, path=data.path, columns={c: v[rows] for c, v in data.columns.items()},
                        times_ms=data.times_ms[rows], row_number=data.row_number[rows],
                        label_column=data.label_column, labels={c: v[labels] for c, v in data.labels.items()},
-                       file_rows=len(rows), engine_types=data.engine_types)
+                       file_rows=len(rows), engine_types=data.engine_types,
+                       arrow={c: v.take(rows) for c, v in data.arrow.items()})
 
 
 class RecordedOutputs:

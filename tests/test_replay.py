@@ -4,7 +4,6 @@ online replay through the real embedded stack and worker."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -129,6 +128,30 @@ def test_map_renames_columns_and_missing_columns_say_what_to_do(tmp_path, sim):
     assert rows[0]["entity_id"] == tx["customer_id"][first]  # CUSTOMER_ID=card_id
     assert int(rows[0]["t"]) == int(tx["event_time"][first])  # timestamps read as epoch ms
     assert count(settings, "SELECT count() AS n FROM decisions FINAL") == len(tx["amount"])
+
+
+def test_stored_ids_follow_the_fallbacks_when_card_or_merchant_is_empty(tmp_path, sim):
+    """The ClickHouse blocks take the file's own string columns (no round trip through Python
+    strings), so the card -> customer and merchant -> terminal fallbacks are made there too."""
+    tx = {k: np.asarray(v[:400]) for k, v in sim.transactions.items()}
+    card = np.where(np.arange(400) % 3 == 0, "", tx["customer_id"].astype(object) + "-card")
+    merchant = np.where(np.arange(400) % 4 == 0, None, tx["terminal_id"].astype(object) + "-shop")
+    path = tmp_path / "gaps.parquet"
+    pq.write_table(pa.table({
+        "transaction_id": tx["transaction_id"], "event_time": tx["event_time"], "amount": tx["amount"],
+        "card_id": pa.array(card.tolist()), "customer_id": tx["customer_id"],
+        "merchant_id": pa.array(merchant.tolist()), "terminal_id": tx["terminal_id"],
+    }), path)
+    settings = Settings(data_dir=tmp_path / "rs", batch_max_events=150)
+    assert replay.run_replay(args(path), settings) == 0
+    want_card = {t: (c or cu) for t, c, cu in zip(tx["transaction_id"], card, tx["customer_id"])}
+    want_merchant = {t: (m or te) for t, m, te in zip(tx["transaction_id"], merchant, tx["terminal_id"])}
+    rows = query(settings, "SELECT transaction_id, card_id, merchant_id FROM transactions FINAL")
+    assert len(rows) == 400
+    assert {r["transaction_id"]: r["card_id"] for r in rows} == want_card
+    assert {r["transaction_id"]: r["merchant_id"] for r in rows} == want_merchant
+    decided = query(settings, "SELECT event_id, entity_id FROM decisions FINAL")
+    assert {r["event_id"]: r["entity_id"] for r in decided} == want_card
 
 
 def test_usage_errors_say_what_to_do(tmp_path, sim, capsys):

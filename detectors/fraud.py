@@ -724,14 +724,14 @@ class FraudModels:
         self._feed_adwin("legit_score", p[~pos], "legit transactions now score higher (false alarms rising)")
 
     def _hold_negatives(self, X: np.ndarray) -> None:
-        """Keep the newest ``held_negatives`` negatives settled before any positive.
-
-        Trimmed only once twice the limit is held: trimming on every call copied the whole
-        hold (100k rows) per matured batch, a third of an offline replay without labels."""
-        self._held.append(X.copy())
+        """Keep the newest ``held_negatives`` negatives settled before any positive: whole
+        batches, the oldest dropped while the rest still hold enough. Never one array: copying
+        the whole hold (100k rows) per matured batch was a third of an offline replay without
+        labels. ``X`` is kept as it is (the caller's fancy-indexed copy)."""
+        self._held.append(X)
         held = sum(map(len, self._held))
-        if held > 2 * self.held_negatives:
-            self._held = [np.concatenate(self._held)[held - self.held_negatives:]]
+        while held - len(self._held[0]) >= self.held_negatives:
+            held -= len(self._held.pop(0))
 
     def _feed_adwin(self, signal: str, errors: np.ndarray, meaning: str) -> None:
         detector = self._adwin[signal]

@@ -458,7 +458,7 @@ class FraudModels:
         # A call costs ~1 ms whatever its size (River's pandas and narwhals work): learning the
         # few labels of each small batch was a quarter of the engine's time at 10k tx/s. And
         # each call is at least one optimiser step, so learning per batch made the model depend
-        # on the batching: 500-transaction batches sent 6-8% of traffic to step-up in
+        # on the batching: 500-transaction batches sent 4-8% of traffic to step-up in
         # fraud_quality, 5,000-transaction ones 2-3%. Classes stay apart because one call of
         # positives is one step towards fraud; mixed into 2,048 negatives (undersampled to ~200)
         # they were outvoted (measured: ROC AUC 0.92 -> 0.80).

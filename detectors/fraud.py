@@ -450,21 +450,8 @@ class FraudModels:
                  maturity_ms: int = MATURITY_MS, negative_keep_rate: float = 0.1,
                  positive_weight: float = 1.0, learning_rate: float = 0.05,
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
-                 min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
-                 learn_rows: int = 2048, learn_positives: int = 32):
+                 min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000):
         self.capacity = int(capacity)
-        # Once warm, settled negatives wait until ``learn_rows`` of them are there and
-        # positives until ``learn_positives``; River then learns each class's queue in one call.
-        # A call costs ~1 ms whatever its size (River's pandas and narwhals work): learning the
-        # few labels of each small batch was a quarter of the engine's time at 10k tx/s. And
-        # each call is at least one optimiser step, so learning per batch made the model depend
-        # on the batching: 500-transaction batches sent 4-8% of traffic to step-up in
-        # fraud_quality, 5,000-transaction ones 2-3%. Classes stay apart because one call of
-        # positives is one step towards fraud; mixed into 2,048 negatives (undersampled to ~200)
-        # they were outvoted (measured: ROC AUC 0.92 -> 0.80).
-        self.learn_rows = int(learn_rows)
-        self.learn_positives = int(learn_positives)
-        self._to_learn: dict[int, list[np.ndarray]] = {0: [], 1: []}
         # Warm-up. A logistic regression fed one class has nothing to separate: on negatives
         # alone (no labels flowing yet, the first week of matured decisions) Adam's
         # per-coordinate steps random-walk the weights; the median score of clean simulated
@@ -722,7 +709,7 @@ class FraudModels:
             self._held = []
             self.supervised.learn_many(X_all, y_all)
         else:
-            self._learn(self._X[slots], y, now=not self.ready)  # warming up: every outcome counts now
+            self.supervised.learn_many(self._X[slots], y)
         self.stats["settled_positives"] += positives
         self.stats["settled_negatives"] += len(y) - positives
         self._status[slots] = np.where(y == 1, LEARNED_POS, LEARNED_NEG)
@@ -735,28 +722,6 @@ class FraudModels:
         # times and rates, and one mixed error stream would "drift" whenever that mix changes.
         self._feed_adwin("fraud_score", 1.0 - p[pos], "confirmed fraud now scores lower at decision time (missed fraud rising)")
         self._feed_adwin("legit_score", p[~pos], "legit transactions now score higher (false alarms rising)")
-
-    def _learn(self, X: np.ndarray, y: np.ndarray, now: bool = False) -> None:
-        """Queue settled rows by class; River learns a class's queue once it is full. ``now``
-        (warming up): learned at once, as they come."""
-        if now:
-            self._learn_queued(1)
-            self._learn_queued(0)
-            self.supervised.learn_many(X, y)
-            return
-        for label, limit in ((1, self.learn_positives), (0, self.learn_rows)):
-            rows = X[y == label]
-            if len(rows):
-                self._to_learn[label].append(rows)
-            if sum(map(len, self._to_learn[label])) >= limit:
-                self._learn_queued(label)
-
-    def _learn_queued(self, label: int) -> None:
-        queue = self._to_learn[label]
-        if queue:
-            X = np.concatenate(queue)
-            self._to_learn[label] = []
-            self.supervised.learn_many(X, np.full(len(X), label, np.int8))
 
     def _hold_negatives(self, X: np.ndarray) -> None:
         """Keep the newest ``held_negatives`` negatives settled before any positive: whole
@@ -830,14 +795,9 @@ class FraudModels:
         return settled + self._learn_matured(min_rows=1)
 
     def learn_matured(self) -> int:
-        """Learn every decision past the maturity horizon as a negative, and whatever waits to
-        be learned, now (otherwise learning waits for a few thousand rows, to keep River's
-        per-call cost amortised). The worker calls it on its model-report timer, so that at a
-        trickle of traffic outcomes are still learned within that interval."""
-        settled = self._learn_matured(min_rows=1)
-        self._learn_queued(1)
-        self._learn_queued(0)
-        return settled
+        """Learn every decision past the maturity horizon as a negative now (``remember`` does
+        it only once a few thousand are due, to keep River's per-call cost amortised)."""
+        return self._learn_matured(min_rows=1)
 
     def _drop_quality(self, keys: np.ndarray) -> None:
         n = min(self._q_n, self.quality_capacity)
@@ -898,8 +858,7 @@ class FraudModels:
         state = {"feature_names": self.feature_names, "newest_event_ms": self.newest_event_ms,
                  "stats": dict(self.stats), "adwin": self._adwin, "alerts": self._alerts,
                  "config": (self.capacity, self.maturity_ms, self.quality_capacity, self._params),
-                 "warm_up": (self.min_positives, self.min_negatives, self.held_negatives, self._held),
-                 "to_learn": (self.learn_rows, self.learn_positives, self._to_learn)}
+                 "warm_up": (self.min_positives, self.min_negatives, self.held_negatives, self._held)}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.supervised.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -928,8 +887,6 @@ class FraudModels:
         self.newest_event_ms = state["newest_event_ms"]
         (self.min_positives, self.min_negatives, self.held_negatives,
          self._held) = state.get("warm_up", (self.min_positives, self.min_negatives, self.held_negatives, []))
-        self.learn_rows, self.learn_positives, self._to_learn = state.get(
-            "to_learn", (self.learn_rows, self.learn_positives, {0: [], 1: []}))
         self.stats = state["stats"]
         if "settled_positives" not in self.stats:
             # Checkpoints from before the warm-up count: what the quality history settled is

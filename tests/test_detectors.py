@@ -378,38 +378,3 @@ def test_negatives_held_before_the_first_positive_are_the_newest_ones():
     X_all, y_all = learned[0]  # the hold and the first positives, in one call
     assert len(X_all) == 300 + len(pos) and int(y_all.sum()) == len(pos)
     np.testing.assert_array_equal(X_all[:300], X[matured - 300:matured].astype(np.float32))
-
-
-def test_once_warm_outcomes_are_learned_by_class_in_full_calls_and_survive_a_checkpoint():
-    """Labels trickling in batch by batch wait until ``learn_positives`` positives (or
-    ``learn_rows`` negatives) are there; River then learns the class in one call, so how the
-    stream is batched does not decide how many optimiser steps the model takes. ``learn_matured``
-    (the worker's timer) learns what waits, and a checkpoint carries what waits."""
-    rng = np.random.default_rng(12)
-    X, y = _fraud_data(rng, 3000, fraud_rate=0.05)
-    models = FraudModels(NAMES, capacity=20_000, maturity_ms=DAY_MS, seed=12, min_positives=0, min_negatives=0,
-                         learn_rows=500, learn_positives=20)
-    assert models.ready  # no warm-up asked for: queued from the first outcome
-    calls = []
-    learn_many = models.supervised.learn_many
-    models.supervised.learn_many = lambda Xs, ys: (calls.append((len(ys), set(ys.tolist()))), learn_many(Xs, ys))
-    t = np.linspace(0, 3 * DAY_MS, 3000).astype(np.int64)
-    ids = _ids("q", 3000)
-    for s in range(0, 3000, 50):  # 50-transaction batches, each with the labels of the last one
-        models.remember(ids[s:s + 50], X[s:s + 50], t[s:s + 50])
-        fraud = s - 50 + np.flatnonzero(y[max(0, s - 50):s]) if s else np.zeros(0, int)
-        models.learn_from_labels(ids[fraud], np.ones(len(fraud), np.int8), np.full(len(fraud), t[s]))
-    settled = models.stats["settled_positives"] + models.stats["settled_negatives"]
-    positive_calls = [n for n, labels in calls if labels == {1}]
-    negative_calls = [n for n, labels in calls if labels == {0}]
-    assert len(positive_calls) + len(negative_calls) == len(calls)  # one class per call
-    assert positive_calls and min(positive_calls) >= 20 and negative_calls and min(negative_calls) >= 500
-    assert sum(n for n, _ in calls) < settled  # the rest waits for the next call
-    twin = FraudModels()
-    twin.restore(models.checkpoint())
-    before = models.supervised.n_learned
-    models.learn_matured()
-    assert sum(n for n, _ in calls) == settled  # everything settled is learned now
-    twin.learn_matured()
-    assert twin.supervised.n_learned == models.supervised.n_learned > before
-    np.testing.assert_array_equal(twin.score(X[:200], NAMES).probability, models.score(X[:200], NAMES).probability)

@@ -315,6 +315,17 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
     text = {c: values for c, (values, _) in both.items()}
     arrow = {c: array for c, (_, array) in both.items()}
     empty = np.full(n, "", dtype=object)
+
+    def fallback(first: str, second: str) -> np.ndarray:
+        """Per row ``first``, or ``second`` where it is empty, as the decoder takes them; the
+        Arrow column of ``first`` gets the same."""
+        values = text.get(first, empty)
+        if second in text:
+            values = np.where(values == "", text[second], values)
+            arrow[first] = (pc.if_else(pc.equal(arrow[first], ""), arrow[second], arrow[first])
+                            if first in arrow else arrow[second])
+        return values
+
     why.add(text["transaction_id"] == "", "missing required field 'transaction_id'")
     why.add(~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601")
     why.add(time_ok & (times_ms < MIN_EVENT_TIME_MS),
@@ -322,18 +333,9 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
     why.add(time_ok & (times_ms > now_ms + MAX_FUTURE_MS),
             lambda i: f"event_time {times_ms[i]} is more than a day in the future")
     # Per row, like the decoder: the card, else the customer; the merchant, else the terminal.
-    card = text.get("card_id", empty)
-    if "customer_id" in text:
-        card = np.where(card == "", text["customer_id"], card)
-        arrow["card_id"] = (pc.if_else(pc.equal(arrow["card_id"], ""), arrow["customer_id"], arrow["card_id"])
-                            if "card_id" in arrow else arrow["customer_id"])
+    card = fallback("card_id", "customer_id")
     why.add(card == "", "missing required field: one of 'card_id', 'customer_id' or 'pan'")
-    merchant = text.get("merchant_id", empty)
-    if "terminal_id" in text:
-        merchant = np.where(merchant == "", text["terminal_id"], merchant)
-        arrow["merchant_id"] = (pc.if_else(pc.equal(arrow["merchant_id"], ""), arrow["terminal_id"],
-                                           arrow["merchant_id"])
-                                if "merchant_id" in arrow else arrow["terminal_id"])
+    merchant = fallback("merchant_id", "terminal_id")
     why.add(merchant == "", "missing required field: one of 'merchant_id' or 'terminal_id'")
     for name, values in text.items():
         too_long = _longer_than(table.column(name), MAX_ID_LENGTH)

@@ -97,11 +97,13 @@ def test_ids_are_read_without_a_json_parse_when_they_come_first():
 def test_in_process_figures(report):
     assert report["offline_replay_tps"] > 0
     # The simulator's labels went in with the transactions, so the model had a say for some of them.
-    for run in report["offline_replay"]["runs"].values():
+    for processes, run in report["offline_replay"]["runs"].items():
         assert run["labels"] > 0
         mix = run["decision_mix"]
         assert sum(mix["share"].values()) == pytest.approx(1.0, abs=1e-3) and mix["share"]["approve"] > 0.5
-        assert 0 < mix["model_ready_share"] <= 1
+        # Split by card over processes, each model gets a share of the labels: in the quick
+        # run's 20k transactions (under a day) they may still be warming up at the end.
+        assert (0 < mix["model_ready_share"] <= 1) if processes == "1" else (0 <= mix["model_ready_share"] <= 1)
     assert report["offline_replay"]["engine_only"]["labels"] > 0
     assert report["state_bytes_per_card"] > 0
     assert report["memory"]["tracked_entities"]["card"] == report["memory"]["cards"]

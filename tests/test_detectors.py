@@ -72,7 +72,7 @@ def _ids(prefix, n):
 def test_learns_only_from_features_remembered_at_decision_time():
     rng = np.random.default_rng(1)
     X_decision, y = _fraud_data(rng, 3000, fraud_rate=0.3)
-    models = FraudModels(NAMES, capacity=10_000, seed=5)
+    models = FraudModels(NAMES, capacity=10_000, seed=5, learn_every=1)  # learns at every call
     ids = _ids("t", 3000)
     models.remember(ids, X_decision, np.arange(3000))
     # By label time the card's features have moved on; the worker scores new data in between.
@@ -98,7 +98,7 @@ def test_unknown_and_duplicate_labels_are_counted_not_learned():
 
 
 def test_maturity_turns_unlabelled_decisions_into_negatives():
-    models = FraudModels(NAMES, capacity=1000, maturity_ms=7 * DAY_MS, negative_keep_rate=1.0)
+    models = FraudModels(NAMES, capacity=1000, maturity_ms=7 * DAY_MS, negative_keep_rate=1.0, learn_every=1)
     X = np.ones((10, 4), np.float32)
     models.remember(_ids("old", 10), X, np.full(10, 0))
     models.learn_from_labels(np.array(["old3"]), np.array([1]), np.array([DAY_MS]))
@@ -113,6 +113,66 @@ def test_maturity_turns_unlabelled_decisions_into_negatives():
     assert models.learn_from_labels(np.array(["old4"]), np.array([1]), np.array([9 * DAY_MS])) == 1
     y = models._q_y[: models._q_n][models._q_time[: models._q_n] >= 0]
     assert y.sum() == 2 and len(y) == 10
+
+
+def _stream_in_batches(models, X, y, times, batch, label_every=5000, restore_at=None):
+    """Remember ``X`` in batches of ``batch``; every ``label_every`` decisions, the labels of
+    the frauds among the decisions before. ``restore_at``: continue from a checkpoint there."""
+    ids = _ids("t", len(X))
+    for start in range(0, len(X), batch):
+        if start and start % label_every == 0:
+            fraud = np.flatnonzero(y[:start] == 1)
+            models.learn_from_labels(ids[fraud], np.ones(len(fraud), np.int8), np.full(len(fraud), times[start]))
+        if start == restore_at:
+            twin = FraudModels()
+            twin.restore(models.checkpoint())
+            models = twin
+        models.remember(ids[start:start + batch], X[start:start + batch], times[start:start + batch])
+    return models
+
+
+def test_what_the_model_learns_does_not_depend_on_the_batching():
+    """A worker's batches are a few dozen transactions at low rates and thousands when it
+    catches up: the model must come out the same (learning per batch made small batches
+    push scores up, and a worker at low rates decline far more)."""
+    rng = np.random.default_rng(8)
+    n = 20_000
+    X, y = _fraud_data(rng, n, fraud_rate=0.05)
+    times = np.arange(n, dtype=np.int64) * 10_000  # 8,640 a day: learn_every comes before a day
+
+    def weights(batch, **kw):
+        models = FraudModels(NAMES, capacity=n, seed=3, min_positives=5, min_negatives=50, **kw)
+        models = _stream_in_batches(models, X, y, times, batch, restore_at=kw.pop("restore_at", None))
+        assert models.stats["settled_positives"] > 0 and models.stats["matured_negatives"] > 10_000
+        return models.supervised.weight_.copy(), models.supervised.n_learned
+
+    big, learned = weights(5000)
+    assert learned > 0
+    for batch in (100, 1000):
+        np.testing.assert_array_equal(weights(batch)[0], big)
+    # The queue of settled rows survives a checkpoint taken between two updates.
+    models = FraudModels(NAMES, capacity=n, seed=3, min_positives=5, min_negatives=50)
+    restored = _stream_in_batches(models, X, y, times, 100, restore_at=7300)
+    np.testing.assert_array_equal(restored.supervised.weight_, big)
+    # What the old schedule (learning at every call) did: the batching shows in the model.
+    assert not np.array_equal(weights(100, learn_every=1)[0], weights(5000, learn_every=1)[0])
+
+
+def test_a_trickle_of_traffic_still_learns_every_day():
+    rng = np.random.default_rng(2)
+    X, y = _fraud_data(rng, 300, fraud_rate=0.2)
+    times = np.arange(300, dtype=np.int64) * (DAY_MS // 50)  # 50 decisions a day, six days
+    models = FraudModels(NAMES, capacity=1000, min_positives=1, min_negatives=1)
+    ids = _ids("t", 300)
+    for start in range(0, 300, 10):
+        if start >= 20:
+            fraud = np.flatnonzero(y[:start - 10] == 1)
+            models.learn_from_labels(ids[fraud], np.ones(len(fraud), np.int8), np.full(len(fraud), times[start]))
+        models.remember(ids[start:start + 10], X[start:start + 10], times[start:start + 10])
+    # 300 decisions, far fewer than learn_every: learned at least once a day of event time.
+    assert models.learn_every > 300
+    assert models.supervised.n_learned > 0
+    assert sum(len(v) for v in models._queued.values()) < 100  # at most a day of outcomes waits
 
 
 def test_ring_eviction_counts_unsettled_and_forgets_ids():
@@ -226,6 +286,30 @@ def test_drift_alert_fires_when_confirmed_fraud_starts_scoring_low():
     alerts = models.drift_alerts()
     assert alerts and alerts[0]["signal"] == "fraud_score" and "missed fraud" in alerts[0]["meaning"]
     assert models.drift_alerts() == []  # only new alerts
+
+
+def test_adwin_detections_match_rivers_own_update():
+    """_feed_adwin calls River's Rust window directly; its detections, and the window left
+    behind, must be what feeding ``ADWIN.update`` one value at a time gives."""
+    from river import drift
+
+    rng = np.random.default_rng(5)
+    # Three regimes, so the window detects more than once, fed in uneven slices.
+    errors = np.r_[rng.normal(0.1, 0.05, 3000), rng.normal(0.6, 0.05, 3000), rng.normal(0.2, 0.05, 3000)]
+    models = FraudModels(NAMES, capacity=100)
+    reference = drift.ADWIN(delta=models._adwin["fraud_score"].delta)
+    expected = []
+    for e in errors.tolist():
+        reference.update(e)
+        if reference.drift_detected:
+            expected.append((reference.width, round(reference.estimation, 9)))
+    cuts = np.r_[0, np.sort(rng.choice(np.arange(1, len(errors)), 40, replace=False)), len(errors)]
+    for start, stop in zip(cuts[:-1], cuts[1:]):
+        models._feed_adwin("fraud_score", errors[start:stop], "test")
+    got = [(a["window"], round(a["mean_error_now"], 9)) for a in models._alerts]
+    assert len(expected) >= 2 and got == expected
+    fed = models._adwin["fraud_score"]
+    assert (fed.width, fed.drift_detected) == (reference.width, reference.drift_detected)
 
 
 @pytest.mark.parametrize("module", ["base", "fraud", "credit", "evaluate"])

@@ -169,7 +169,7 @@ def test_vectorised_model_reasons_match_the_per_row_ones():
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)
-    models = FraudModels()
+    models = FraudModels(learn_every=1)  # a model that learned from these 400 decisions at once
     models.score(X, FEATURE_NAMES)
     y = (X[:, 0] + X[:, 3] > 1.5).astype(np.int8)
     ids = np.asarray([f"e{i}" for i in range(400)], dtype=object)

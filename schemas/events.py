@@ -283,15 +283,23 @@ def decode_transactions(
     max_amount: float = 10_000_000.0,
     now_ms: int | None = None,
     fast: bool = True,
+    arrow_min_rows: int | None = None,
 ) -> tuple[TransactionBatch, list[DeadLetter]]:
     """Decode raw Kafka values into a columnar batch plus dead letters.
 
-    The fast path checks whole columns at once and sends only the rows it cannot vouch for
+    The fast paths check whole columns at once and send only the rows they cannot vouch for
     (a PAN to tokenize, an ISO time, a numeric string, anything invalid) through the per-row
-    validator, which is also the reference the parity test compares against (``fast=False``).
+    validator, which is also the reference the parity tests compare against (``fast=False``).
+    A batch of ``arrow_min_rows`` or more is first parsed by Arrow's JSON reader (see
+    :func:`_arrow_transactions`); a batch it cannot read takes the orjson path below.
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     n = len(values)
+    if fast and n >= (ARROW_DECODE_MIN_ROWS if arrow_min_rows is None else arrow_min_rows):
+        decoded = _arrow_transactions(values, tokenizer, topic, partitions, offsets, max_message_bytes,
+                                      max_amount, now_ms)
+        if decoded is not None:
+            return decoded
     loads = orjson.loads
     objs: list[Any] = [None] * n
     errors: dict[int, str] = {}
@@ -362,6 +370,137 @@ def decode_transactions(
         offset=(np.asarray(offsets, dtype=np.int64)[pos] if offsets is not None
                 else np.full(len(pos), -1, dtype=np.int64)),
     ), dead
+
+
+# Arrow's JSON reader parses a batch into columns in C++: ~1.8 us a transaction against ~1.7
+# for orjson's dicts plus ~3 for checking them column by column in Python (measured on the
+# bench's messages in batches of 5,000). It has a fixed cost of some 100 us a batch, so small
+# batches (a worker at a low rate) keep the orjson path.
+ARROW_DECODE_MIN_ROWS = 1000
+_ARROW_STRINGS = tuple(dict.fromkeys(("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL, "pan")))
+_ARROW_OPTIONS: tuple | None = None
+
+
+def _arrow_options() -> tuple:
+    global _ARROW_OPTIONS
+    if _ARROW_OPTIONS is None:
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        schema = pa.schema([(c, pa.string()) for c in _ARROW_STRINGS]
+                           + [("event_time", pa.int64()), ("amount", pa.float64()),
+                              ("lat", pa.float64()), ("lon", pa.float64())])
+        _ARROW_OPTIONS = (pj.ReadOptions(use_threads=False, block_size=1 << 30),
+                          pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
+                                          newlines_in_values=False))
+    return _ARROW_OPTIONS
+
+
+def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic: str,
+                        partitions: Sequence[int] | None, offsets: Sequence[int] | None,
+                        max_message_bytes: int, max_amount: float,
+                        now_ms: int) -> tuple[TransactionBatch, list[DeadLetter]] | None:
+    """The batch through Arrow's JSON reader, or None when the reader cannot take it whole.
+
+    The reader is strict where it matters: a value of another JSON type than the column's (an
+    id as a number, an ISO time, a numeric string), a duplicate key, a non-object or broken
+    JSON fails the whole batch, which then takes the orjson path. What it reads is checked as
+    columns; rows the checks cannot vouch for (out of range, too long, all-digit ids that may be
+    card numbers, ``NaN``, which Arrow reads and orjson refuses) go through the per-row
+    validator and replace their row. A card number in ``pan`` sends the batch to the orjson
+    path, which tokenizes it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    n = len(values)
+    if None in values or max(map(len, values)) > max_message_bytes:
+        return None
+    blob = b"\n".join(values)
+    if blob.count(b"\n") != n - 1:  # a message with a newline of its own
+        return None
+    read, parse = _arrow_options()
+    try:
+        table = pj.read_json(pa.py_buffer(blob), read_options=read, parse_options=parse)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+        return None
+    if table.num_rows != n or table.column("pan").null_count != n:  # '{..}{..}' in one message; PANs
+        return None
+
+    def text(name: str):
+        return pc.fill_null(table.column(name).combine_chunks(), "")
+
+    def either(first: str, second: str):
+        a = text(first)
+        return pc.if_else(pc.equal(a, ""), text(second), a)
+
+    def bad_id(col, required: bool):
+        lengths = pc.utf8_length(col)
+        bad = pc.greater(lengths, MAX_ID_LENGTH)
+        if required:
+            bad = pc.or_(bad, pc.or_(pc.equal(lengths, 0), pc.utf8_is_digit(col)))
+        return bad
+
+    strings = {"transaction_id": text("transaction_id"), "card_id": either("card_id", "customer_id"),
+               "merchant_id": either("merchant_id", "terminal_id")}
+    strings.update({k: text(k) for k in TRANSACTION_OPTIONAL})
+    # (mask of rows to check per row, whether a null there is bad: a missing time or amount is)
+    checks = [(bad_id(strings[k], True), False) for k in ("transaction_id", "card_id", "merchant_id")]
+    checks += [(bad_id(strings[k], False), False) for k in TRANSACTION_OPTIONAL]
+    checks.append((pc.utf8_is_digit(strings["customer_id"]), False))  # maybe a card number: tokenized per row
+    event_time = table.column("event_time").combine_chunks()
+    checks.append((pc.invert(pc.and_(pc.greater_equal(event_time, MIN_EVENT_TIME_MS),
+                                     pc.less_equal(event_time, now_ms + MAX_FUTURE_MS))), True))
+    amount = table.column("amount").combine_chunks()
+    checks.append((pc.invert(pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, max_amount))), True))
+    geo = {}
+    for name, bound in (("lat", 90.0), ("lon", 180.0)):
+        col = table.column(name).combine_chunks()
+        checks.append((pc.invert(pc.less_equal(pc.abs(col), bound)), False))  # NaN fails, absent is fine
+        geo[name] = pc.fill_null(col, math.nan).to_numpy(zero_copy_only=False)
+    slow = np.zeros(n, dtype=bool)
+    for check, null_is_bad in checks:
+        slow |= pc.fill_null(check, null_is_bad).to_numpy(zero_copy_only=False)
+
+    columns = [strings["transaction_id"].to_numpy(zero_copy_only=False),
+               pc.fill_null(event_time, 0).to_numpy(zero_copy_only=False),
+               strings["card_id"].to_numpy(zero_copy_only=False),
+               strings["merchant_id"].to_numpy(zero_copy_only=False),
+               pc.fill_null(amount, math.nan).to_numpy(zero_copy_only=False),
+               geo["lat"], geo["lon"],
+               *[strings[k].to_numpy(zero_copy_only=False) for k in TRANSACTION_OPTIONAL]]
+    errors: dict[int, str] = {}
+    if slow.any():  # numeric columns without nulls are Arrow's read-only buffers
+        columns = [c if c.flags.writeable else c.copy() for c in columns]
+    for i in np.flatnonzero(slow).tolist():
+        try:
+            row = _transaction_row(orjson.loads(values[i]), tokenizer, max_amount, now_ms)
+        except orjson.JSONDecodeError as exc:
+            errors[i] = f"invalid JSON: {exc}"
+            continue
+        except InvalidEvent as exc:
+            errors[i] = str(exc)
+            continue
+        for c, v in zip(columns, row):
+            c[i] = v
+    pos = np.flatnonzero([i not in errors for i in range(n)]) if errors else None
+    part = np.asarray(partitions, dtype=np.int32) if partitions is not None else np.full(n, -1, dtype=np.int32)
+    off = np.asarray(offsets, dtype=np.int64) if offsets is not None else np.full(n, -1, dtype=np.int64)
+    batch = TransactionBatch(
+        transaction_id=columns[0], event_time_ms=columns[1], card_id=columns[2], merchant_id=columns[3],
+        amount=columns[4], lat=columns[5], lon=columns[6],
+        optional={k: columns[7 + j] for j, k in enumerate(TRANSACTION_OPTIONAL)},
+        partition=part, offset=off,
+        # The ClickHouse blocks take these as they are, unless a row was replaced above.
+        arrow=None if slow.any() else strings,
+    )
+    if pos is not None:
+        batch = batch.take(pos)
+    dead = [DeadLetter(topic=topic, partition=partitions[i] if partitions is not None else -1,
+                       offset=offsets[i] if offsets is not None else -1, error=errors[i],
+                       payload=tokenizer.mask(values[i][:max_message_bytes]))
+            for i in sorted(errors)]
+    return batch, dead
 
 
 _NONE = type(None)

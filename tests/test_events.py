@@ -82,6 +82,80 @@ def test_fast_path_matches_reference(seed):
     assert len(fast_dead) > 0
 
 
+def _same_as_reference(values: list[bytes]):
+    """Decode with the Arrow reader forced on (any batch size) and check it against the per-row
+    reference: same rows, same values, same dead letters."""
+    kw = dict(tokenizer=TOK, partitions=[1] * len(values), offsets=list(range(len(values))), now_ms=NOW)
+    got, got_dead = decode_transactions(values, arrow_min_rows=0, **kw)
+    ref, ref_dead = decode_transactions(values, fast=False, **kw)
+    for name in ("transaction_id", "card_id", "merchant_id", "offset", "partition", "event_time_ms"):
+        assert list(getattr(got, name)) == list(getattr(ref, name)), name
+    for name in ("amount", "lat", "lon"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    for k in got.optional:
+        assert list(got.optional[k]) == list(ref.optional[k]), k
+    assert [(d.offset, d.error, d.payload) for d in got_dead] == [(d.offset, d.error, d.payload) for d in ref_dead]
+    return got, got_dead
+
+
+# Rows the Arrow reader takes (then checked per row where the column checks cannot vouch for
+# them) and rows of JSON types it refuses, which send the whole batch to the orjson path.
+ARROW_READS = {0, 1, 4, 5, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 20, 21, 23}
+
+
+@pytest.mark.parametrize("mutation", range(len(MUTATIONS)))
+def test_arrow_reader_matches_reference(mutation):
+    from riskstream.schemas.events import _arrow_transactions
+
+    values = [orjson.dumps(_good(i)) for i in range(50)]
+    for i in (7, 20):
+        values[i] = orjson.dumps(MUTATIONS[mutation](_good(i)))
+    read = _arrow_transactions(values, TOK, "transactions", None, None, 65536, 10_000_000.0, NOW)
+    assert (read is not None) == (mutation in ARROW_READS)
+    _same_as_reference(values)
+
+
+@pytest.mark.parametrize("raw, error", [
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"c","merchant_id":"m","amount":NaN}', "invalid JSON"),
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"c","merchant_id":"m","amount":1,"lat":Infinity}',
+     "invalid JSON"),
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"c","merchant_id":"m","amount":1}/* x */', "invalid JSON"),
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"c","merchant_id":"m","amount":1}{"a":1}', "invalid JSON"),
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"\\u0661\\u0662","merchant_id":"m","amount":1}', None),
+    (b'{"transaction_id":"tz","event_time":%d,"card_id":"","customer_id":"","merchant_id":"m","amount":1}',
+     "one of 'card_id'"),
+    (b'{}', "missing required field 'transaction_id'"),
+    (b'', "invalid JSON"),
+])
+def test_what_the_arrow_reader_lets_through_is_judged_as_orjson_would(raw, error):
+    """Arrow reads NaN and Infinity (orjson refuses them) and other-script digits; the per-row
+    validator gets those rows, so they end as the reference ends them."""
+    values = [orjson.dumps(_good(i)) for i in range(20)]
+    values[3] = raw % NOW if b"%d" in raw else raw
+    batch, dead = _same_as_reference(values)
+    assert [d.offset for d in dead] == ([3] if error else [])
+    assert error is None or error in dead[0].error
+
+
+def test_arrow_reader_keeps_its_string_columns_for_the_clickhouse_blocks():
+    values = [orjson.dumps(_good(i)) for i in range(40)]
+    batch, dead = _same_as_reference(values)
+    assert not dead and batch.arrow is not None
+    for name in ("transaction_id", "card_id", "merchant_id", "country", "device_id", "account_id"):
+        assert batch.arrow[name].to_pylist() == list(batch.column(name)), name
+    # A row replaced by the per-row validator: the batch keeps no Arrow copy to disagree with.
+    values[5] = orjson.dumps({**_good(5), "card_id": PAN})
+    batch, _ = _same_as_reference(values)
+    assert batch.arrow is None and batch.card_id[5].startswith("tok_")
+
+
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_arrow_reader_matches_reference_on_mixed_batches(seed):
+    rng = random.Random(seed)
+    readable = [MUTATIONS[i] for i in sorted(ARROW_READS)]
+    _same_as_reference([orjson.dumps(rng.choice(readable)(_good(i))) for i in range(400)])
+
+
 def test_every_valid_row_is_kept_in_order():
     values = [orjson.dumps(_good(i)) for i in range(50)]
     batch, dead = decode_transactions(values, tokenizer=TOK, now_ms=NOW)

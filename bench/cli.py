@@ -97,7 +97,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         by_processes = {}
         for procs in sorted({1, os.cpu_count() or 1}):
             run = eb.offline_replay_module(offline_settings.model_copy(
-                update={"data_dir": tmp / f"offline-{procs}"}), preload_msgs, processes=procs)
+                update={"data_dir": tmp / f"offline-{procs}"}), preload_msgs, processes=procs, config=args.config)
             by_processes[str(procs)] = run
             _say(f"  {run['tps']:,.0f} transactions/s, {run['cpu_us_per_txn']:.1f} µs CPU each ({run['path']})")
             mix = run["decision_mix"]

@@ -359,17 +359,22 @@ class RobustZAnomalyDetector(Detector):
         if len(T32) == 0:
             return
         q25, q50, q75 = quartiles(T32)
-        T = T32.astype(np.float64)
-        a = len(T) / min(self.n_learned + len(T), self.memory_events) if self.n_learned else 1.0
+        n = len(T32)
+        a = n / min(self.n_learned + n, self.memory_events) if self.n_learned else 1.0
         a = min(a, 1.0)
         self.median_ += a * (q50 - self.median_)
         self.iqr_ += a * ((q75 - q25) - self.iqr_)
-        batch_mean = T.mean(axis=0)
-        batch_var = T.var(axis=0)
+        # Sums of x and x^2 in float64 straight from the float32 rows: ``T.var(axis=0)`` on a
+        # float64 copy took 1.5 ms a 5,000-row batch here, and 6 ms on average during an
+        # offline replay (fresh temporaries of the batch's size, page faults); this takes
+        # 0.3 ms. The values are signed logs (|x| < 30), so E[x^2] - E[x]^2 in float64 agrees
+        # with the two-pass variance to ~1e-14.
+        batch_mean = np.einsum("ij->j", T32, dtype=np.float64) / n
+        batch_var = np.maximum(np.einsum("ij,ij->j", T32, T32, dtype=np.float64) / n - batch_mean**2, 0.0)
         delta = batch_mean - self.mean_
         self.var_ = (1 - a) * (self.var_ + a * delta**2) + a * batch_var
         self.mean_ += a * delta
-        self.n_learned += len(T)
+        self.n_learned += n
         self._refresh()
 
     def _refresh(self) -> None:

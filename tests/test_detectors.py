@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -173,6 +174,33 @@ def test_a_trickle_of_traffic_still_learns_every_day():
     assert models.learn_every > 300
     assert models.supervised.n_learned > 0
     assert sum(len(v) for v in models._queued.values()) < 100  # at most a day of outcomes waits
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_late_chargeback_takes_its_negative_out_of_quality(legacy):
+    """The corrected negative leaves the quality windows, found by its recorded position (or,
+    from a checkpoint written before positions were kept, by its id); other entries stay."""
+    models = FraudModels(NAMES, capacity=1000, maturity_ms=DAY_MS, quality_capacity=50,
+                         min_positives=0, min_negatives=0)
+    rng = np.random.default_rng(4)
+    X = rng.random((120, 4)).astype(np.float32)
+    models.remember(_ids("t", 120), X, np.zeros(120, np.int64), scores=np.full(120, 0.1, np.float32))
+    models.remember(_ids("later", 1), X[:1], np.array([2 * DAY_MS]))
+    models.learn_matured()  # 120 negatives; the quality ring (50) holds the last 50: t70..t119
+    if legacy:
+        state = pickle.loads(models.checkpoint())
+        del state["arrays"]["_q_at"]
+        models = FraudModels()
+        models.restore(pickle.dumps(state))
+    n = min(models._q_n, models.quality_capacity)
+    live_before = int((models._q_time[:n] >= 0).sum())
+    assert models.learn_from_labels(np.array(["t100", "t3"]), np.ones(2, np.int8), np.full(2, 3 * DAY_MS)) == 2
+    n = min(models._q_n, models.quality_capacity)
+    keys = models._q_key[:n]
+    dropped = (models._q_time[:n] < 0) & (models._q_y[:n] == 0)
+    # t100's negative is out; t3's had already left the ring; the two positives went in.
+    assert list(keys[dropped]) == list(hash_ids(np.array(["t100"])))
+    assert int((models._q_time[:n] >= 0).sum()) == live_before - 1 - 2 + 2
 
 
 def test_ring_eviction_counts_unsettled_and_forgets_ids():

@@ -918,12 +918,11 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
     to chDB under ``settings.data_dir``.
 
     In a fresh interpreter, as the command runs, not in this process, which holds the bench's
-    half a million serialised messages: three interleaved pairs of runs gave 84-94k tx/s in
-    such a process against 90-108k in one of its own (allocations cost more in the bigger
-    heap: a variance over a 5,000-row batch took 6 ms there against 1.5 ms). The simulator's
-    labels go in as a second file (the command takes labels from a column). CPU counts the
-    replay process and its children. ``config``: the settings file the bench was
-    given (the child reads it too; ``settings`` supplies the data directory)."""
+    half a million serialised messages and their simulation. The simulator's labels go in as a
+    second file (the command takes labels from a column). The child's progress lines go to
+    this process's stderr. CPU counts the replay process and its children. ``config``: the
+    settings file the bench was given (the child reads it too; ``settings`` supplies the data
+    directory)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -940,9 +939,10 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
            str(labels_path), "--processes", str(processes), "--data-dir", str(settings.data_dir)]
     if config:
         cmd += ["--config", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise RuntimeError(f"offline replay exited with {proc.returncode}: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"offline replay exited with {proc.returncode} (its error is printed above): "
+                           + " ".join(cmd))
     res = orjson.loads(proc.stdout.strip().splitlines()[-1])
     res["path"] = (f"riskstream replay FILE.parquet --stream transactions --offline --processes {processes} "
                    "(streams.replay.load_input + replay_offline in a fresh process, with the simulator's "

@@ -450,7 +450,8 @@ EMPTY, PENDING, LEARNED_NEG, LEARNED_POS = 0, 1, 2, 3
 
 
 class FraudModels:
-    """Score batches, remember what was scored, learn when labels (or maturity) come.
+    """Score batches, remember what was scored, learn from labels and maturity (on a schedule
+    of its own, see ``learn_every``).
 
     Pure: no I/O, no clocks except where ``measured_at`` is left to default in ``quality``.
     State is bounded: a ring buffer of ``capacity`` decisions (float32 features, decision-time
@@ -777,10 +778,11 @@ class FraudModels:
     def _feed_adwin(self, signal: str, errors: np.ndarray, meaning: str) -> None:
         """Feed settled errors to the signal's ADWIN, one alert per detected change.
 
-        River's ``ADWIN.update`` wraps the Rust window with Python checks that cost ~0.6 µs
-        per value, a tenth of an offline replay's scoring; the window's own update is called
-        here, and the wrapper's reset (made on the value after a detection) happens at the
-        same point, so the detections are the public API's (a test compares them)."""
+        River's ``ADWIN.update`` wraps the Rust window in Python checks: 240k values took 57 ms
+        through it and 20 ms here (~0.1 µs a transaction of an offline replay). The window's
+        own update is called directly, and the wrapper's reset (made on the value after a
+        detection) happens at the same point, so the detections are the public API's (a test
+        compares them)."""
         detector = self._adwin[signal]
         values = errors.tolist()
         start = 0

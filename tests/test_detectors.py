@@ -406,6 +406,35 @@ def test_numpy_scaler_update_and_transform_match_river_bit_for_bit():
     np.testing.assert_array_equal(fast.scaled_frame(T).to_numpy(), river.scaler.transform_many(frame).to_numpy())
 
 
+@pytest.mark.parametrize("positive_weight", [1.0, 5.0])
+def test_learning_steps_match_rivers_learn_many_bit_for_bit(positive_weight):
+    """LinearFraudDetector steps River's model on numpy batches (learn_scaled); the same
+    mini-batches through River's public learn_many on frames must leave the same bits."""
+    from river import linear_model, optim
+
+    rng = np.random.default_rng(6)
+    det = LinearFraudDetector(NAMES, positive_weight=positive_weight, seed=2)
+    river = linear_model.LogisticRegression(optimizer=optim.Adam(0.05), l2=det.model.l2)
+    for _ in range(40):
+        n = int(rng.integers(1, 300))
+        T = rng.normal(size=(n, 4)) * rng.random(4) * 3
+        y = rng.random(n) < 0.2
+        w = np.where(y, positive_weight, 1.0) if positive_weight != 1.0 else 1
+        det.learn_scaled(T, y, w)
+        # As the detector built its frames before: a view of the C-ordered rows (a copied frame
+        # hands River an F-ordered matrix, whose gradient sums differ in the last bits).
+        frame = pd.DataFrame(T, columns=det.column_index, copy=False)
+        if isinstance(w, np.ndarray):
+            river.learn_many(frame, pd.Series(y), w=pd.Series(w))
+        else:
+            river.learn_many(frame, pd.Series(y))
+    got, want = det.model, river
+    assert got.intercept == want.intercept and got.optimizer.n_iterations == want.optimizer.n_iterations == 40
+    assert [got.weights[c] for c in det.columns] == [want.weights[c] for c in det.columns]
+    assert [got.optimizer.m[c] for c in det.columns] == [want.optimizer.m[c] for c in det.columns]
+    assert [got.optimizer.v[c] for c in det.columns] == [want.optimizer.v[c] for c in det.columns]
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 101, 5000])
 def test_quartiles_match_numpy_percentile(n):
     rng = np.random.default_rng(n)

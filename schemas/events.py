@@ -102,6 +102,19 @@ def looks_like_pan(value: str) -> bool:
     return 13 <= len(value) <= 19 and value.isdigit() and luhn_valid(value)
 
 
+def tokenize_pans(ids: np.ndarray, tokenizer: "PanTokenizer") -> np.ndarray:
+    """The id column with every card number in it replaced by its token, as the decoder
+    replaces them: a copy, or ``ids`` itself when it holds none. Only all-digit ids can be card
+    numbers, so the usual column costs one C-level pass."""
+    digits = np.flatnonzero(np.fromiter(map(str.isdigit, ids), dtype=bool, count=len(ids)))
+    pans = [i for i in digits.tolist() if looks_like_pan(ids[i])]
+    if not pans:
+        return ids
+    out = np.array(ids, dtype=object)
+    out[pans] = [tokenizer.token(ids[i]) for i in pans]
+    return out
+
+
 class InvalidEvent(ValueError):
     """One record's reason for the dead-letter queue."""
 
@@ -208,8 +221,10 @@ class TransactionBatch:
             return np.asarray([("" if v is None else str(v)) for v in columns[name]], dtype=object)
 
         card = obj("card_id") if "card_id" in columns else obj("customer_id")
-        if tokenizer is not None:
-            card = np.asarray([tokenizer.token(c) if looks_like_pan(c) else c for c in card], dtype=object)
+        optional = {k: obj(k) for k in TRANSACTION_OPTIONAL}
+        if tokenizer is not None:  # card numbers in the card or the customer id, as the decoder does
+            card = tokenize_pans(card, tokenizer)
+            optional["customer_id"] = tokenize_pans(optional["customer_id"], tokenizer)
         merchant = obj("merchant_id") if "merchant_id" in columns else obj("terminal_id")
         return cls(
             transaction_id=obj("transaction_id"),
@@ -219,7 +234,7 @@ class TransactionBatch:
             amount=np.asarray(columns["amount"], dtype=np.float64),
             lat=np.asarray(columns.get("lat", np.full(n, np.nan)), dtype=np.float64),
             lon=np.asarray(columns.get("lon", np.full(n, np.nan)), dtype=np.float64),
-            optional={k: obj(k) for k in TRANSACTION_OPTIONAL},
+            optional=optional,
             partition=np.full(n, -1, dtype=np.int32),
             offset=np.full(n, -1, dtype=np.int64),
         )

@@ -46,7 +46,7 @@ import orjson
 
 from riskstream.schemas.events import (
     MAX_FUTURE_MS, MAX_ID_LENGTH, MIN_EVENT_TIME_MS, TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch,
-    looks_like_pan,
+    tokenize_pans,
 )
 from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
@@ -699,15 +699,17 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
         return TransactionBatch.from_columns({k: v[start:end] for k, v in cols.items()}, tokenizer)
     n = end - start
     absent = np.full(n, "", dtype=object)
-    card = cols["card_id"][start:end]
-    # Card numbers become tokens, as the decoder makes them; only all-digit ids can be PANs.
-    digits = np.flatnonzero(np.fromiter(map(str.isdigit, card), dtype=bool, count=n))
-    pans = [i for i in digits.tolist() if looks_like_pan(card[i])]
+    optional = {k: cols[k][start:end] if k in cols else absent for k in TRANSACTION_OPTIONAL}
     arrow = {k: v.slice(start, n) for k, v in data.arrow.items()}
-    if pans:
-        card = card.copy()
-        card[pans] = [tokenizer.token(card[i]) for i in pans]
-        arrow.pop("card_id", None)  # the file's card numbers: never written
+    # Card numbers in the card or the customer id become tokens, as the decoder makes them;
+    # where a column held one, the file's own Arrow column is never written.
+    raw_card, raw_customer = cols["card_id"][start:end], optional["customer_id"]
+    card = tokenize_pans(raw_card, tokenizer)
+    optional["customer_id"] = tokenize_pans(raw_customer, tokenizer)
+    if card is not raw_card:
+        arrow.pop("card_id", None)
+    if optional["customer_id"] is not raw_customer:
+        arrow.pop("customer_id", None)
     nan = np.full(n, np.nan)
     return TransactionBatch(
         transaction_id=cols["transaction_id"][start:end],
@@ -717,7 +719,7 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
         amount=cols["amount"][start:end],
         lat=cols["lat"][start:end] if "lat" in cols else nan,
         lon=cols["lon"][start:end] if "lon" in cols else nan,
-        optional={k: cols[k][start:end] if k in cols else absent for k in TRANSACTION_OPTIONAL},
+        optional=optional,
         partition=np.full(n, -1, dtype=np.int32),
         offset=np.full(n, -1, dtype=np.int64),
         arrow=arrow or None,

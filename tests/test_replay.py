@@ -154,6 +154,33 @@ def test_stored_ids_follow_the_fallbacks_when_card_or_merchant_is_empty(tmp_path
     assert {r["event_id"]: r["entity_id"] for r in decided} == want_card
 
 
+def test_card_numbers_in_the_card_or_customer_id_are_never_stored(tmp_path, sim):
+    """A file may carry card numbers in ``card_id`` or ``customer_id``; the decoder tokenizes
+    both, and so must an offline replay, in the engine's columns and in what it writes."""
+    pans = ["4111111111111111", "5500005555555559"]
+    tx = {k: np.asarray(v[:300]) for k, v in sim.transactions.items()}
+    card = tx["customer_id"].astype(object) + "-card"
+    customer = tx["customer_id"].astype(object).copy()
+    card[::7] = ""  # the customer id stands in as the card: a PAN there is a card number too
+    customer[::7] = pans[0]
+    customer[3::10] = pans[1]
+    card[5::11] = pans[1]
+    path = tmp_path / "pans.parquet"
+    pq.write_table(pa.table({
+        "transaction_id": tx["transaction_id"], "event_time": tx["event_time"], "amount": tx["amount"],
+        "card_id": pa.array(card.tolist()), "customer_id": pa.array(customer.tolist()),
+        "merchant_id": tx["terminal_id"],
+    }), path)
+    settings = Settings(data_dir=tmp_path / "rs", batch_max_events=100)
+    assert replay.run_replay(args(path), settings) == 0
+    stored = query(settings, "SELECT transaction_id, card_id, customer_id FROM transactions FINAL")
+    decided = query(settings, "SELECT entity_id FROM decisions FINAL")
+    assert len(stored) == 300 and len(decided) == 300
+    values = [v for r in stored for v in r.values()] + [r["entity_id"] for r in decided]
+    assert not any(p in str(v) for v in values for p in pans)
+    assert sum(str(r["customer_id"]).startswith("tok_") for r in stored) >= 40
+
+
 def test_usage_errors_say_what_to_do(tmp_path, sim, capsys):
     path = write_simulation(sim, tmp_path / "tx.parquet")[0]
     settings = Settings(data_dir=tmp_path / "rs")

@@ -758,8 +758,8 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
 
     Left out, and measured by the broker run: the hop to the worker, its fetch, handing the
     outputs to the producer and the hop to the reader. What shows here is a batch's fixed cost
-    (~1.5-2 ms), the linger, and the occasional batch that also learns (a model update from
-    ~2,000 matured decisions, or a burst of labels: 10-35 ms).
+    (~1.5-2 ms), the linger, and the batch in which the model learns (every 5,000 decisions,
+    4-6 ms more).
 
     Returns ({"linger_<ms>": {rate: stats}}, the next unused message index).
     """

@@ -897,8 +897,7 @@ class FraudModels:
             if queued:
                 self.supervised.learn_many(np.concatenate([X for X, _ in queued]),
                                            np.concatenate([y for _, y in queued]))
-        if self.learn_every > 1:
-            self._since_update %= self.learn_every  # the remainder counts: on average every learn_every
+        self._since_update %= max(1, self.learn_every)  # the remainder counts: on average every learn_every
         self._updated_at_ms = self._clock() if self.newest_event_ms is not None else None
 
     def _drop_quality(self, slots: np.ndarray) -> None:

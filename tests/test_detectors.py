@@ -143,7 +143,7 @@ def test_what_the_model_learns_does_not_depend_on_the_batching():
 
     def weights(batch, **kw):
         models = FraudModels(NAMES, capacity=n, seed=3, min_positives=5, min_negatives=50, **kw)
-        models = _stream_in_batches(models, X, y, times, batch, restore_at=kw.pop("restore_at", None))
+        models = _stream_in_batches(models, X, y, times, batch)
         assert models.stats["settled_positives"] > 0 and models.stats["matured_negatives"] > 10_000
         return models.supervised.weight_.copy(), models.supervised.n_learned
 

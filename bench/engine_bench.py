@@ -156,6 +156,7 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
     bench would measure a rules-only engine. The customers are sized for ``n`` over 14 days,
     so the first ``n`` are about two weeks of traffic whatever ``extra`` is: the drain's
     workload does not change with the latency settings."""
+    from riskstream.schemas.events import json_documents
     from riskstream.simulate import simulate
 
     days = 14 if n >= 20_000 else 7
@@ -182,12 +183,11 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
     progress(f"simulated {total:,} transactions ({customers:,} customers, {sim_days} days) in {time.perf_counter() - t0:.1f}s")
     t0 = time.perf_counter()
     names = list(tx)
-    dumps = orjson.dumps
     # Half a million rows allocate millions of objects that all live on: the cycle collector
     # would walk the growing heap again and again (measured 13.9 s for 570k rows with it).
     gc.disable()
     try:
-        values = [dumps(dict(zip(names, row))) for row in zip(*(tx[c].tolist() for c in names))]
+        values = json_documents(dict(zip(names, row)) for row in zip(*(tx[c].tolist() for c in names)))
     finally:
         gc.enable()
     keys = [c.encode() for c in tx["card_id"].tolist()]

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 
+from riskstream.schemas.events import json_documents
 from riskstream.settings import Settings, load_settings
 from riskstream.stack import EmbeddedStack, _die_with_parent
 
@@ -82,11 +84,11 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     end_ms = int(tx["event_time"][-1])
     kept_ids = set(tx["transaction_id"].tolist())
 
-    entries: list[tuple[int, str, bytes, bytes]] = []  # (time, topic, key, value)
+    entries: list[tuple[int, str, bytes, Any]] = []  # (time, topic, key, record; its JSON below)
     tx_cols = [c for c in tx if c not in ("is_fraud", "fraud_scenario")]
     for row in zip(*(tx[c].tolist() for c in tx_cols)):
         rec = dict(zip(tx_cols, row))
-        entries.append((rec["event_time"], "transactions", rec["card_id"].encode(), orjson.dumps(rec)))
+        entries.append((rec["event_time"], "transactions", rec["card_id"].encode(), rec))
 
     lab = sim.labels
     # Chargebacks name the merchant, terminal and date of the payment.
@@ -100,7 +102,7 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
             if rec["event_id"] not in kept_ids:
                 continue
             rec["merchant_id"], rec["terminal_id"], rec["event_time"] = tx_info[rec["event_id"]]
-        entries.append((rec["label_time"], "labels", str(rec.get("entity_id", "")).encode(), orjson.dumps(rec)))
+        entries.append((rec["label_time"], "labels", str(rec.get("entity_id", "")).encode(), rec))
 
     counts = {"transactions": n_transactions}
     for name, key_col in (("market", "instrument"), ("positions", "portfolio_id"), ("loan_applications", "customer_id")):
@@ -113,10 +115,12 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
         n = 0
         for i in sel.tolist():
             rec = {c: cols[c][i].item() if hasattr(cols[c][i], "item") else cols[c][i] for c in names}
-            entries.append((rec["event_time"], name, str(rec[key_col]).encode(), orjson.dumps(rec)))
+            entries.append((rec["event_time"], name, str(rec[key_col]).encode(), rec))
             n += 1
         counts[name] = n
     counts["labels"] = sum(1 for e in entries if e[1] == "labels")
+    values = json_documents(e[3] for e in entries)
+    entries = [(t, topic, key, value) for (t, topic, key, _), value in zip(entries, values)]
     bad = malformed_records(now_ms)
     for j, value in enumerate(bad):
         t = int(tx["event_time"][min(len(tx["event_time"]) - 1, (j + 1) * n_transactions // (len(bad) + 1))])

@@ -115,6 +115,30 @@ def tokenize_pans(ids: np.ndarray, tokenizer: "PanTokenizer") -> np.ndarray:
     return out
 
 
+def json_documents(records: Iterable[dict], chunk: int = 10_000, **dumps_options: Any) -> list[bytes]:
+    """``orjson.dumps`` of each record, for lists that are kept (a run's input, a demo stream).
+
+    Each document orjson returns sits in its own allocation, written into a 1 KB buffer and
+    shrunk in place, and the heap cannot reuse what the shrink gave back: kept by the hundred
+    thousand they pinned ~7.7 KB of memory each for 300-byte documents (a bench's 570,000
+    messages: 4.7 GB of RSS). So each chunk is copied into compact objects and then dropped,
+    and its holes serve the next chunk. orjson writes no raw newline (without OPT_INDENT_2),
+    so a newline join and split is an exact copy."""
+    if dumps_options.get("option", 0) & orjson.OPT_INDENT_2:
+        raise ValueError("json_documents: indented documents contain newlines")
+    dumps = orjson.dumps
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    for rec in records:
+        pending.append(dumps(rec, **dumps_options))
+        if len(pending) >= chunk:
+            out.extend(b"\n".join(pending).split(b"\n"))
+            pending = []
+    if pending:
+        out.extend(b"\n".join(pending).split(b"\n"))
+    return out
+
+
 class InvalidEvent(ValueError):
     """One record's reason for the dead-letter queue."""
 

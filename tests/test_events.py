@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from riskstream.schemas.events import (
-    PanTokenizer, decode_rows, decode_transactions, luhn_valid,
+    PanTokenizer, decode_rows, decode_transactions, json_documents, luhn_valid,
 )
 
 NOW = 1_763_800_000_000
@@ -209,3 +209,15 @@ def test_other_streams_validate_rows():
     rows, dead = decode_rows("labels", recs, tokenizer=TOK, now_ms=NOW)
     assert rows[0]["is_positive"] == 1 and rows[0]["stream"] == "transactions"
     assert len(dead) == 1 and "'label' must be one of" in dead[0].error and dead[0].offset == 2
+
+
+def test_kept_json_documents_are_exactly_what_orjson_writes():
+    records = [{"transaction_id": f"t{i}", "amount": i / 7, "note": "line\nbreak \u00e9\u2028" * (i % 3),
+                "tags": [i, None, True]} for i in range(25)]
+    expected = [orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records]
+    # chunk 4 puts chunk boundaries inside the list and a partial chunk at its end
+    assert json_documents(iter(records), chunk=4, option=orjson.OPT_SORT_KEYS) == expected
+    assert json_documents(records) == [orjson.dumps(r) for r in records]
+    assert json_documents([]) == []
+    with pytest.raises(ValueError, match="newlines"):
+        json_documents(records, option=orjson.OPT_INDENT_2)

@@ -52,14 +52,17 @@ from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
 
 DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-# Rows per ClickHouse insert. Measured: 200k-row buffers made the process fault in fresh pages
-# for every block (sys time > user time, 15k tx/s even with inserts disabled); 20k-row buffers
-# reuse the same memory (64k tx/s without inserts) and still write few parts.
-INSERT_ROWS = 20_000
+# Rows per ClickHouse insert (per table). Bigger inserts write fewer parts, and chDB's
+# background merges of parts were 40% of its CPU at 20k-row inserts (measured with merges
+# stopped: 4.1 -> 2.5 us per transaction's two rows). Measured on a 300k replay, alternating
+# with the 20k-row writer: 122-145k tx/s against 118-130k, 12% less CPU. An earlier
+# measurement saw 200k-row buffers fault in fresh pages for every block (sys time > user).
+INSERT_ROWS = 50_000
 # The parent of a multi-process replay only writes, so the page faults above do not slow
 # scoring, and chDB spends less per row on bigger inserts: 5.3 us -> 3.7 us a transaction
 # (decisions + transactions) from 20k- to 100k-row inserts, measured.
 SHARDED_INSERT_ROWS = 100_000
+TAIL_INSERT_ROWS = 5_000
 TRUTHY_STRINGS = frozenset({"1", "true", "t", "yes", "y"})
 
 
@@ -495,7 +498,7 @@ def _dead_letters(table, rows: np.ndarray, reasons: np.ndarray, order: np.ndarra
 # --------------------------------------------------------------------------------------
 class ClickHouseBlocks:
     """Stands in for the worker's OutputPublisher offline: rows collect per table and go to
-    ClickHouse in blocks of ``INSERT_ROWS`` on one background thread (chDB and the HTTP
+    ClickHouse in blocks of ``insert_rows`` on one background thread (chDB and the HTTP
     insert release the GIL, so writing overlaps scoring). Topics and Redis do not exist
     offline; what would have gone there is counted."""
 
@@ -506,11 +509,21 @@ class ClickHouseBlocks:
         self.settings = settings
         self.insert = insert or default_insert
         self.insert_rows = insert_rows
-        self.pending: dict[str, list[bytes]] = {}
-        self.waited_s = 0.0  # time the scoring loop waited for ClickHouse (queue full)
+        # Rows of the input not scored yet, once the replay reports its chunks (chunk_done;
+        # None before). Near the end blocks shrink to what is left, so the last insert, which
+        # scoring cannot overlap, is small (see _due).
+        self.rows_to_come: int | None = None
+        self.pending: dict[str, list[bytes]] = {}  # per table (Arrow tables as "table@ArrowStream")
+        self.pending_rows: dict[str, int] = {}
+        self.waited_s = 0.0  # time the scoring loop waited for ClickHouse (backlog full)
         self.counts: dict[str, int] = {}
         self.rows_written: dict[str, int] = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=2)  # backpressure: scoring waits for ClickHouse
+        # Backpressure by rows, not blocks: a hand-over puts every table's block at once, and
+        # scoring waits only once two hand-overs' worth are still to write.
+        self.max_backlog_rows = 4 * insert_rows
+        self._backlog_rows = 0
+        self._backlog_changed = threading.Condition()
+        self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._client = None
         if insert is None and not _sink_owns_clickhouse(settings):
@@ -528,23 +541,13 @@ class ClickHouseBlocks:
         self.counts[stream] = self.counts.get(stream, 0) + len(messages)
 
     def sink(self, table: str, rows: list[bytes]) -> None:
-        if not rows:
-            return
-        pending = self.pending.setdefault(table, [])
-        pending.extend(rows)
-        if len(pending) >= self.insert_rows:
-            self._hand_over(table)
+        if rows:
+            self._add(table, rows, len(rows))
 
     def sink_arrow(self, table: str, blocks: list[bytes], rows: int = 0) -> None:
         """Arrow IPC streams for a table (the engine's columnar encoding of some tables)."""
-        if not blocks:
-            return
-        pending = self.pending.setdefault(f"{table}@ArrowStream", [])
-        pending.extend(blocks)
-        self.counts[f"arrow_rows:{table}"] = n = self.counts.get(f"arrow_rows:{table}", 0) + rows
-        if n - self.counts.get(f"arrow_sent:{table}", 0) >= self.insert_rows:
-            self.counts[f"arrow_sent:{table}"] = n
-            self._hand_over(f"{table}@ArrowStream")
+        if blocks:
+            self._add(f"{table}@ArrowStream", blocks, rows)
 
     def limits(self, limits: list[dict[str, Any]]) -> None:
         self.counts["limits_issued"] = self.counts.get("limits_issued", 0) + len(limits)
@@ -556,34 +559,69 @@ class ClickHouseBlocks:
             self.counts["dead_letters"] = self.counts.get("dead_letters", 0) + len(dead)
 
     # -------------------------------------------------------------------------------
-    def _hand_over(self, table: str) -> None:
-        rows = self.pending.pop(table, [])
-        if rows:
-            self._check()
-            t0 = time.perf_counter()
-            self._queue.put((table, rows))
-            self.waited_s += time.perf_counter() - t0
+    def chunk_done(self, rows_to_come: int) -> None:
+        """The replay finished a chunk; ``rows_to_come`` rows are left to score. From the first
+        call on, blocks are handed over here, between chunks, so that a chunk's decisions and
+        transactions go in the same hand-over."""
+        self.rows_to_come = rows_to_come
+        if self.pending_rows and self._due(max(self.pending_rows.values())):
+            self._hand_over_all()
+
+    def _add(self, key: str, parts: list[bytes], rows: int) -> None:
+        self.pending.setdefault(key, []).extend(parts)
+        self.pending_rows[key] = n = self.pending_rows.get(key, 0) + rows
+        if self.rows_to_come is None and self._due(n):
+            self._hand_over_all()
+
+    def _due(self, pending_rows: int) -> bool:
+        """Blocks go to ClickHouse at ``insert_rows`` rows of one table, or, near the end of a
+        replay, once they are as many as the rows still to score (at least
+        ``TAIL_INSERT_ROWS``): each block's insert then overlaps the scoring of the rest, and
+        what the replay waits for at close is small, not up to ``insert_rows``."""
+        if self.rows_to_come is None:
+            return pending_rows >= self.insert_rows
+        return pending_rows >= min(self.insert_rows, max(TAIL_INSERT_ROWS, self.rows_to_come))
+
+    def _hand_over_all(self) -> None:
+        # Every table goes, not just the full one: the small tables (alerts, labels, limits)
+        # would otherwise wait whole for the end, where nothing overlaps their inserts.
+        self._check()
+        t0 = time.perf_counter()
+        for key in list(self.pending):
+            parts, rows = self.pending.pop(key), self.pending_rows.pop(key)
+            with self._backlog_changed:
+                while self._backlog_rows >= self.max_backlog_rows and self._thread.is_alive():
+                    self._backlog_changed.wait(0.5)
+                self._backlog_rows += rows
+            self._queue.put((key, parts, rows))
+        self.waited_s += time.perf_counter() - t0
 
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            if self._error is not None:
-                continue  # drain: the main thread raises the first error
-            table, rows = item
+            key, parts, rows = item
             try:
-                if table.endswith("@ArrowStream"):
-                    table = table.split("@")[0]
-                    self.rows_written[table] = self.rows_written.get(table, 0) + self._insert_arrow(table, rows)
-                    continue
-                if self._client is not None:
-                    self.insert(self.settings, table, [b"\n".join(rows)], client=self._client)
-                else:
-                    self.insert(self.settings, table, [b"\n".join(rows)])
-                self.rows_written[table] = self.rows_written.get(table, 0) + len(rows)
+                if self._error is None:  # after an error: drain; the main thread raises it
+                    table, fmt = (key.split("@") + ["JSONEachRow"])[:2]
+                    self.rows_written[table] = self.rows_written.get(table, 0) + self._write(table, fmt, parts)
             except BaseException as exc:  # reported to the main thread, which stops the replay
                 self._error = exc
+            finally:
+                with self._backlog_changed:
+                    self._backlog_rows -= rows
+                    self._backlog_changed.notify_all()
+
+    def _write(self, table: str, fmt: str, parts: list[bytes]) -> int:
+        """Rows written."""
+        if fmt == "ArrowStream":
+            return self._insert_arrow(table, parts)
+        if self._client is not None:
+            self.insert(self.settings, table, [b"\n".join(parts)], client=self._client)
+        else:
+            self.insert(self.settings, table, [b"\n".join(parts)])
+        return len(parts)
 
     def _insert_arrow(self, table: str, blocks: list[bytes]) -> int:
         import pyarrow as pa
@@ -609,8 +647,7 @@ class ClickHouseBlocks:
     def close(self) -> dict[str, int]:
         """Write what is left and wait for it; returns rows written per table."""
         try:
-            for table in list(self.pending):
-                self._hand_over(table)
+            self._hand_over_all()
         finally:
             self._queue.put(None)
             self._thread.join()
@@ -784,7 +821,12 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
         writer.dead_letters(data.dead)
         if data.stream == "transactions":
             progress = progress or Progress(data.n, "transactions")
-            labels_fed = score_transaction_chunks(data, settings, engine, writer, prof, progress.update)
+
+            def chunk_done(done: int) -> None:
+                writer.chunk_done(data.n - done)
+                progress.update(done)
+
+            labels_fed = score_transaction_chunks(data, settings, engine, writer, prof, chunk_done)
         else:
             progress = progress or Progress(data.n, data.stream)
             table = ROW_TABLES[data.stream]
@@ -1039,7 +1081,7 @@ def replay_sharded(data: ReplayInput, settings: Settings, processes: int, writer
             child_end.close()
         del warm
         output = _OpeningWriter(writer, settings, backlog_chunks=2 * processes)
-        output.make([("dead_letters", data.dead)])
+        output.make([("dead_letters", data.dead)], data.n)
         labels_fed = _collect([reader for reader, _ in pipes], procs, output, progress, prof, data.n)
         for proc in procs:
             proc.join(10)
@@ -1071,7 +1113,7 @@ class _OpeningWriter:
     def __init__(self, writer: ClickHouseBlocks | None, settings: Settings, backlog_chunks: int):
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        self._backlog: list[list[tuple]] = []
+        self._backlog: list[tuple[list[tuple], int]] = []
         self._limit = backlog_chunks
         self._writer = writer
         self._future: Future | None = None
@@ -1080,17 +1122,23 @@ class _OpeningWriter:
             self._future = pool.submit(ClickHouseBlocks, settings, insert_rows=SHARDED_INSERT_ROWS)
             pool.shutdown(wait=False)  # its thread ends once the writer is open
 
-    def make(self, calls: list[tuple]) -> None:
+    def make(self, calls: list[tuple], rows_to_come: int) -> None:
+        """A process's recorded calls for a chunk; ``rows_to_come``: rows no process has
+        scored yet (see ClickHouseBlocks.chunk_done)."""
         if self._writer is None and not self._future.done() and len(self._backlog) < self._limit:
-            self._backlog.append(calls)
+            self._backlog.append((calls, rows_to_come))
             return
-        make_calls(self.writer(), calls)
+        writer = self.writer()
+        make_calls(writer, calls)
+        writer.chunk_done(rows_to_come)
 
     def writer(self) -> ClickHouseBlocks:
         if self._writer is None:
             self._writer = self._future.result()  # raises what opening raised
         while self._backlog:
-            make_calls(self._writer, self._backlog.pop(0))
+            calls, rows_to_come = self._backlog.pop(0)
+            make_calls(self._writer, calls)
+            self._writer.chunk_done(rows_to_come)
         return self._writer
 
     def close_quietly(self) -> None:
@@ -1129,8 +1177,8 @@ def _collect(readers: list, procs: list, writer: _OpeningWriter, progress: Progr
                                   "before finishing its shard") from None
             if msg[0] == "error":
                 raise ShardFailed(f"replay process {k + 1} of {len(readers)} failed: {msg[1]}\n{msg[2]}")
-            writer.make(msg[2])
             done[k] = msg[1]
+            writer.make(msg[2], total - sum(done))
             if msg[0] == "done":
                 labels += msg[3]
                 for stage, seconds in msg[4].items():

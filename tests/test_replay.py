@@ -102,6 +102,32 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
     assert "labels" in written and "decisions" in written
 
 
+def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(replay, "TAIL_INSERT_ROWS", 100)
+    sink = pa.BufferOutputStream()
+    chunk = pa.table({"event_id": [f"t{i}" for i in range(100)]})
+    with pa.ipc.new_stream(sink, chunk.schema) as ipc:
+        ipc.write_table(chunk)
+    block = sink.getvalue().to_pybytes()
+    inserts: list[tuple[str, int]] = []
+    writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"), insert_rows=1000,
+                                     insert=lambda s, table, b: inserts.append((table, b[0].count(b"\n") + 1)))
+    total = 3000
+    for done in range(100, total + 1, 100):
+        writer.sink_arrow("decisions", [block], 100)
+        writer.sink_arrow("transactions", [block], 100)
+        if done % 500 == 0:
+            writer.sink("alerts", [b'{"alert_id": "a"}'])
+        writer.chunk_done(total - done)
+    assert writer.close() == {"decisions": 3000, "transactions": 3000, "alerts": 6}
+    sizes = [rows for table, rows in inserts if table == "decisions"]
+    # insert_rows blocks while more than that is left to score, then as many rows as are left
+    assert sizes == [1000, 1000, 500, 300, 100, 100]
+    assert sizes == [rows for table, rows in inserts if table == "transactions"]
+    # the small table goes with the big ones, not all at the end
+    assert [rows for table, rows in inserts if table == "alerts"] == [2, 2, 1, 1]
+
+
 def test_map_renames_columns_and_missing_columns_say_what_to_do(tmp_path, sim):
     tx = sim.transactions
     raw = pa.table({

@@ -437,6 +437,92 @@ def _arrow_options() -> tuple:
     return _ARROW_OPTIONS
 
 
+Check = tuple[np.ndarray, "str | Callable[[int], str]"]
+
+
+def transaction_checks(ids: dict[str, Any], card: Any, merchant: Any, event_time: np.ndarray, time_ok: np.ndarray,
+                       amount: np.ndarray, geo: dict[str, np.ndarray], max_amount: float, now_ms: int,
+                       not_number: dict[str, np.ndarray] | None = None) -> list[Check]:
+    """The checks ``_transaction_row`` makes per record, as masks over columns, in its order,
+    each with the reason it gives (text, or a function of the row where the reason quotes a
+    value): the first failing check of a row is its reason. Shared by the decoder's Arrow
+    path, which sends every row any check flags through ``_transaction_row``, and the offline
+    replay, which validates a whole file this way.
+
+    ``ids``: the id columns present, as pyarrow string arrays with "" for null; ``card`` and
+    ``merchant``: the ids after their fallbacks (customer, terminal), pyarrow or numpy;
+    ``event_time``: milliseconds where ``time_ok``; ``amount`` and ``geo`` (lat, lon): float64
+    with NaN where absent; ``not_number``: rows of a numeric column that held text that is not
+    a number (a file's column; JSON readers refuse those whole)."""
+    not_number = not_number or {}
+
+    def too_long(name: str, where: np.ndarray | None = None) -> list[Check]:
+        mask = _longer_than(ids[name], MAX_ID_LENGTH) if name in ids else None
+        if mask is None:
+            return []
+        return [(mask if where is None else mask & where, f"'{name}' is longer than {MAX_ID_LENGTH} characters")]
+
+    def in_range(name: str, values: np.ndarray, lo: float, hi: float) -> list[Check]:
+        checks = [(not_number[name], f"'{name}' must be a number")] if name in not_number else []
+        with np.errstate(invalid="ignore"):
+            outside = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
+        checks.append((outside, lambda i: f"'{name}' = {values[i]} is outside [{lo:g}, {hi:g}]"))
+        return checks
+
+    n = len(event_time)
+    card_empty, merchant_empty = _empty(ids.get("card_id"), n), _empty(ids.get("merchant_id"), n)
+    checks: list[Check] = [(_empty(ids.get("transaction_id"), n), "missing required field 'transaction_id'")]
+    checks += too_long("transaction_id")
+    checks.append((~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601"))
+    checks.append((time_ok & (event_time < MIN_EVENT_TIME_MS),
+                   lambda i: f"event_time {event_time[i]} is before 2000-01-01 (seconds instead of milliseconds?)"))
+    checks.append((time_ok & (event_time > now_ms + MAX_FUTURE_MS),
+                   lambda i: f"event_time {event_time[i]} is more than a day in the future"))
+    # The card, else the customer; the merchant, else the terminal: the fallback is read
+    # (and its length checked) only where the first is empty.
+    checks += too_long("card_id") + too_long("customer_id", card_empty)
+    checks.append((_empty(card, n), "missing required field: one of 'card_id', 'customer_id' or 'pan'"))
+    checks += too_long("merchant_id") + too_long("terminal_id", merchant_empty)
+    checks.append((_empty(merchant, n), "missing required field: one of 'merchant_id' or 'terminal_id'"))
+    if "amount" in not_number:
+        checks.append((not_number["amount"], "'amount' must be a number"))
+        checks.append((np.isnan(amount) & ~not_number["amount"], "missing required field 'amount'"))
+    else:
+        checks.append((np.isnan(amount), "missing required field 'amount'"))
+    checks += in_range("amount", amount, 0.0, max_amount)
+    for name, bound in (("lat", 90.0), ("lon", 180.0)):
+        if name in geo:
+            checks += in_range(name, geo[name], -bound, bound)
+    for name in TRANSACTION_OPTIONAL:
+        checks += too_long(name)
+    return checks
+
+
+def _empty(column: Any, n: int) -> np.ndarray:
+    """Rows where an id column is "" (all ``n`` of them when the column is absent)."""
+    if column is None:
+        return np.ones(n, dtype=bool)
+    if isinstance(column, np.ndarray):
+        return column == ""
+    import pyarrow.compute as pc
+
+    return pc.equal(column, "").to_numpy(zero_copy_only=False)
+
+
+def _longer_than(column: Any, limit: int) -> np.ndarray | None:
+    """Rows of a string column longer than ``limit`` characters; None when there are none
+    (the usual case: one pass, no mask) or the column is not text."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return None
+    lengths = pc.fill_null(pc.utf8_length(column), 0)
+    if (pc.max(lengths).as_py() or 0) <= limit:
+        return None
+    return lengths.to_numpy(zero_copy_only=False) > limit
+
+
 def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic: str,
                         partitions: Sequence[int] | None, offsets: Sequence[int] | None,
                         max_message_bytes: int, max_amount: float,
@@ -475,39 +561,30 @@ def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic:
         a = text(first)
         return pc.if_else(pc.equal(a, ""), text(second), a)
 
-    def bad_id(col, required: bool):
-        lengths = pc.utf8_length(col)
-        bad = pc.greater(lengths, MAX_ID_LENGTH)
-        if required:
-            bad = pc.or_(bad, pc.or_(pc.equal(lengths, 0), pc.utf8_is_digit(col)))
-        return bad
-
-    strings = {"transaction_id": text("transaction_id"), "card_id": either("card_id", "customer_id"),
+    ids = {k: text(k) for k in ("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL)}
+    strings = {"transaction_id": ids["transaction_id"], "card_id": either("card_id", "customer_id"),
                "merchant_id": either("merchant_id", "terminal_id")}
-    strings.update({k: text(k) for k in TRANSACTION_OPTIONAL})
-    # (mask of rows to check per row, whether a null there is bad: a missing time or amount is)
-    checks = [(bad_id(strings[k], True), False) for k in ("transaction_id", "card_id", "merchant_id")]
-    checks += [(bad_id(strings[k], False), False) for k in TRANSACTION_OPTIONAL]
-    checks.append((pc.utf8_is_digit(strings["customer_id"]), False))  # maybe a card number: tokenized per row
+    strings.update({k: ids[k] for k in TRANSACTION_OPTIONAL})
     event_time = table.column("event_time").combine_chunks()
-    checks.append((pc.invert(pc.and_(pc.greater_equal(event_time, MIN_EVENT_TIME_MS),
-                                     pc.less_equal(event_time, now_ms + MAX_FUTURE_MS))), True))
-    amount = table.column("amount").combine_chunks()
-    checks.append((pc.invert(pc.and_(pc.greater_equal(amount, 0.0), pc.less_equal(amount, max_amount))), True))
+    time_ok = pc.is_valid(event_time).to_numpy(zero_copy_only=False)
+    times = pc.fill_null(event_time, 0).to_numpy(zero_copy_only=False)
+    amount = pc.fill_null(table.column("amount").combine_chunks(), math.nan).to_numpy(zero_copy_only=False)
     geo = {}
-    for name, bound in (("lat", 90.0), ("lon", 180.0)):
-        col = table.column(name).combine_chunks()
-        checks.append((pc.invert(pc.less_equal(pc.abs(col), bound)), False))  # NaN fails, absent is fine
-        geo[name] = pc.fill_null(col, math.nan).to_numpy(zero_copy_only=False)
     slow = np.zeros(n, dtype=bool)
-    for check, null_is_bad in checks:
-        slow |= pc.fill_null(check, null_is_bad).to_numpy(zero_copy_only=False)
+    for name in ("lat", "lon"):
+        col = table.column(name).combine_chunks()
+        geo[name] = pc.fill_null(col, math.nan).to_numpy(zero_copy_only=False)
+        slow |= pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)  # NaN: orjson refuses it
+    for mask, _ in transaction_checks(ids, strings["card_id"], strings["merchant_id"], times, time_ok, amount, geo,
+                                      max_amount, now_ms):
+        slow |= mask
+    # All-digit ids may be card numbers: the per-row validator tokenizes those.
+    for name in ("transaction_id", "card_id", "merchant_id", "customer_id"):
+        slow |= pc.utf8_is_digit(strings[name]).to_numpy(zero_copy_only=False)
 
-    columns = [strings["transaction_id"].to_numpy(zero_copy_only=False),
-               pc.fill_null(event_time, 0).to_numpy(zero_copy_only=False),
+    columns = [strings["transaction_id"].to_numpy(zero_copy_only=False), times,
                strings["card_id"].to_numpy(zero_copy_only=False),
-               strings["merchant_id"].to_numpy(zero_copy_only=False),
-               pc.fill_null(amount, math.nan).to_numpy(zero_copy_only=False),
+               strings["merchant_id"].to_numpy(zero_copy_only=False), amount,
                geo["lat"], geo["lon"],
                *[strings[k].to_numpy(zero_copy_only=False) for k in TRANSACTION_OPTIONAL]]
     errors: dict[int, str] = {}

@@ -45,8 +45,7 @@ import numpy as np
 import orjson
 
 from riskstream.schemas.events import (
-    MAX_FUTURE_MS, MAX_ID_LENGTH, MIN_EVENT_TIME_MS, TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch,
-    tokenize_pans,
+    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, tokenize_pans, transaction_checks,
 )
 from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
@@ -329,54 +328,26 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
                             if first in arrow else arrow[second])
         return values
 
-    why.add(text["transaction_id"] == "", "missing required field 'transaction_id'")
-    why.add(~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601")
-    why.add(time_ok & (times_ms < MIN_EVENT_TIME_MS),
-            lambda i: f"event_time {times_ms[i]} is before 2000-01-01 (seconds instead of milliseconds?)")
-    why.add(time_ok & (times_ms > now_ms + MAX_FUTURE_MS),
-            lambda i: f"event_time {times_ms[i]} is more than a day in the future")
     # Per row, like the decoder: the card, else the customer; the merchant, else the terminal.
+    ids = dict(arrow)  # before the fallbacks
     card = fallback("card_id", "customer_id")
-    why.add(card == "", "missing required field: one of 'card_id', 'customer_id' or 'pan'")
     merchant = fallback("merchant_id", "terminal_id")
-    why.add(merchant == "", "missing required field: one of 'merchant_id' or 'terminal_id'")
-    for name, values in text.items():
-        too_long = _longer_than(table.column(name), MAX_ID_LENGTH)
-        if too_long is not None:
-            why.add(too_long, f"'{name}' is longer than {MAX_ID_LENGTH} characters")
     amount, not_number = _numbers(table.column("amount"))
-    why.add(not_number, lambda i: "'amount' must be a number")
-    why.add(np.isnan(amount) & ~not_number, "missing required field 'amount'")
-    with np.errstate(invalid="ignore"):
-        outside = ~np.isnan(amount) & ~((amount >= 0.0) & (amount <= max_amount))
-    why.add(outside, lambda i: f"'amount' = {amount[i]} is outside [0, {max_amount:g}]")
-    columns = {"transaction_id": text["transaction_id"], "event_time": times_ms, "card_id": card,
-               "merchant_id": merchant, "amount": amount}
-    for name, lo, hi in (("lat", -90.0, 90.0), ("lon", -180.0, 180.0)):
+    numbers = {"amount": not_number}
+    geo = {}
+    for name in ("lat", "lon"):
         if name in names:
-            values, not_number = _numbers(table.column(name))
-            why.add(not_number, f"'{name}' must be a number")
-            with np.errstate(invalid="ignore"):
-                why.add(~np.isnan(values) & ~((values >= lo) & (values <= hi)),
-                        lambda i, v=values, nm=name, lo=lo, hi=hi: f"'{nm}' = {v[i]} is outside [{lo:g}, {hi:g}]")
-            columns[name] = values
+            geo[name], numbers[name] = _numbers(table.column(name))
+    for mask, reason in transaction_checks(ids, card, merchant, times_ms, time_ok, amount, geo, max_amount, now_ms,
+                                           not_number=numbers):
+        why.add(mask, reason)
+    columns = {"transaction_id": text["transaction_id"], "event_time": times_ms, "card_id": card,
+               "merchant_id": merchant, "amount": amount, **geo}
     for name in TRANSACTION_OPTIONAL:
         if name in text:
             columns[name] = text[name]
     arrow = {k: v for k, v in arrow.items() if k in columns}
     return columns, arrow, why
-
-
-def _longer_than(column, limit: int) -> np.ndarray | None:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return None
-    lengths = pc.fill_null(pc.utf8_length(column), 0)
-    if (pc.max(lengths).as_py() or 0) <= limit:  # the usual case: one pass, no mask
-        return None
-    return lengths.to_numpy(zero_copy_only=False) > limit
 
 
 def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None, *,

@@ -248,6 +248,38 @@ def test_bad_rows_are_dead_lettered_with_the_reason(tmp_path, sim):
     assert count(settings, "SELECT count() AS n FROM decisions FINAL") == 295
 
 
+def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
+    from riskstream.schemas.events import InvalidEvent, PanTokenizer, _transaction_row
+
+    now = 1_763_800_000_000
+    base = {"transaction_id": "t", "event_time": now - 60_000, "card_id": "k1", "customer_id": "c1",
+            "merchant_id": "m1", "terminal_id": "T1", "amount": 12.5, "lat": 52.0, "lon": 4.0, "device_id": "d1"}
+    long = "x" * 129
+    cases = [
+        {}, {"transaction_id": ""}, {"transaction_id": long}, {"event_time": 1_700_000_000},
+        {"event_time": now + 2 * DAY_MS}, {"card_id": "", "customer_id": ""}, {"card_id": "", "customer_id": long},
+        {"card_id": long}, {"customer_id": long}, {"merchant_id": "", "terminal_id": ""},
+        {"merchant_id": "", "terminal_id": long}, {"terminal_id": long}, {"amount": None}, {"amount": -1.0},
+        {"amount": 1e13}, {"lat": 91.0}, {"lon": -181.0}, {"device_id": long},
+        # two problems: the first in the decoder's order is the reason
+        {"transaction_id": long, "amount": -1.0}, {"card_id": long, "merchant_id": "", "terminal_id": ""},
+        {"amount": -1.0, "device_id": long}, {"event_time": 1_700_000_000, "card_id": "", "customer_id": ""},
+        {"lat": 91.0, "customer_id": long}, {"merchant_id": "", "terminal_id": "", "amount": None},
+    ]
+    rows = [{**base, "transaction_id": f"t{i}", **case} for i, case in enumerate(cases)]
+    table = pa.Table.from_pylist(rows)
+    times, time_ok = replay.times_to_ms(table.column("event_time"))
+    _, _, why = replay.validate_transactions(table, times, time_ok, 1e9, now)
+    tokenizer = PanTokenizer(b"k" * 32)
+    for i, row in enumerate(rows):
+        try:
+            _transaction_row(row, tokenizer, 1e9, now)
+            expected = None
+        except InvalidEvent as exc:
+            expected = str(exc)
+        assert why.reason[i] == expected, (cases[i], why.reason[i], expected)
+
+
 def test_online_replay_is_decided_by_the_worker(stack, worker_factory, tmp_path, sim, capsys):
     tx = {k: v[:500] for k, v in sim.transactions.items()}
     path = tmp_path / "tx500.csv"

@@ -54,8 +54,9 @@ DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_40
 # Rows per ClickHouse insert (per table). Bigger inserts write fewer parts, and chDB's
 # background merges of parts were 40% of its CPU at 20k-row inserts (measured with merges
 # stopped: 4.1 -> 2.5 us per transaction's two rows). Measured on a 300k replay, alternating
-# with the 20k-row writer: 122-145k tx/s against 118-130k, 12% less CPU. An earlier
-# measurement saw 200k-row buffers fault in fresh pages for every block (sys time > user).
+# with the 20k-row writer eight times: median 119.6k tx/s against 113.8k, ~10% less user CPU.
+# An earlier measurement saw 200k-row buffers fault in fresh pages for every block (sys time
+# > user time).
 INSERT_ROWS = 50_000
 # The parent of a multi-process replay only writes, so the page faults above do not slow
 # scoring, and chDB spends less per row on bigger inserts: 5.3 us -> 3.7 us a transaction

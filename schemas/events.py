@@ -557,11 +557,11 @@ def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic:
     def text(name: str):
         return pc.fill_null(table.column(name).combine_chunks(), "")
 
-    def either(first: str, second: str):
-        a = text(first)
-        return pc.if_else(pc.equal(a, ""), text(second), a)
-
     ids = {k: text(k) for k in ("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL)}
+
+    def either(first: str, second: str):
+        return pc.if_else(pc.equal(ids[first], ""), ids[second], ids[first])
+
     strings = {"transaction_id": ids["transaction_id"], "card_id": either("card_id", "customer_id"),
                "merchant_id": either("merchant_id", "terminal_id")}
     strings.update({k: ids[k] for k in TRANSACTION_OPTIONAL})

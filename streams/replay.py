@@ -576,7 +576,7 @@ class ClickHouseBlocks:
             key, parts, rows = item
             try:
                 if self._error is None:  # after an error: drain; the main thread raises it
-                    table, fmt = (key.split("@") + ["JSONEachRow"])[:2]
+                    table, _, fmt = key.partition("@")
                     self.rows_written[table] = self.rows_written.get(table, 0) + self._write(table, fmt, parts)
             except BaseException as exc:  # reported to the main thread, which stops the replay
                 self._error = exc
@@ -586,7 +586,7 @@ class ClickHouseBlocks:
                     self._backlog_changed.notify_all()
 
     def _write(self, table: str, fmt: str, parts: list[bytes]) -> int:
-        """Rows written."""
+        """Rows written; ``fmt`` is "ArrowStream", or "" for JSON rows."""
         if fmt == "ArrowStream":
             return self._insert_arrow(table, parts)
         if self._client is not None:
@@ -813,7 +813,7 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
                     if i in data.unreadable_times:
                         rec[STREAMS[data.stream].time_column] = data.unreadable_times[i]
                     records.append((dumps(rec, default=str), -1, int(data.row_number[i])))
-                t0 = time.perf_counter()
+                t0, waited0 = time.perf_counter(), writer.waited_s
                 rows, dead = engine.process_rows(data.stream, records)
                 writer.sink(table, rows_for_table(rows))
                 writer.dead_letters(dead)
@@ -821,12 +821,12 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
                     writer.sink("decisions", [dumps(d) for d in engine.credit_decisions(rows)])
                 if data.stream == "labels":
                     labels_fed += len(rows)
-                prof["engine"] += time.perf_counter() - t0
+                prof["engine"] += time.perf_counter() - t0 - (writer.waited_s - waited0)  # waits: clickhouse_wait
                 progress.update(end)
         t_close = time.perf_counter()
         rows_written = writer.close()
+        # Transactions wait for the writer only between chunks (chunk_done), outside the stages.
         prof["clickhouse_wait"] = time.perf_counter() - t_close + writer.waited_s
-        prof["encode"] = max(0.0, prof["encode"] - writer.waited_s)  # encode = JSON rows only
     except BaseException:
         try:
             writer.close()
@@ -1097,14 +1097,13 @@ class _OpeningWriter:
     def make(self, calls: list[tuple], rows_to_come: int) -> None:
         """A process's recorded calls for a chunk; ``rows_to_come``: rows no process has
         scored yet (see ClickHouseBlocks.chunk_done)."""
-        if self._writer is None and not self._future.done() and len(self._backlog) < self._limit:
-            self._backlog.append((calls, rows_to_come))
+        self._backlog.append((calls, rows_to_come))
+        if self._writer is None and not self._future.done() and len(self._backlog) <= self._limit:
             return
-        writer = self.writer()
-        make_calls(writer, calls)
-        writer.chunk_done(rows_to_come)
+        self.writer()
 
     def writer(self) -> ClickHouseBlocks:
+        """The open writer, with the chunks that waited for it written."""
         if self._writer is None:
             self._writer = self._future.result()  # raises what opening raised
         while self._backlog:

@@ -70,3 +70,16 @@ def test_stack_dies_with_a_killed_cli(tmp_path):
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(pid_alive(p) for p in pids), "broker or Valkey outlived the CLI"
+
+
+def test_the_package_keeps_blas_to_one_thread_unless_the_user_chose():
+    """OpenBLAS's idle helper threads spin on the cores the broker and chDB need; the package
+    caps them before numpy loads (no helper thread starts), and leaves a value the user set."""
+    probe = ("import riskstream, numpy, os;"
+             "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    unset = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    chosen = subprocess.run([sys.executable, "-c", probe], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                            capture_output=True, text=True, check=True)
+    assert unset.stdout.split() == ["1", "1"]
+    assert chosen.stdout.split() == ["2", str(min(2, os.cpu_count() or 1))]  # OpenBLAS caps at the cores

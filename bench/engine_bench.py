@@ -763,9 +763,8 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
 
     Returns ({"linger_<ms>": {rate: stats}}, the next unused message index).
     """
-    from riskstream.streams.engine import Engine
+    from riskstream.streams.engine import Engine, tune_garbage_collector
     from riskstream.streams.pipeline import encode_outputs
-    from riskstream.streams.worker import _tune_garbage_collector
 
     engine = Engine(settings)
     labels = LabelFeed(msgs)
@@ -775,7 +774,7 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
         b = min(a + most, start)
         labels.feed_before(engine, int(times[a]))
         engine.process_transactions(msgs.values[a:b], [0] * (b - a), list(range(a, b)))
-    _tune_garbage_collector()
+    tune_garbage_collector()
     out: dict[str, dict[str, dict]] = {}
     i0 = start
     for linger_ms in lingers_ms:
@@ -958,6 +957,7 @@ def _offline_main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from riskstream.settings import load_settings
+    from riskstream.streams.engine import tune_garbage_collector
     from riskstream.streams.replay import Progress as ReplayProgress, load_input, replay_offline
 
     settings = _offline_settings(load_settings(args.config), Path(args.data_dir))
@@ -972,6 +972,7 @@ def _offline_main(args: argparse.Namespace) -> int:
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
+    tune_garbage_collector()  # as `riskstream replay --offline` does
     cpu0 = cpu_now()
     summary = replay_offline(data, settings, processes=args.processes,
                              progress=ReplayProgress(data.n, "transactions", out=sys.stderr))

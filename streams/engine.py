@@ -294,6 +294,27 @@ class StateStore:
         return True
 
 
+def tune_garbage_collector(collect: bool = True) -> None:
+    """For a process that runs the engine over many batches (a worker, an offline replay),
+    once its long-lived state is built.
+
+    Each batch allocates ~100k short-lived objects (decoded dicts, strings, rows), which at
+    CPython's default threshold of 700 runs the cycle collector hundreds of times per batch,
+    and now and then over the whole long-lived heap (engine state, models, Faust). The
+    long-lived objects are frozen out of collection and young ones collected less often:
+    measured ~4 µs of ~30 µs CPU per transaction saved (bench, 1 worker, 200k drain).
+
+    A forked process passes ``collect=False``: a collection would walk, and write to, every
+    object it shares with its parent, copying those pages; the freeze alone moves them out
+    of later collections without touching them."""
+    import gc
+
+    if collect:
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def model_report(engine: "Engine") -> tuple[list[bytes], list[dict]]:
     """Periodic model upkeep: learn matured negatives, quality rows, drift alerts."""
     models = engine.scorer.models

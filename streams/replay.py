@@ -952,10 +952,11 @@ def _replay_shard(k: int, data: ReplayInput, row_shard: np.ndarray, label_shard:
         c.close()
     _no_numpy_hugepages()
     try:
-        from riskstream.streams.engine import Engine
+        from riskstream.streams.engine import Engine, tune_garbage_collector
 
         shard = shard_input(data, row_shard, label_shard, k)
         engine = Engine(settings, rules_holder=rules)
+        tune_garbage_collector(collect=False)
         outputs = RecordedOutputs()
         prof = dict.fromkeys(SHARD_STAGES, 0.0)
 
@@ -1289,6 +1290,9 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
     if args.offline:
         if args.stream != "transactions" and requested is not None and requested > 1:
             _say(f"replay: note: --processes splits transactions by card; --stream {args.stream} runs in one process.")
+        from riskstream.streams.engine import tune_garbage_collector
+
+        tune_garbage_collector()  # this process is the replay's from here on
         summary = replay_offline(data, settings, processes=processes)
         written = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows_written.items()))
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in summary.profile.items())

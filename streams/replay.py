@@ -488,6 +488,10 @@ class ClickHouseBlocks:
         self.pending: dict[str, list[bytes]] = {}  # per table (Arrow tables as "table@ArrowStream")
         self.pending_rows: dict[str, int] = {}
         self.waited_s = 0.0  # time the scoring loop waited for ClickHouse (backlog full)
+        # Set by close(): when the last row was in ClickHouse, and how long closing the client
+        # took after that (an embedded chDB waits for the merges it started; a server does not).
+        self.written_at: float | None = None
+        self.client_close_s = 0.0
         self.counts: dict[str, int] = {}
         self.rows_written: dict[str, int] = {}
         # Backpressure by rows, not blocks: a hand-over puts every table's block at once, and
@@ -534,16 +538,23 @@ class ClickHouseBlocks:
     def chunk_done(self, rows_to_come: int) -> None:
         """The replay finished a chunk; ``rows_to_come`` rows are left to score. From the first
         call on, blocks are handed over here, between chunks, so that a chunk's decisions and
-        transactions go in the same hand-over."""
+        transactions go in the same hand-over.
+
+        Every table goes with a full hand-over, not just the full one: the small tables
+        (alerts, labels, limits) would otherwise wait whole for the end, where nothing overlaps
+        their inserts. Near the end only the tables that are due go: an insert costs ~5 ms
+        however few its rows, and three small inserts with every shrunken hand-over made the
+        writer fall a hand-over behind the scoring; what is left of them goes at close."""
         self.rows_to_come = rows_to_come
-        if self.pending_rows and self._due(max(self.pending_rows.values())):
-            self._hand_over_all()
+        due = [key for key, rows in self.pending_rows.items() if self._due(rows)]
+        if due:
+            self._hand_over(list(self.pending) if rows_to_come >= self.insert_rows else due)
 
     def _add(self, key: str, parts: list[bytes], rows: int) -> None:
         self.pending.setdefault(key, []).extend(parts)
         self.pending_rows[key] = n = self.pending_rows.get(key, 0) + rows
         if self.rows_to_come is None and self._due(n):
-            self._hand_over_all()
+            self._hand_over(list(self.pending))
 
     def _due(self, pending_rows: int) -> bool:
         """Blocks go to ClickHouse at ``insert_rows`` rows of one table, or, near the end of a
@@ -554,12 +565,10 @@ class ClickHouseBlocks:
             return pending_rows >= self.insert_rows
         return pending_rows >= min(self.insert_rows, max(TAIL_INSERT_ROWS, self.rows_to_come))
 
-    def _hand_over_all(self) -> None:
-        # Every table goes, not just the full one: the small tables (alerts, labels, limits)
-        # would otherwise wait whole for the end, where nothing overlaps their inserts.
+    def _hand_over(self, keys: list[str]) -> None:
         self._check()
         t0 = time.perf_counter()
-        for key in list(self.pending):
+        for key in keys:
             parts, rows = self.pending.pop(key), self.pending_rows.pop(key)
             with self._backlog_changed:
                 while self._backlog_rows >= self.max_backlog_rows and self._thread.is_alive():
@@ -619,16 +628,18 @@ class ClickHouseBlocks:
     def close(self) -> dict[str, int]:
         """Write what is left and wait for it; returns rows written per table."""
         try:
-            self._hand_over_all()
+            self._hand_over(list(self.pending))
         finally:
             self._queue.put(None)
             self._thread.join()
+            self.written_at = time.perf_counter()
             if self._client is not None:
                 # Now, not when this object is collected: an embedded chDB serves one data
                 # path per process, and a traceback that keeps this object alive would keep
                 # the next replay (or query) in this process from opening another path.
                 client, self._client = self._client, None
                 client.close()
+            self.client_close_s = time.perf_counter() - self.written_at
         self._check()
         return self.rows_written
 
@@ -827,7 +838,7 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
         t_close = time.perf_counter()
         rows_written = writer.close()
         # Transactions wait for the writer only between chunks (chunk_done), outside the stages.
-        prof["clickhouse_wait"] = time.perf_counter() - t_close + writer.waited_s
+        prof["clickhouse_wait"] = writer.written_at - t_close + writer.waited_s
     except BaseException:
         try:
             writer.close()
@@ -835,7 +846,10 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
             pass
         raise
     prof["setup"] = t_run - t_start
-    seconds = time.perf_counter() - t_run  # the replay itself; building the engine (JIT) is in setup
+    prof["clickhouse_close"] = writer.client_close_s
+    # The replay itself, up to its last row in ClickHouse; building the engine (JIT) is in
+    # setup, and closing the client afterwards in clickhouse_close.
+    seconds = writer.written_at - t_run
     return ReplaySummary(data.stream, data.n, labels_fed, writer.counts.get("dead_letters", 0), seconds,
                          rows_written, prof)
 
@@ -1073,10 +1087,11 @@ def replay_sharded(data: ReplayInput, settings: Settings, processes: int, writer
         _stop_processes(procs)
         for reader, _ in pipes:
             reader.close()
-    prof["clickhouse_wait"] = time.perf_counter() - t_close + opened.waited_s
+    prof["clickhouse_wait"] = opened.written_at - t_close + opened.waited_s
     prof["receive"] = max(0.0, prof["receive"] - opened.waited_s)
     prof["setup"] = t_run - t_start
-    seconds = time.perf_counter() - t_run
+    prof["clickhouse_close"] = opened.client_close_s
+    seconds = opened.written_at - t_run  # as in replay_offline: up to the last row in ClickHouse
     return ReplaySummary(data.stream, data.n, labels_fed, opened.counts.get("dead_letters", 0), seconds,
                          rows_written, prof, processes)
 
@@ -1303,12 +1318,13 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
         across = f" in {summary.processes} processes" if summary.processes > 1 else ""
         print(f"riskstream replay --offline: {summary.rows:,} {what} in {summary.seconds:.1f}s "
               f"({summary.rate:,.0f} {what}/s{across}, up to every row in ClickHouse; engine start-up "
-              f"{summary.profile['setup']:.1f}s more), {summary.labels:,} labels learned, "
+              f"{summary.profile['setup']:.1f}s and closing the ClickHouse client "
+              f"{summary.profile['clickhouse_close']:.1f}s more), {summary.labels:,} labels learned, "
               f"{summary.dead_letters:,} dead letters.")
         print(f"ClickHouse rows written: {written or 'none'}.")
         if summary.processes > 1:
             print(f"Time by stage (labels to send: summed over the {summary.processes} replay processes; "
-                  f"receive, clickhouse_wait and setup: this process): {prof}.")
+                  f"receive, clickhouse_wait, setup and clickhouse_close: this process): {prof}.")
         else:
             print(f"Time by stage: {prof}.")
     else:

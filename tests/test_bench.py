@@ -99,6 +99,9 @@ def test_in_process_figures(report):
     # The simulator's labels went in with the transactions, so the model had a say for some of them.
     for processes, run in report["offline_replay"]["runs"].items():
         assert run["labels"] > 0
+        # closing the embedded chDB comes after the last row is in, and is reported apart
+        assert run["profile_us_per_txn"]["clickhouse_close"] >= 0
+        assert 0 < run["tps_with_close"] <= run["tps"]
         mix = run["decision_mix"]
         assert sum(mix["share"].values()) == pytest.approx(1.0, abs=1e-3) and mix["share"]["approve"] > 0.5
         # Split by card over processes, each model gets a share of the labels: in the quick

@@ -80,6 +80,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     group = eb.ProcessGroup()
     stacks: list[eb.BenchStack] = []
     tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
+    finished = False
     try:
         latency_pool = int(sum(rates) * seconds)
         # The engine-only latency runs once per linger, each on transactions of its own.
@@ -192,12 +193,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "CPU per transaction is sampled from the first to the last decision: start-up excluded.",
         ]
         res["elapsed_s"] = round(time.monotonic() - t_all, 1)
+        finished = True
         return res
     finally:
         group.stop_all()
         for bs in stacks:
             bs.stack.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if finished:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:  # the error names logs in here
+            _say(f"bench: stopped early; its stacks' data and logs are kept in {tmp} (delete it when done)")
 
 
 def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:

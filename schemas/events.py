@@ -498,6 +498,14 @@ def transaction_checks(ids: dict[str, Any], card: Any, merchant: Any, event_time
     return checks
 
 
+def id_or(first: Any, second: Any) -> Any:
+    """Per row the id in ``first``, or ``second``'s where it is "" (pyarrow string arrays): the
+    card, else the customer; the merchant, else the terminal, as ``_transaction_row`` takes them."""
+    import pyarrow.compute as pc
+
+    return pc.if_else(pc.equal(first, ""), second, first)
+
+
 def _empty(column: Any, n: int) -> np.ndarray:
     """Rows where an id column is "" (all ``n`` of them when the column is absent)."""
     if column is None:
@@ -559,11 +567,8 @@ def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic:
 
     ids = {k: text(k) for k in ("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL)}
 
-    def either(first: str, second: str):
-        return pc.if_else(pc.equal(ids[first], ""), ids[second], ids[first])
-
-    strings = {"transaction_id": ids["transaction_id"], "card_id": either("card_id", "customer_id"),
-               "merchant_id": either("merchant_id", "terminal_id")}
+    strings = {"transaction_id": ids["transaction_id"], "card_id": id_or(ids["card_id"], ids["customer_id"]),
+               "merchant_id": id_or(ids["merchant_id"], ids["terminal_id"])}
     strings.update({k: ids[k] for k in TRANSACTION_OPTIONAL})
     event_time = table.column("event_time").combine_chunks()
     time_ok = pc.is_valid(event_time).to_numpy(zero_copy_only=False)

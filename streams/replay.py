@@ -45,7 +45,7 @@ import numpy as np
 import orjson
 
 from riskstream.schemas.events import (
-    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, tokenize_pans, transaction_checks,
+    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, id_or, tokenize_pans, transaction_checks,
 )
 from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
@@ -307,8 +307,6 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
     """The checks ``decode_transactions`` makes per record, as column operations over the file.
     Returns the engine's columns (card/merchant with their fallbacks), their string columns
     as pyarrow arrays too, and each bad row's reason."""
-    import pyarrow.compute as pc
-
     n = table.num_rows
     names = set(table.column_names)
     why = _Reasons(n)
@@ -325,8 +323,7 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
         values = text.get(first, empty)
         if second in text:
             values = np.where(values == "", text[second], values)
-            arrow[first] = (pc.if_else(pc.equal(arrow[first], ""), arrow[second], arrow[first])
-                            if first in arrow else arrow[second])
+            arrow[first] = id_or(arrow[first], arrow[second]) if first in arrow else arrow[second]
         return values
 
     # Per row, like the decoder: the card, else the customer; the merchant, else the terminal.
@@ -668,6 +665,12 @@ class ReplaySummary:
     def rate(self) -> float:
         return self.rows / max(self.seconds, 1e-9)
 
+    @property
+    def rate_with_close(self) -> float:
+        """Offline: the rate counting the ClickHouse client's close after the last row (an
+        embedded chDB waits there for the merges it started; a server merges in the background)."""
+        return self.rows / max(self.seconds + self.profile.get("clickhouse_close", 0.0), 1e-9)
+
 
 class Progress:
     """One line on stderr about once a second: rows, % done, rows/s."""
@@ -837,19 +840,14 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
                 progress.update(end)
         t_close = time.perf_counter()
         rows_written = writer.close()
-        # Transactions wait for the writer only between chunks (chunk_done), outside the stages.
-        prof["clickhouse_wait"] = writer.written_at - t_close + writer.waited_s
     except BaseException:
         try:
             writer.close()
         except BaseException:
             pass
         raise
-    prof["setup"] = t_run - t_start
-    prof["clickhouse_close"] = writer.client_close_s
-    # The replay itself, up to its last row in ClickHouse; building the engine (JIT) is in
-    # setup, and closing the client afterwards in clickhouse_close.
-    seconds = writer.written_at - t_run
+    # Transactions wait for the writer only between chunks (chunk_done), outside the stages.
+    seconds = _closed(writer, prof, t_start, t_run, t_close)
     return ReplaySummary(data.stream, data.n, labels_fed, writer.counts.get("dead_letters", 0), seconds,
                          rows_written, prof)
 
@@ -857,6 +855,16 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
 # --------------------------------------------------------------------------------------
 # Offline in N processes: the cards split the way a topic's partitions split them
 # --------------------------------------------------------------------------------------
+def _closed(writer: ClickHouseBlocks, prof: dict[str, float], t_start: float, t_run: float, t_close: float) -> float:
+    """A replay's seconds once its writer has closed: from the run's start to its last row in
+    ClickHouse. Building the engine (JIT) goes to ``setup``, the writer's waits to
+    ``clickhouse_wait``, and closing the client after the last row to ``clickhouse_close``."""
+    prof["clickhouse_wait"] = writer.written_at - t_close + writer.waited_s
+    prof["setup"] = t_run - t_start
+    prof["clickhouse_close"] = writer.client_close_s
+    return writer.written_at - t_run
+
+
 class ShardFailed(RuntimeError):
     """A replay process failed; the message carries its error and its traceback."""
 
@@ -1087,11 +1095,8 @@ def replay_sharded(data: ReplayInput, settings: Settings, processes: int, writer
         _stop_processes(procs)
         for reader, _ in pipes:
             reader.close()
-    prof["clickhouse_wait"] = opened.written_at - t_close + opened.waited_s
+    seconds = _closed(opened, prof, t_start, t_run, t_close)
     prof["receive"] = max(0.0, prof["receive"] - opened.waited_s)
-    prof["setup"] = t_run - t_start
-    prof["clickhouse_close"] = opened.client_close_s
-    seconds = opened.written_at - t_run  # as in replay_offline: up to the last row in ClickHouse
     return ReplaySummary(data.stream, data.n, labels_fed, opened.counts.get("dead_letters", 0), seconds,
                          rows_written, prof, processes)
 

@@ -152,12 +152,44 @@ def combine_blocks(parts: list[bytes], fmt: str) -> tuple[bytes | memoryview, in
     import pyarrow as pa
 
     tables = [pa.ipc.open_stream(p).read_all() for p in parts]
+    rows = sum(t.num_rows for t in tables)
+    if len(parts) == 1:
+        return parts[0], rows
+    joined = _join_ipc_streams(parts)
+    if joined is not None:
+        return joined, rows
     # permissive: blocks from workers of two versions (a rolling upgrade) still combine.
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    table = pa.concat_tables(tables, promote_options="permissive")
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return memoryview(sink.getvalue()), table.num_rows  # no copy of the combined block
+
+
+IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker
+
+
+def _join_ipc_streams(parts: list[bytes]) -> bytes | None:
+    """Arrow IPC streams of one schema as one stream, by their bytes: the first stream's schema
+    message, every stream's record batches, one end marker. None when the schemas' bytes differ
+    or a stream does not end with the marker (the caller re-encodes then).
+
+    Re-encoding a concatenated table instead copied every block through a growing Arrow
+    buffer (fresh huge pages to clear): the offline replay's writer thread took 1.3-1.8 µs a
+    transaction with it and 0.6-0.9 without (4 runs each, alternating)."""
+    import pyarrow as pa
+
+    first = pa.BufferReader(parts[0])
+    pa.ipc.read_message(first)
+    head = first.tell()
+    schema = parts[0][:head]
+    for p in parts:
+        if p[:head] != schema or p[-len(IPC_END):] != IPC_END:
+            return None
+    pieces = [memoryview(parts[0])[:-len(IPC_END)]]
+    pieces += [memoryview(p)[head:-len(IPC_END)] for p in parts[1:]]
+    pieces.append(IPC_END)
+    return b"".join(pieces)
 
 
 def _describe(parts: list[bytes], fmt: str) -> bytes:

@@ -45,6 +45,30 @@ def test_arrow_blocks_are_combined_and_idempotent(writer):
     assert writer.rows_written["transactions"] == 18000
 
 
+def test_blocks_of_one_schema_join_by_their_bytes_and_others_are_re_encoded():
+    import pyarrow as pa
+
+    from riskstream.sinks.clickhouse import _join_ipc_streams, combine_blocks
+
+    blocks = transaction_arrow_blocks(_scored(9000), block_rows=4000)
+    whole = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blocks])
+    joined = _join_ipc_streams(blocks)
+    assert joined is not None and len(joined) < sum(map(len, blocks))  # one schema message, one end
+    blob, rows = combine_blocks(blocks, "ArrowStream")
+    assert rows == 9000 and pa.ipc.open_stream(blob).read_all().equals(whole)
+
+    # A block from another version (a column more): the bytes do not join, the tables do.
+    other = pa.table({"transaction_id": ["x"], "amount": [1.0], "extra": ["e"]})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, other.schema) as w:
+        w.write_table(other)
+    mixed = [blocks[0], sink.getvalue().to_pybytes()]
+    assert _join_ipc_streams(mixed) is None
+    blob, rows = combine_blocks(mixed, "ArrowStream")
+    back = pa.ipc.open_stream(blob).read_all()
+    assert rows == back.num_rows == 4001 and "extra" in back.column_names
+
+
 def test_poison_blocks_are_dead_lettered_not_lost(writer):
     writer.insert_blocks({
         "transactions@ArrowStream": [b"not arrow at all"],

@@ -39,6 +39,7 @@ from riskstream.rules.language import (
     All, AnyOf, Arith, Between, Col, Compare, Condition, Expr, InList, Not, Num, Rule, RuleSet,
     RuleSetError, STRING_COLUMNS, check_columns, validate_rule_set,
 )
+from riskstream.schemas.events import constant_column
 
 # Operators as emitted into kernel source: the AST's op is only ever a lookup key here.
 _EMIT_CMP = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "==": "==", "!=": "!="}
@@ -86,7 +87,7 @@ class RuleOutcome:
         return self.hits & ~self.shadow[:, None]
 
     def rules_hit(self, row: int, include_shadow: bool = True) -> list[int]:
-        col = self.hits[:, row] if include_shadow else self.active_hits()[:, row]
+        col = self.hits[:, row] if include_shadow else self.hits[:, row] & ~self.shadow  # one row, not the batch
         return [int(r) for r in np.flatnonzero(col)]
 
     def reasons(self, row: int, include_shadow: bool = True) -> list[Reason]:
@@ -105,7 +106,7 @@ class RuleOutcome:
     def top_actions(self) -> np.ndarray:
         """Per row, the strongest action of the active rules that hit ("" when none), by
         ``ACTION_PRECEDENCE``. Limit controls still need ``limit_controls`` for params."""
-        result = np.full(self.n, "", dtype=object)
+        result = constant_column(self.n, "")
         active = self.active_hits()
         for action in reversed(ACTION_PRECEDENCE):  # weakest first, stronger overwrite
             rows = [r for r, a in enumerate(self.actions) if a == action]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import TransactionBatch
+from riskstream.schemas.events import TransactionBatch, constant_column
 
 NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons
 
@@ -147,7 +147,7 @@ class TransactionScorer:
     def _decide(self, batch, score, outcome, ruleset, scored, columns, now_ms):
         n = batch.n
         p = self.policy
-        decision = np.full(n, "approve", dtype=object)
+        decision = constant_column(n, "approve")
         reasons: list = [NO_REASONS] * n
         limits: list[dict[str, Any]] = []
         if n == 0:

@@ -45,7 +45,7 @@ import numpy as np
 import orjson
 
 from riskstream.schemas.events import (
-    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, id_or, tokenize_pans, transaction_checks,
+    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, constant_column, id_or, tokenize_pans, transaction_checks,
 )
 from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, combine_blocks
 from riskstream.settings import Settings, load_settings
@@ -721,7 +721,7 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
     if not data.engine_types:
         return TransactionBatch.from_columns({k: v[start:end] for k, v in cols.items()}, tokenizer)
     n = end - start
-    absent = np.full(n, "", dtype=object)
+    absent = constant_column(n, "")
     optional = {k: cols[k][start:end] if k in cols else absent for k in TRANSACTION_OPTIONAL}
     arrow = {k: v.slice(start, n) for k, v in data.arrow.items()}
     # Card numbers in the card or the customer id become tokens, as the decoder makes them;

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from riskstream.schemas.events import (
-    PanTokenizer, decode_rows, decode_transactions, json_documents, luhn_valid,
+    PanTokenizer, constant_column, decode_rows, decode_transactions, json_documents, luhn_valid,
 )
 
 NOW = 1_763_800_000_000
@@ -221,3 +221,11 @@ def test_kept_json_documents_are_exactly_what_orjson_writes():
     assert json_documents([]) == []
     with pytest.raises(ValueError, match="newlines"):
         json_documents(records, option=orjson.OPT_INDENT_2)
+
+
+def test_constant_column_holds_one_value_per_row_and_can_be_changed_per_row() -> None:
+    column = constant_column(4, "approve")
+    assert column.dtype == object and column.tolist() == ["approve"] * 4
+    column[[1, 3]] = "review"
+    assert column.tolist() == ["approve", "review", "approve", "review"]
+    assert constant_column(0, "").tolist() == []

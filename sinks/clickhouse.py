@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -144,26 +144,46 @@ class SinkWriter:
             return self.client.raw_query(sql, fmt=fmt)
 
 
-def combine_blocks(parts: list[bytes], fmt: str) -> tuple[bytes | memoryview, int]:
-    """Blocks of one table in one format as a single insert body, and its row count."""
+def combine_blocks(parts: list[Any], fmt: str) -> tuple[bytes | memoryview, int]:
+    """Blocks of one table in one format as a single insert body, and its row count. Arrow
+    parts are IPC streams, or tables (from an in-process writer: serialised here, once)."""
     if fmt == "JSONEachRow":
         blob = b"\n".join(parts)
         return blob, blob.count(b"\n") + 1
     import pyarrow as pa
 
-    tables = [pa.ipc.open_stream(p).read_all() for p in parts]
+    tables = arrow_tables(parts)
     rows = sum(t.num_rows for t in tables)
-    if len(parts) == 1:
-        return parts[0], rows
-    joined = _join_ipc_streams(parts)
-    if joined is not None:
-        return joined, rows
+    if not any(isinstance(p, pa.Table) for p in parts):
+        if len(parts) == 1:
+            return parts[0], rows
+        joined = _join_ipc_streams(parts)
+        if joined is not None:
+            return joined, rows
+    return _ipc_stream(tables), rows
+
+
+def arrow_tables(parts: list[Any]) -> list[Any]:
+    """Arrow parts (IPC streams or tables) as tables; streams are read without a copy."""
+    import pyarrow as pa
+
+    return [p if isinstance(p, pa.Table) else pa.ipc.open_stream(p).read_all() for p in parts]
+
+
+def _ipc_stream(tables: list[Any]) -> memoryview:
+    """Tables as one Arrow IPC stream (no copy of the result).
+
+    One ``write_table`` of the concatenation (no copy either), not one per table: each call
+    gives up the GIL and must win it back from the scoring thread, up to a switch interval
+    (5 ms) each, which put the offline writer 100+ ms behind."""
+    import pyarrow as pa
+
     # permissive: blocks from workers of two versions (a rolling upgrade) still combine.
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return memoryview(sink.getvalue()), table.num_rows  # no copy of the combined block
+    return memoryview(sink.getvalue())
 
 
 IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker

@@ -386,7 +386,8 @@ def _concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
 def publish_transactions(publisher, result: TransactionResult) -> None:
     """Hand one scored batch's outputs to the publisher (no flush)."""
     if result.scored is not None and result.scored.n:
-        enc = encode_outputs(result.scored, topics=getattr(publisher, "publishes_topics", True))
+        enc = encode_outputs(result.scored, topics=getattr(publisher, "publishes_topics", True),
+                             arrow_tables=getattr(publisher, "takes_arrow_tables", False))
         publish_encoded(publisher, enc, result.scored.n)
     publisher.dead_letters(result.dead)
 

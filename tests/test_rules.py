@@ -15,8 +15,8 @@ from riskstream.rules.compiler import (
     RuleSetHolder, backtest, compile_rule_set, reference_hits,
 )
 from riskstream.rules.language import (
-    KNOWN_COLUMNS, All, AnyOf, Arith, Between, Col, Compare, InList, Not, Num, ReasonTemplate, Rule,
-    RuleSet, RuleSetError, default_rule_set_text, parse_condition, validate_rule_set,
+    KNOWN_COLUMNS, All, AnyOf, Arith, Between, Col, Compare, InList, Not, Num, ReasonTemplate, RuleSetError,
+    default_rule_set_text, parse_condition, validate_rule_set,
 )
 
 NAN = math.nan

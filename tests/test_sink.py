@@ -68,6 +68,12 @@ def test_blocks_of_one_schema_join_by_their_bytes_and_others_are_re_encoded():
     back = pa.ipc.open_stream(blob).read_all()
     assert rows == back.num_rows == 4001 and "extra" in back.column_names
 
+    # Tables (an in-process writer's), alone or with streams, make the same one stream.
+    tables = [pa.ipc.open_stream(b).read_all() for b in blocks]
+    for parts in (tables, [blocks[0], *tables[1:]]):
+        blob, rows = combine_blocks(parts, "ArrowStream")
+        assert rows == 9000 and pa.ipc.open_stream(blob).read_all().equals(whole)
+
 
 def test_poison_blocks_are_dead_lettered_not_lost(writer):
     writer.insert_blocks({

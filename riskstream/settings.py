@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,11 +204,27 @@ class Settings(BaseSettings):
             return key.encode()
         path = self.data_dir.resolve() / "pan.key"
         if not path.exists():
+            # Workers started together on a fresh data dir all get here. The key is written
+            # whole under a name of its own and then linked into place, which fails if another
+            # process linked first: every process then reads the one key, never a half-written
+            # file (creating pan.key itself crashed the second of two workers, and could have
+            # let it read an empty key and tokenize cards differently).
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-        return path.read_text().strip().encode()
+            fd, own = tempfile.mkstemp(dir=path.parent, prefix=".pan.key.")  # mode 0600
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                try:
+                    os.link(own, path)
+                except FileExistsError:
+                    pass  # another process made the key first: use theirs
+            finally:
+                os.unlink(own)
+        key = path.read_text().strip()
+        if not key:
+            raise ConfigError(f"{path} is empty. Delete it to create a new key only if no card was "
+                              "tokenized with it yet; otherwise restore it from your backup.")
+        return key.encode()
 
     def describe(self) -> dict[str, str]:
         """Settings for display, secrets masked."""

@@ -45,6 +45,41 @@ def test_environment_wins_over_the_file_and_secrets_are_masked(tmp_path, monkeyp
     assert "hunter2" not in repr(s)
 
 
+def test_workers_starting_together_share_one_pan_key(tmp_path, monkeypatch):
+    """Two workers on a fresh data dir: the one that finds pan.key made between its check and
+    its write uses that key (it crashed before: a 2-worker bench run lost a worker to it)."""
+    from pathlib import Path
+
+    settings = Settings(data_dir=tmp_path)
+    first = settings.pan_key_bytes()
+    assert len(first) == 64 and (tmp_path / "pan.key").stat().st_mode & 0o777 == 0o600
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # lost the race after checking
+    assert Settings(data_dir=tmp_path).pan_key_bytes() == first
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["pan.key"]  # no temporary file left
+
+    import threading
+
+    keys: list[bytes] = []
+    start = threading.Barrier(8)
+
+    def worker() -> None:
+        start.wait()
+        keys.append(Settings(data_dir=tmp_path / "fresh").pan_key_bytes())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(keys) == 8 and len(set(keys)) == 1 and len(keys[0]) == 64
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "pan.key").write_text("")
+    with pytest.raises(ConfigError, match="pan.key is empty"):
+        Settings(data_dir=tmp_path / "empty").pan_key_bytes()
+
+
 def test_missing_stack_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="riskstream stack up"):
         Settings(data_dir=tmp_path).kafka_servers()

@@ -455,12 +455,12 @@ def encode_outputs(scored: ScoredBatch, topics: bool = True, arrow_tables: bool 
         decisions = []
     alerts = [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in scored.alerts]
     limits = [orjson.dumps(lim, option=orjson.OPT_SERIALIZE_NUMPY) for lim in scored.limits]
+    tables = {"decisions": decision_table(scored), "transactions": transaction_table(scored)}
     return EncodedOutputs(
         decisions=decisions,
         alerts=[(a["entity_id"].encode(), v) for a, v in zip(scored.alerts, alerts)],
         limits=[(lim["entity_id"].encode(), v) for lim, v in zip(scored.limits, limits)],
         sink_rows={"alerts": alerts, "limits": limits},
         redis_limits=scored.limits,
-        sink_arrow=({"decisions": [decision_table(scored)], "transactions": [transaction_table(scored)]} if arrow_tables
-                    else {"decisions": decision_arrow_blocks(scored), "transactions": transaction_arrow_blocks(scored)}),
+        sink_arrow={name: [table] if arrow_tables else _ipc_blocks(table, ARROW_BLOCK_ROWS) for name, table in tables.items()},
     )

@@ -483,7 +483,7 @@ class ClickHouseBlocks:
         # None before). Near the end blocks shrink to what is left, so the last insert, which
         # scoring cannot overlap, is small (see _due).
         self.rows_to_come: int | None = None
-        self.pending: dict[str, list[bytes]] = {}  # per table (Arrow tables as "table@ArrowStream")
+        self.pending: dict[str, list[Any]] = {}  # per table: JSON rows, or Arrow parts as "table@ArrowStream"
         self.pending_rows: dict[str, int] = {}
         self.waited_s = 0.0  # time the scoring loop waited for ClickHouse (backlog full)
         # Set by close(): when the last row was in ClickHouse, and how long closing the client
@@ -549,7 +549,7 @@ class ClickHouseBlocks:
         if due:
             self._hand_over(list(self.pending) if rows_to_come >= self.insert_rows else due)
 
-    def _add(self, key: str, parts: list[bytes], rows: int) -> None:
+    def _add(self, key: str, parts: list[Any], rows: int) -> None:
         self.pending.setdefault(key, []).extend(parts)
         self.pending_rows[key] = n = self.pending_rows.get(key, 0) + rows
         if self.rows_to_come is None and self._due(n):
@@ -593,7 +593,7 @@ class ClickHouseBlocks:
                     self._backlog_rows -= rows
                     self._backlog_changed.notify_all()
 
-    def _write(self, table: str, fmt: str, parts: list[bytes]) -> int:
+    def _write(self, table: str, fmt: str, parts: list[Any]) -> int:
         """Rows written; ``fmt`` is "ArrowStream", or "" for JSON rows."""
         if fmt == "ArrowStream":
             return self._insert_arrow(table, parts)
@@ -603,7 +603,7 @@ class ClickHouseBlocks:
             self.insert(self.settings, table, [b"\n".join(parts)])
         return len(parts)
 
-    def _insert_arrow(self, table: str, blocks: list[bytes]) -> int:
+    def _insert_arrow(self, table: str, blocks: list[Any]) -> int:
         import pyarrow as pa
 
         if self._client is not None:

@@ -957,7 +957,6 @@ def _offline_main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from riskstream.settings import load_settings
-    from riskstream.streams.engine import tune_garbage_collector
     from riskstream.streams.replay import Progress as ReplayProgress, load_input, replay_offline
 
     settings = _offline_settings(load_settings(args.config), Path(args.data_dir))
@@ -972,7 +971,6 @@ def _offline_main(args: argparse.Namespace) -> int:
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
-    tune_garbage_collector()  # as `riskstream replay --offline` does
     cpu0 = cpu_now()
     summary = replay_offline(data, settings, processes=args.processes,
                              progress=ReplayProgress(data.n, "transactions", out=sys.stderr))

@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -791,17 +792,48 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
     """Score the file in-process with the worker's code, in chunks of ``batch_max_events``.
 
     With ``processes > 1`` a transactions file is split by card over that many processes
-    (:func:`replay_sharded`); other streams always run in this process."""
-    from riskstream.streams.engine import Engine, ROW_TABLES, rows_for_table
+    (:func:`replay_sharded`); other streams always run in this process. While it runs, the
+    process is tuned for scoring (see :func:`_process_tuning_restored`)."""
+    from riskstream.streams.engine import tune_garbage_collector
 
-    if processes > 1 and data.stream == "transactions":
-        if engine is not None:
-            raise ValueError("replay_offline: an engine lives in one process; pass engine=None with processes > 1")
-        return replay_sharded(data, settings, processes, writer=writer, progress=progress)
+    if processes > 1 and data.stream == "transactions" and engine is not None:
+        raise ValueError("replay_offline: an engine lives in one process; pass engine=None with processes > 1")
+    with _process_tuning_restored():
+        if processes > 1 and data.stream == "transactions":
+            tune_garbage_collector()  # before the fork: the processes inherit a frozen heap
+            return replay_sharded(data, settings, processes, writer=writer, progress=progress)
+        return _replay_in_process(data, settings, engine, writer, progress)
+
+
+@contextmanager
+def _process_tuning_restored() -> Iterator[None]:
+    """A replay tunes its process for scoring (the garbage collector, NumPy's huge pages, the
+    switch interval); afterwards a caller that goes on (the bench, tests, a notebook) has
+    its own settings back."""
+    import gc
+
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    switch_interval = sys.getswitchinterval()
+    hugepages = _numpy_hugepages(False)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch_interval)
+        gc.set_threshold(*thresholds)
+        if not frozen:
+            gc.unfreeze()
+        if hugepages is not None:
+            _numpy_hugepages(hugepages)
+
+
+def _replay_in_process(data: ReplayInput, settings: Settings, engine, writer: ClickHouseBlocks | None,
+                       progress: Progress | None) -> ReplaySummary:
+    from riskstream.streams.engine import Engine, ROW_TABLES, rows_for_table, tune_garbage_collector
+
     t_start = time.perf_counter()
-    _no_numpy_hugepages()
     engine = engine or Engine(settings)
     writer = writer or ClickHouseBlocks(settings)
+    tune_garbage_collector()  # the engine's long-lived state is built: out of the collections
     prof = {"engine": 0.0, "batch": 0.0, "encode": 0.0, "labels": 0.0}
     chunk = settings.batch_max_events
     labels_fed = 0
@@ -809,8 +841,7 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
     # switch interval for the scoring thread to yield it: 5 ms by default put the writer
     # 100-200 ms behind at the end. 1 ms: 300k file, 3 runs each alternating, 178-186k ->
     # 188-193k tx/s.
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch_interval, WRITER_SWITCH_INTERVAL_S))
+    sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL_S))
     t_run = time.perf_counter()
     try:
         writer.dead_letters(data.dead)
@@ -854,8 +885,6 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
         except BaseException:
             pass
         raise
-    finally:
-        sys.setswitchinterval(switch_interval)
     # Transactions wait for the writer only between chunks (chunk_done), outside the stages.
     seconds = _closed(writer, prof, t_start, t_run, t_close)
     return ReplaySummary(data.stream, data.n, labels_fed, writer.counts.get("dead_letters", 0), seconds,
@@ -983,7 +1012,7 @@ def _replay_shard(k: int, data: ReplayInput, row_shard: np.ndarray, label_shard:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for c in inherited:  # only the parent may hold a read end: if it dies, our next send fails
         c.close()
-    _no_numpy_hugepages()
+    _numpy_hugepages(False)
     try:
         from riskstream.streams.engine import Engine, tune_garbage_collector
 
@@ -1008,20 +1037,20 @@ def _replay_shard(k: int, data: ReplayInput, row_shard: np.ndarray, label_shard:
         sys.exit(1)
 
 
-def _no_numpy_hugepages() -> None:
-    """NumPy asks for transparent huge pages on arrays of 4 MB and more. A replay allocates
+def _numpy_hugepages(enabled: bool) -> bool | None:
+    """Whether NumPy asks for transparent huge pages on arrays of 4 MB and more; returns the
+    previous setting (None where NumPy cannot say). A replay turns them off: it allocates
     such arrays afresh for every chunk, and each then costs a 2 MB clear, or a copy in a
-    forked process: measured, a shard's kernel time fell from 3.3 to 0.9 us a transaction
-    without it, and the one-process replay's engine time from 4.65 to 4.47 us (7 runs each,
-    alternating). NUMPY_MADVISE_HUGEPAGE=0 does the same, but is read only when numpy is
-    imported."""
+    forked process. Measured, a shard's kernel time fell from 3.3 to 0.9 us a transaction
+    without them, and the one-process replay's engine time from 4.65 to 4.47 us (7 runs
+    each, alternating). NUMPY_MADVISE_HUGEPAGE=0 does the same, but is read only when numpy
+    is imported."""
     try:
         from numpy._core import multiarray
     except ImportError:  # numpy 1.x
         from numpy.core import multiarray
     setter = getattr(multiarray, "_set_madvise_hugepage", None)
-    if setter is not None:
-        setter(False)
+    return None if setter is None else bool(setter(enabled))
 
 
 def _widen_pipe(fd: int, size: int = 1 << 20) -> None:
@@ -1323,9 +1352,6 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
     if args.offline:
         if args.stream != "transactions" and requested is not None and requested > 1:
             _say(f"replay: note: --processes splits transactions by card; --stream {args.stream} runs in one process.")
-        from riskstream.streams.engine import tune_garbage_collector
-
-        tune_garbage_collector()  # this process is the replay's from here on
         summary = replay_offline(data, settings, processes=processes)
         written = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows_written.items()))
         prof = ", ".join(f"{k} {v:.1f}s" for k, v in summary.profile.items())

@@ -4,6 +4,7 @@ online replay through the real embedded stack and worker."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
             self.next_chunk_start: list[int] = []
             self.learned: list[tuple[int, int]] = []  # (label_time, clock when learned)
             self.switch_intervals: list[float] = []
+            self.gc_states: list[tuple] = []
 
         def learn(self, rows):
             # Not due before the previous chunk either: at most one chunk late.
@@ -91,18 +93,28 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
                 assert label_time < batch.event_time_ms.min(), "label learned before its label_time"
             self.clock = int(batch.event_time_ms.max())
             self.switch_intervals.append(sys.getswitchinterval())
+            self.gc_states.append((gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages()))
             return self.inner.score_batch(batch, **kw)
 
     written = []
     engine = RecordingEngine()
     writer = replay.ClickHouseBlocks(settings, insert=lambda s, t, b: written.append(t) or 0)
+    def numpy_hugepages():
+        was = replay._numpy_hugepages(True)
+        replay._numpy_hugepages(was)
+        return was
+
     switch_interval = sys.getswitchinterval()
+    process_state = (gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages())
     summary = replay.replay_offline(data, settings, engine=engine, writer=writer)
     assert summary.labels == n_labels == len(engine.learned)
     # the writer thread gets the GIL back sooner while scoring runs, and the process's own
     # setting is back afterwards
     assert max(engine.switch_intervals) <= replay.WRITER_SWITCH_INTERVAL_S < switch_interval
     assert sys.getswitchinterval() == switch_interval
+    # and so are the collector (tuned once the engine was built) and NumPy's huge pages
+    assert set(engine.gc_states) == {((50_000, 20, 20), True, False)}
+    assert (gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages()) == process_state
     # Each label is learned at most one chunk after its time, and some only after the last row.
     assert [t for t, _ in engine.learned] == sorted(t for t, _ in engine.learned)
     last_time = int(data.times_ms[-1])

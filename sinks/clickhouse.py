@@ -170,6 +170,14 @@ def arrow_tables(parts: list[Any]) -> list[Any]:
     return [p if isinstance(p, pa.Table) else pa.ipc.open_stream(p).read_all() for p in parts]
 
 
+def concat_arrow_tables(tables: list[Any]) -> Any:
+    """One table of a table's blocks, without a copy. Permissive: blocks from workers of two
+    versions (a rolling upgrade, a column added) still combine, the missing column as nulls."""
+    import pyarrow as pa
+
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
 def _ipc_stream(tables: list[Any]) -> memoryview:
     """Tables as one Arrow IPC stream (no copy of the result).
 
@@ -178,8 +186,7 @@ def _ipc_stream(tables: list[Any]) -> memoryview:
     (5 ms) each, which put the offline writer 100+ ms behind."""
     import pyarrow as pa
 
-    # permissive: blocks from workers of two versions (a rolling upgrade) still combine.
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    table = concat_arrow_tables(tables)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

@@ -48,7 +48,7 @@ import orjson
 from riskstream.schemas.events import (
     TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, constant_column, id_or, tokenize_pans, transaction_checks,
 )
-from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, arrow_tables, combine_blocks
+from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, arrow_tables, combine_blocks, concat_arrow_tables
 from riskstream.settings import Settings, load_settings
 
 DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -612,7 +612,7 @@ class ClickHouseBlocks:
             self._client.raw_insert(table, None, blob, fmt="ArrowStream", settings=ARROW_INSERT_SETTINGS)
             return rows
         # through the sink's JSONEachRow /insert; DateTime64 reads JSON numbers as seconds
-        combined = pa.concat_tables(arrow_tables(blocks))
+        combined = concat_arrow_tables(arrow_tables(blocks))
         for name in combined.column_names:
             if pa.types.is_timestamp(combined.schema.field(name).type):
                 ms = combined.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0

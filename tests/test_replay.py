@@ -150,6 +150,22 @@ def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monk
     assert [table for table, _ in inserts][-3:] == ["decisions", "transactions", "alerts"]
 
 
+def test_arrow_blocks_through_a_sink_go_as_json_rows_even_from_two_versions(tmp_path):
+    """When the embedded stack's sink owns chDB, the replay's Arrow blocks go to its JSON
+    insert: timestamps as seconds, and blocks of two schemas (a column added) still combine."""
+    sent: list[bytes] = []
+    writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"),
+                                     insert=lambda s, table, blocks: sent.extend(blocks) or 0)
+    at = pa.array([1_700_000_000_123], pa.timestamp("ms", tz="UTC"))
+    old = pa.table({"event_id": ["a"], "event_time": at})
+    new = pa.table({"event_id": ["b"], "event_time": at, "amount": [2.5]})
+    writer.sink_arrow("decisions", [old, new], 2)
+    assert writer.close() == {"decisions": 2}
+    rows = [orjson.loads(line) for blob in sent for line in blob.split(b"\n")]
+    assert rows == [{"event_id": "a", "event_time": 1_700_000_000.123, "amount": None},
+                    {"event_id": "b", "event_time": 1_700_000_000.123, "amount": 2.5}]
+
+
 def test_map_renames_columns_and_missing_columns_say_what_to_do(tmp_path, sim):
     tx = sim.transactions
     raw = pa.table({

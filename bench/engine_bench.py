@@ -763,7 +763,7 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
 
     Returns ({"linger_<ms>": {rate: stats}}, the next unused message index).
     """
-    from riskstream.streams.engine import Engine, tune_garbage_collector
+    from riskstream.streams.engine import Engine, batch_linger_s, tune_garbage_collector
     from riskstream.streams.pipeline import encode_outputs
 
     engine = Engine(settings)
@@ -778,7 +778,7 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
     out: dict[str, dict[str, dict]] = {}
     i0 = start
     for linger_ms in lingers_ms:
-        linger = linger_ms / 1000.0
+        batching = settings.model_copy(update={"batch_linger_ms": linger_ms})
         by_rate = out.setdefault(f"linger_{linger_ms}", {})
         for rate in rates:
             n = int(rate * seconds)
@@ -797,7 +797,8 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
                 now = time.perf_counter()
                 if now < first:  # idle until the next transaction arrives
                     time.sleep(first - now)
-                if arrived() - k < most and linger > 0:  # a trickle: give the batch a moment to fill
+                linger = batch_linger_s(arrived() - k, batching)  # as the worker's reader batches
+                if linger:
                     time.sleep(linger)
                 stop = min(arrived(), k + most)
                 b0 = time.perf_counter()
@@ -849,19 +850,22 @@ class LabelFeed:
     does: before a batch, every label whose time is before the batch's first event."""
 
     def __init__(self, msgs: Messages):
+        from riskstream.streams.replay import DueLabels
+
         self.labels = msgs.labels()
-        self.fed = 0
+        self.due = DueLabels(self.labels.get("label_time", np.zeros(0, np.int64)))
+
+    @property
+    def fed(self) -> int:
+        return self.due.handed
 
     def feed_before(self, engine, event_time_ms: int) -> int:
-        due = int(np.searchsorted(self.labels.get("label_time", np.zeros(0, np.int64)), event_time_ms, side="left"))
-        if due <= self.fed:
-            return 0
         from riskstream.streams.replay import label_rows
 
-        rows = label_rows(self.labels, np.arange(self.fed, due))
-        self.fed = due
-        engine.learn(rows)
-        return len(rows)
+        due = self.due.before(event_time_ms)
+        if len(due):
+            engine.learn(label_rows(self.labels, due))
+        return len(due)
 
 
 def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,

@@ -698,16 +698,34 @@ def transaction_chunks(data: ReplayInput, chunk_rows: int) -> Iterator[tuple[int
     """(start, end, labels due) per chunk, in event-time order: the labels whose ``label_time``
     is before the chunk's first event time, i.e. known before any of its rows happened.
     Labels after the last row come last, with ``start == end == n``."""
-    label_time = data.labels.get("label_time", np.zeros(0, dtype=np.int64))
+    labels = DueLabels(data.labels.get("label_time", np.zeros(0, dtype=np.int64)))
     n = data.n
-    next_label = 0
     for start in range(0, n, chunk_rows):
-        end = min(n, start + chunk_rows)
-        due_end = int(np.searchsorted(label_time, data.times_ms[start], side="left"))
-        yield start, end, np.arange(next_label, max(next_label, due_end))
-        next_label = max(next_label, due_end)
-    if next_label < len(label_time):
-        yield n, n, np.arange(next_label, len(label_time))
+        yield start, min(n, start + chunk_rows), labels.before(int(data.times_ms[start]))
+    rest = labels.rest()
+    if len(rest):
+        yield n, n, rest
+
+
+class DueLabels:
+    """Labels sorted by ``label_time``, handed out once each as event time moves on: the
+    worker's order (a label is learned before any event after its time is scored), for the
+    offline replay and the bench's in-process engine."""
+
+    def __init__(self, label_time: np.ndarray):
+        self.label_time = label_time
+        self.handed = 0  # labels[:handed] are out
+
+    def before(self, event_time_ms: int) -> np.ndarray:
+        """Indices of the labels not yet out whose time is before ``event_time_ms``."""
+        due = max(self.handed, int(np.searchsorted(self.label_time, event_time_ms, side="left")))
+        out, self.handed = np.arange(self.handed, due), due
+        return out
+
+    def rest(self) -> np.ndarray:
+        """Indices of the labels still not out (those after the last event)."""
+        out, self.handed = np.arange(self.handed, len(self.label_time)), len(self.label_time)
+        return out
 
 
 def label_rows(labels: dict[str, np.ndarray], index: np.ndarray) -> list[dict]:

@@ -53,7 +53,8 @@ def build_app(settings: Settings, engine=None):
 
     from aiokafka import ConsumerRebalanceListener
 
-    from riskstream.streams.engine import Engine, StateStore, model_report, publish_transactions, rows_for_table
+    from riskstream.streams.engine import (Engine, StateStore, batch_linger_s, model_report, publish_transactions,
+                                           rows_for_table)
     from riskstream.streams.outputs import OutputPublisher, connect_redis
 
     engine = engine or Engine(settings)
@@ -287,7 +288,6 @@ def build_app(settings: Settings, engine=None):
         async def _read(self) -> None:
             loop = asyncio.get_running_loop()
             most = settings.batch_max_events
-            linger = settings.batch_linger_ms / 1000
             while not self.should_stop:
                 await self.settle()
                 data = await self.consumer.getmany(timeout_ms=50, max_records=most)
@@ -295,10 +295,8 @@ def build_app(settings: Settings, engine=None):
                     await self.settle(commit_now=True)
                     continue
                 got = sum(map(len, data.values()))
-                if got < most and linger > 0:
-                    # A trickle: give the batch a moment to fill. Each batch has a fixed cost
-                    # (~2 ms of scoring and encoding, and a few broker requests), which at
-                    # a few records per batch would dominate both CPU and latency.
+                linger = batch_linger_s(got, settings)  # a trickle: give the batch a moment to fill
+                if linger:
                     await asyncio.sleep(linger)
                     for tp, records in (await self.consumer.getmany(timeout_ms=0, max_records=most - got)).items():
                         data.setdefault(tp, []).extend(records)

@@ -80,3 +80,12 @@ def test_score_thresholds_come_from_settings_and_must_rise(tmp_path):
     assert (policy.step_up_score, policy.review_score, policy.decline_score) == (0.5, 0.7, 0.95)
     with pytest.raises(ConfigError, match="must rise"):
         Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), review_score=0.2))
+
+
+def test_a_short_batch_waits_the_linger_and_a_full_or_unlingered_one_does_not(tmp_path):
+    from riskstream.streams.engine import batch_linger_s
+
+    settings = Settings(data_dir=tmp_path, batch_max_events=100, batch_linger_ms=5)
+    assert batch_linger_s(1, settings) == batch_linger_s(99, settings) == 0.005
+    assert batch_linger_s(100, settings) == batch_linger_s(250, settings) == 0.0
+    assert batch_linger_s(1, settings.model_copy(update={"batch_linger_ms": 0})) == 0.0

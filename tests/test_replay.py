@@ -122,6 +122,17 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
     assert "labels" in written and "decisions" in written
 
 
+def test_labels_are_handed_out_once_each_in_event_time():
+    due = replay.DueLabels(np.array([10, 20, 20, 35, 90], dtype=np.int64))
+    assert due.before(5).tolist() == []
+    assert due.before(20).tolist() == [0]  # a label at 20 is not known before an event at 20
+    assert due.before(21).tolist() == [1, 2]
+    assert due.before(15).tolist() == []  # a late event: nothing twice
+    assert due.before(40).tolist() == [3]
+    assert due.rest().tolist() == [4] and due.rest().tolist() == []
+    assert due.handed == 5
+
+
 def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monkeypatch):
     monkeypatch.setattr(replay, "TAIL_INSERT_ROWS", 100)
     sink = pa.BufferOutputStream()

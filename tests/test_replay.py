@@ -112,7 +112,7 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
     # setting is back afterwards
     assert max(engine.switch_intervals) <= replay.WRITER_SWITCH_INTERVAL_S < switch_interval
     assert sys.getswitchinterval() == switch_interval
-    # and so are the collector (tuned once the engine was built) and NumPy's huge pages
+    # and so are the collector (tuned while it ran) and NumPy's huge pages
     assert set(engine.gc_states) == {((50_000, 20, 20), True, False)}
     assert (gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages()) == process_state
     # Each label is learned at most one chunk after its time, and some only after the last row.

@@ -306,8 +306,8 @@ def batch_linger_s(received: int, settings: Settings) -> float:
 
 
 def tune_garbage_collector(collect: bool = True) -> None:
-    """For a process that runs the engine over many batches (a worker, an offline replay),
-    once its long-lived state is built.
+    """For a process that runs the engine over many batches: a worker once its long-lived
+    state is built; an offline replay (``replay_offline``) just before it builds its engine.
 
     Each batch allocates ~100k short-lived objects (decoded dicts, strings, rows), which at
     CPython's default threshold of 700 runs the cycle collector hundreds of times per batch,

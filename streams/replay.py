@@ -817,8 +817,11 @@ def replay_offline(data: ReplayInput, settings: Settings, engine=None, writer: C
     if processes > 1 and data.stream == "transactions" and engine is not None:
         raise ValueError("replay_offline: an engine lives in one process; pass engine=None with processes > 1")
     with _process_tuning_restored():
+        # Before any engine is built or process forked (the processes inherit a frozen heap).
+        # Tuning after the build instead (freezing the engine too) measured slower on the
+        # bench's 300k file: 5 of 6 runs, alternating.
+        tune_garbage_collector()
         if processes > 1 and data.stream == "transactions":
-            tune_garbage_collector()  # before the fork: the processes inherit a frozen heap
             return replay_sharded(data, settings, processes, writer=writer, progress=progress)
         return _replay_in_process(data, settings, engine, writer, progress)
 
@@ -846,12 +849,9 @@ def _process_tuning_restored() -> Iterator[None]:
 
 def _replay_in_process(data: ReplayInput, settings: Settings, engine, writer: ClickHouseBlocks | None,
                        progress: Progress | None) -> ReplaySummary:
-    from riskstream.streams.engine import Engine, ROW_TABLES, rows_for_table, tune_garbage_collector
+    from riskstream.streams.engine import Engine, ROW_TABLES, rows_for_table
 
     t_start = time.perf_counter()
-    # Before the engine is built, as the command always did: tuning after it (freezing the
-    # engine too) measured slower on the bench's 300k file, 5 of 6 runs alternating.
-    tune_garbage_collector()
     engine = engine or Engine(settings)
     writer = writer or ClickHouseBlocks(settings)
     prof = {"engine": 0.0, "batch": 0.0, "encode": 0.0, "labels": 0.0}

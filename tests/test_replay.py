@@ -161,6 +161,50 @@ def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monk
     assert [table for table, _ in inserts][-3:] == ["decisions", "transactions", "alerts"]
 
 
+def test_what_is_queued_at_close_goes_in_on_two_clients_at_once(tmp_path, monkeypatch):
+    """Once scoring is over, a second writer with its own chDB client drains the queue
+    alongside the first: the first insert is held until the other client has inserted."""
+    import threading
+
+    from riskstream.sinks import clickhouse
+
+    inserts: list[tuple[int, str, str]] = []
+    closed: list[int] = []
+    other_client_inserted = threading.Event()
+    held = []
+
+    def recording(client):
+        insert, close = client.raw_insert, client.close
+
+        def raw_insert(table, *args, **kw):
+            inserts.append((id(client), table, threading.current_thread().name))
+            if len(inserts) == 1:
+                held.append(other_client_inserted.wait(30))
+            elif inserts[0][0] != id(client):
+                other_client_inserted.set()
+            return insert(table, *args, **kw)
+
+        client.raw_insert = raw_insert
+        client.close = lambda: closed.append(id(client)) or close()
+        return client
+
+    opened = clickhouse.open_client
+    monkeypatch.setattr(clickhouse, "open_client", lambda s: recording(opened(s)))
+    settings = Settings(data_dir=tmp_path / "rs")
+    writer = replay.ClickHouseBlocks(settings, insert_rows=1000)
+    writer.sink("decisions", [orjson.dumps({"event_id": f"t{i}", "stream": "transactions"}) for i in range(30)])
+    writer.sink("alerts", [orjson.dumps({"alert_id": f"a{i}", "event_id": f"t{i}"}) for i in range(5)])
+    assert inserts == []  # nothing due before close
+    assert writer.close() == {"decisions": 30, "alerts": 5}
+    assert held == [True]
+    assert len({client for client, _, _ in inserts}) == 2
+    assert {thread for _, _, thread in inserts} == {"replay-clickhouse", "replay-clickhouse-tail"}
+    assert sorted(table for _, table, _ in inserts) == ["alerts", "decisions"]
+    assert sorted(closed) == sorted({client for client, _, _ in inserts})
+    counts = query(settings, "SELECT (SELECT count() FROM decisions) AS d, (SELECT count() FROM alerts) AS a")
+    assert counts == [{"d": 30, "a": 5}]
+
+
 def test_arrow_blocks_through_a_sink_go_as_json_rows_even_from_two_versions(tmp_path):
     """When the embedded stack's sink owns chDB, the replay's Arrow blocks go to its JSON
     insert: timestamps as seconds, and blocks of two schemas (a column added) still combine."""

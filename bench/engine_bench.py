@@ -147,6 +147,20 @@ class Messages:
         return [(r["entity_id"].encode(), orjson.dumps(r)) for r in (dict(zip(names, row)) for row in rows)]
 
 
+def simulation_start_ms(days: int, now_ms: int) -> int:
+    """Where the bench's simulated traffic starts: a Monday, 00:00 UTC, so that the last of
+    ``days`` simulated days ends at least an hour before ``now_ms`` (event times more than a
+    day ahead are refused) and at most a week and an hour before it.
+
+    On a week boundary every run of the same week simulates the same traffic, and later weeks
+    the same traffic shifted by whole weeks: the simulator shapes days and weeks in UTC, so a
+    start at the time of the run gave each run its own mix (the last two full runs before this:
+    the fraud model ready for 92% and 82% of the transactions, 9,238 and 5,444 alerts)."""
+    latest_day = (now_ms - 3_600_000) // DAY_MS - days  # the first day that ends an hour ago
+    monday = latest_day - (latest_day + 3) % 7  # 1970-01-01 was a Thursday
+    return int(monday * DAY_MS)
+
+
 def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: int = 0) -> Messages:
     """``n`` simulated transactions (all scenarios on), then ``extra`` more from the days
     after (the latency runs' own), serialised once with orjson, and the
@@ -165,8 +179,7 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
     terminals = max(60, customers // 4)
     total = n + extra
     sim_days = days + int(np.ceil(days * extra / max(n, 1)))
-    # The last simulated day ends an hour ago: event times more than a day ahead are refused.
-    start_ms = int(time.time() * 1000) - sim_days * DAY_MS - 3_600_000
+    start_ms = simulation_start_ms(sim_days, int(time.time() * 1000))
     t0 = time.perf_counter()
     while True:
         sim = simulate(days=sim_days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
@@ -174,7 +187,7 @@ def build_messages(n: int, seed: int = 11, progress: Progress = _quiet, extra: i
         if len(sim.transactions["amount"]) >= total:
             break
         sim_days += max(1, sim_days // 4)
-        start_ms = int(time.time() * 1000) - sim_days * DAY_MS - 3_600_000
+        start_ms = simulation_start_ms(sim_days, int(time.time() * 1000))
     tx = {k: v[:total] for k, v in sim.transactions.items() if k not in ("is_fraud", "fraud_scenario")}
     ids = set(tx["transaction_id"].tolist())  # the simulation may run past them: their labels, not all
     mine = np.fromiter(map(ids.__contains__, sim.labels["event_id"]), bool, len(sim.labels["event_id"]))

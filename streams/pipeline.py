@@ -136,7 +136,7 @@ class TransactionScorer:
 
         ruleset = self.rules.current
         columns = rule_columns(batch, feats, score)
-        outcome = ruleset.evaluate(columns) if n else None
+        outcome = ruleset.evaluate(columns, batch.arrow) if n else None
         decision, reasons, limits = self._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
         out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,
                           limits=limits, features=feats, decided_at_ms=now_ms)

@@ -770,8 +770,9 @@ def chunk_batch(data: ReplayInput, start: int, end: int, tokenizer) -> Transacti
     # Card numbers in the card or the customer id become tokens, as the decoder makes them;
     # where a column held one, the file's own Arrow column is never written.
     raw_card, raw_customer = cols["card_id"][start:end], optional["customer_id"]
-    card = tokenize_pans(raw_card, tokenizer)
-    optional["customer_id"] = tokenize_pans(raw_customer, tokenizer)
+    card = tokenize_pans(raw_card, tokenizer, arrow.get("card_id"))
+    if raw_customer is not absent:
+        optional["customer_id"] = tokenize_pans(raw_customer, tokenizer, arrow.get("customer_id"))
     if card is not raw_card:
         arrow.pop("card_id", None)
     if optional["customer_id"] is not raw_customer:

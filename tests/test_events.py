@@ -196,6 +196,20 @@ def test_pan_is_tokenized_and_masked_in_dead_letters():
     assert PAN.encode() not in dead[0].payload and TOK.token(PAN).encode() in dead[0].payload
 
 
+def test_card_numbers_found_by_arrow_are_the_ones_python_finds():
+    import pyarrow as pa
+
+    from riskstream.schemas.events import tokenize_pans
+
+    ids = np.array(["card_1", PAN, "", "12345", "4111111111111112", PAN], dtype=object)
+    arrow_ids = pa.array([v or None for v in ids], pa.large_string())
+    by_python, by_arrow = tokenize_pans(ids, TOK), tokenize_pans(ids, TOK, arrow_ids)
+    assert by_arrow.tolist() == by_python.tolist() == ["card_1", TOK.token(PAN), "", "12345", "4111111111111112",
+                                                       TOK.token(PAN)]
+    plain = np.array(["card_1", "12345"], dtype=object)
+    assert tokenize_pans(plain, TOK, pa.array(list(plain))) is plain  # none: the column itself
+
+
 def test_tokens_depend_on_the_key():
     assert PanTokenizer(b"a" * 32).token(PAN) != PanTokenizer(b"b" * 32).token(PAN)
     assert luhn_valid(PAN) and not luhn_valid("4111111111111112")

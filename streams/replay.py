@@ -508,10 +508,11 @@ class ClickHouseBlocks:
             self._client = open_client(settings)  # one client for the run, not one per block
             ensure_schema(self._client)
             # A second client for close(): once the last chunk is scored a core is free, and
-            # what is still queued then goes in on two threads. Measured on the bench's 300k
-            # file, alternating: 5 of 5 runs faster (e.g. 185k against 173k tx/s). Two writers
-            # from the start, or from the shrinking blocks near the end, took CPU from the
-            # scoring and were not faster.
+            # what is still queued then goes in on two threads (on one, that tail took
+            # 160-230 ms). Measured on the bench's 300k files, alternating: 5 of 5 runs faster
+            # on one (e.g. 185k against 173k tx/s), 4 of 4 on another (e.g. 212k against 193k).
+            # Two writers from the start, or from the shrinking blocks near the end, took CPU
+            # from the scoring and were not faster.
             self._tail_client = open_client(settings)
         self._rows_lock = threading.Lock()  # rows_written, from both writers at close
         self._threads = [threading.Thread(target=self._write_loop, args=(self._client,), daemon=True,

@@ -473,12 +473,12 @@ class ClickHouseBlocks:
     the HTTP insert release the GIL, so writing overlaps scoring). Topics and Redis do not exist
     offline; what would have gone there is counted."""
 
-    def __init__(self, settings: Settings, insert: Callable[[Settings, str, list[bytes]], int] | None = None,
+    def __init__(self, settings: Settings, insert: Callable[..., int] | None = None,
                  insert_rows: int = INSERT_ROWS):
         from riskstream.sinks.clickhouse import insert_rows as default_insert
 
         self.settings = settings
-        self.insert = insert or default_insert
+        self.insert = insert or default_insert  # (settings, table, blocks, client=) like insert_rows
         self.insert_rows = insert_rows
         # Rows of the input not scored yet, once the replay reports its chunks (chunk_done;
         # None before). Near the end blocks shrink to what is left, so the last insert, which
@@ -608,13 +608,10 @@ class ClickHouseBlocks:
 
     def _write(self, table: str, fmt: str, parts: list[Any], client) -> int:
         """Rows written; ``fmt`` is "ArrowStream", or "" for JSON rows; ``client`` is None when
-        ``insert`` goes through a sink or a test double."""
+        ``insert`` goes through the embedded stack's sink."""
         if fmt == "ArrowStream":
             return self._insert_arrow(table, parts, client)
-        if client is not None:
-            self.insert(self.settings, table, [b"\n".join(parts)], client=client)
-        else:
-            self.insert(self.settings, table, [b"\n".join(parts)])
+        self.insert(self.settings, table, [b"\n".join(parts)], client=client)
         return len(parts)
 
     def _insert_arrow(self, table: str, blocks: list[Any], client) -> int:
@@ -631,7 +628,7 @@ class ClickHouseBlocks:
                 ms = combined.column(name).cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0
                 combined = combined.set_column(combined.column_names.index(name), name, pa.array(ms))
         rows = [orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) for r in combined.to_pylist()]
-        self.insert(self.settings, table, [b"\n".join(rows)])
+        self.insert(self.settings, table, [b"\n".join(rows)], client=None)
         return combined.num_rows
 
     def _check(self) -> None:

@@ -98,7 +98,7 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
 
     written = []
     engine = RecordingEngine()
-    writer = replay.ClickHouseBlocks(settings, insert=lambda s, t, b: written.append(t) or 0)
+    writer = replay.ClickHouseBlocks(settings, insert=lambda s, t, b, client: written.append(t) or 0)
     def numpy_hugepages():
         was = replay._numpy_hugepages(True)
         replay._numpy_hugepages(was)
@@ -142,7 +142,7 @@ def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monk
     block = sink.getvalue().to_pybytes()
     inserts: list[tuple[str, int]] = []
     writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"), insert_rows=1000,
-                                     insert=lambda s, table, b: inserts.append((table, b[0].count(b"\n") + 1)))
+                                     insert=lambda s, table, b, client: inserts.append((table, b[0].count(b"\n") + 1)))
     total = 3000
     for done in range(100, total + 1, 100):
         writer.sink_arrow("decisions", [block], 100)
@@ -210,7 +210,7 @@ def test_arrow_blocks_through_a_sink_go_as_json_rows_even_from_two_versions(tmp_
     insert: timestamps as seconds, and blocks of two schemas (a column added) still combine."""
     sent: list[bytes] = []
     writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"),
-                                     insert=lambda s, table, blocks: sent.extend(blocks) or 0)
+                                     insert=lambda s, table, blocks, client: sent.extend(blocks) or 0)
     at = pa.array([1_700_000_000_123], pa.timestamp("ms", tz="UTC"))
     old = pa.table({"event_id": ["a"], "event_time": at})
     new = pa.table({"event_id": ["b"], "event_time": at, "amount": [2.5]})

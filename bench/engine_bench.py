@@ -38,6 +38,7 @@ import orjson
 import psutil
 
 from riskstream.settings import Settings
+from riskstream.streams.pipeline import SCORER_STAGES
 
 DAY_MS = 86_400_000
 Progress = Callable[[str], None]
@@ -776,17 +777,17 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
 
     Returns ({"linger_<ms>": {rate: stats}}, the next unused message index).
     """
-    from riskstream.streams.engine import Engine, batch_linger_s, tune_garbage_collector
-    from riskstream.streams.pipeline import encode_outputs
+    from riskstream.streams.driver import Driver, batch_linger_s, tune_garbage_collector
 
-    engine = Engine(settings)
+    engine = Driver(settings)
     labels = LabelFeed(msgs)
+    encoded = _EncodeOnly()
     times = msgs.columns["event_time"]
     most = settings.batch_max_events
     for a in range(max(0, start - warm), start, most):
         b = min(a + most, start)
         labels.feed_before(engine, int(times[a]))
-        engine.process_transactions(msgs.values[a:b], [0] * (b - a), list(range(a, b)))
+        engine.process("transactions", msgs.values[a:b], [0] * (b - a), list(range(a, b)))
     tune_garbage_collector()
     out: dict[str, dict[str, dict]] = {}
     i0 = start
@@ -816,10 +817,8 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
                 stop = min(arrived(), k + most)
                 b0 = time.perf_counter()
                 labels.feed_before(engine, int(times[i0 + k]))
-                result = engine.process_transactions(msgs.values[i0 + k:i0 + stop], [0] * (stop - k),
-                                                     list(range(i0 + k, i0 + stop)))
-                if result.scored is not None:
-                    encode_outputs(result.scored)
+                engine.run("transactions", msgs.values[i0 + k:i0 + stop], encoded, [0] * (stop - k),
+                           list(range(i0 + k, i0 + stop)))
                 done = time.perf_counter()
                 cost.append(done - b0)
                 latency[k:stop] = done - (t0 + np.arange(k, stop) / rate)
@@ -841,6 +840,29 @@ def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[i
 # ------------------------------------------------------------------------------------------
 # 4. offline replay
 # ------------------------------------------------------------------------------------------
+class _EncodeOnly:
+    """A publisher that takes the encoded outputs and drops them: what encoding costs, without
+    a broker or ClickHouse."""
+
+    publishes_topics = True
+    takes_arrow_tables = False
+
+    def send(self, stream, messages) -> None:
+        pass
+
+    def sink(self, table, rows) -> None:
+        pass
+
+    def sink_arrow(self, table, blocks, rows=0) -> None:
+        pass
+
+    def limits(self, limits) -> None:
+        pass
+
+    def dead_letters(self, dead) -> None:
+        pass
+
+
 def _offline_settings(base: Settings, data_dir: Path) -> Settings:
     from pydantic import SecretStr
 
@@ -851,19 +873,19 @@ def _offline_settings(base: Settings, data_dir: Path) -> Settings:
 def warm_engine(settings: Settings, msgs: Messages) -> float:
     """Compile or load the numba kernels once, outside of any timed section."""
     from riskstream.schemas.events import TransactionBatch
-    from riskstream.streams.engine import Engine
+    from riskstream.streams.driver import Driver
 
     t0 = time.perf_counter()
-    Engine(settings).score_batch(TransactionBatch.from_columns(msgs.column_slice(0, min(500, msgs.n))))
+    Driver(settings).process_batch(TransactionBatch.from_columns(msgs.column_slice(0, min(500, msgs.n))))
     return time.perf_counter() - t0
 
 
 class LabelFeed:
-    """The bench's labels handed to an in-process engine in event time, as the worker
+    """The bench's labels handed to an in-process driver in event time, as the worker
     does: before a batch, every label whose time is before the batch's first event."""
 
     def __init__(self, msgs: Messages):
-        from riskstream.streams.replay import DueLabels
+        from riskstream.streams.reading import DueLabels
 
         self.labels = msgs.labels()
         self.due = DueLabels(self.labels.get("label_time", np.zeros(0, np.int64)))
@@ -872,23 +894,24 @@ class LabelFeed:
     def fed(self) -> int:
         return self.due.handed
 
-    def feed_before(self, engine, event_time_ms: int) -> int:
-        from riskstream.streams.replay import label_rows
+    def feed_before(self, driver, event_time_ms: int) -> int:
+        from riskstream.streams.reading import label_rows
 
         due = self.due.before(event_time_ms)
         if len(due):
-            engine.learn(label_rows(self.labels, due))
+            driver.process_rows("labels", label_rows(self.labels, due))
         return len(due)
 
 
 def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
                    progress: Progress = _quiet) -> dict[str, Any]:
-    """Engine.score_batch(TransactionBatch.from_columns(...)) + encode_outputs, in process."""
+    """Driver.process_batch(TransactionBatch.from_columns(...)) + publish (encoding only), in process."""
     from riskstream.schemas.events import TransactionBatch
-    from riskstream.streams.engine import Engine
-    from riskstream.streams.pipeline import encode_outputs
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.outputs import publish
 
-    engine = Engine(settings)
+    engine = Driver(settings)
+    encoded = _EncodeOnly()
     labels = LabelFeed(msgs)
     t_from = t_score = t_encode = t_labels = 0.0
     cpu0 = time.process_time()
@@ -902,11 +925,10 @@ def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
         t_labels += s0 - s_l
         batch = TransactionBatch.from_columns(msgs.column_slice(a, a + batch_size))
         s1 = time.perf_counter()
-        result = engine.score_batch(batch)
+        out = engine.process_batch(batch)
         s2 = time.perf_counter()
-        if result.scored is not None:
-            encode_outputs(result.scored)
-            decided += result.scored.n
+        publish(out, encoded)
+        decided += out.decided
         s3 = time.perf_counter()
         t_from, t_score, t_encode = t_from + s1 - s0, t_score + s2 - s1, t_encode + s3 - s2
         if s3 - last_print >= 2.0:
@@ -915,9 +937,9 @@ def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
     return {
-        "path": "Engine.score_batch(TransactionBatch.from_columns) + encode_outputs",
+        "path": "Driver.process_batch(TransactionBatch.from_columns) + publish, encoding only",
         "transactions": msgs.n, "decided": decided, "batch_size": batch_size, "seconds": round(wall, 3),
-        "labels": labels.fed, "model_version_at_end": engine.scorer.models.version,
+        "labels": labels.fed, "model_version_at_end": engine.transactions.version,
         "tps": round(msgs.n / wall, 1), "cpu_us_per_txn": round(cpu / msgs.n * 1e6, 2),
         "us_per_txn": {"labels": round(t_labels / msgs.n * 1e6, 2),
                        "from_columns": round(t_from / msgs.n * 1e6, 2),
@@ -942,7 +964,7 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from riskstream.streams.replay import default_processes
+    from riskstream.streams.offline import default_processes
 
     processes = processes or default_processes()
     root = Path(settings.data_dir)
@@ -974,7 +996,9 @@ def _offline_main(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from riskstream.settings import load_settings
-    from riskstream.streams.replay import Progress as ReplayProgress, load_input, replay_offline
+    from riskstream.streams.offline import replay_offline
+    from riskstream.streams.progress import Progress as ReplayProgress
+    from riskstream.streams.reading import load_input
 
     settings = _offline_settings(load_settings(args.config), Path(args.data_dir))
     t0 = time.perf_counter()
@@ -1023,29 +1047,26 @@ def decision_mix(settings: Settings) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # 6. per-stage profile of the worker path
 # ------------------------------------------------------------------------------------------
-STAGES = ("labels", "decode", "features", "rules", "models_score", "models_remember", "decide", "alerts", "encode",
-          "produce", "flush")
+STAGES = ("labels", "decode", *SCORER_STAGES, "encode_and_produce", "flush")
 
 
 def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, limit: int | None = None,
                   progress: Progress = _quiet) -> dict[str, Any]:
-    """Each piece of ``TransactionScorer.process`` and the publish, called directly on batches.
-
-    Mirrors ``TransactionScorer.process`` step by step (kept in line with it by hand: if the
-    engine changes shape, this is the place to follow). ``produce`` is publish_transactions
-    (topics, sink blocks, Redis limits) against the real broker/Valkey; ``flush`` waits for
-    the broker's acks, as the worker does before committing.
-    """
+    """Where a transaction batch's time goes on the worker's path: the driver over the bench's
+    messages, publishing to the real broker and Valkey. ``decode`` and the scorer's stages
+    come from the driver and the scorer themselves (``TransactionScorer.stage_seconds``);
+    ``encode_and_produce`` is the publish (topics, sink blocks, Redis limits); ``flush`` waits
+    for the broker's acks, as the worker does before committing."""
     from riskstream.schemas.events import decode_transactions
-    from riskstream.streams.engine import Engine, publish_encoded
-    from riskstream.streams.outputs import OutputPublisher, connect_redis
-    from riskstream.streams.pipeline import ScoredBatch, encode_outputs, rule_columns
+    from riskstream.sinks.kafka import OutputPublisher, connect_redis
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.outputs import publish
 
-    engine = Engine(settings)
-    scorer = engine.scorer
+    driver = Driver(settings)
+    scorer_seconds = driver.transactions.scorer.stage_seconds
     labels = LabelFeed(msgs)
     publisher = OutputPublisher(settings, redis_client=connect_redis(settings))
-    total = {k: 0.0 for k in STAGES}
+    total = {k: 0.0 for k in ("labels", "decode", "engine_other", "encode_and_produce", "flush")}
     n_total = 0
     stop = min(msgs.n, limit or msgs.n)
     values = msgs.values
@@ -1054,50 +1075,31 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
     for a in range(0, stop, batch_size):
         chunk = values[a:min(a + batch_size, stop)]
         n = len(chunk)
-        t_l = time.perf_counter()
-        labels.feed_before(engine, int(msgs.columns["event_time"][a]))
         t0 = time.perf_counter()
-        batch, dead = decode_transactions(chunk, tokenizer=engine.tokenizer, topic=settings.topic("transactions"),
+        labels.feed_before(driver, int(msgs.columns["event_time"][a]))
+        t1 = time.perf_counter()
+        batch, dead = decode_transactions(chunk, tokenizer=driver.tokenizer, topic=settings.topic("transactions"),
                                           partitions=[0] * n, offsets=list(range(a, a + n)),
                                           max_message_bytes=settings.max_message_bytes,
                                           max_amount=settings.max_amount)
-        t1 = time.perf_counter()
-        now_ms = int(time.time() * 1000)
-        feats = scorer.features.compute(batch)
-        names = list(feats)
         t2 = time.perf_counter()
-        X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
-        scored = scorer.models.score(X, names)
-        score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
+        out = driver.process_batch(batch, dead, chunk)
         t3 = time.perf_counter()
-        scorer.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
+        publish(out, publisher)
         t4 = time.perf_counter()
-        ruleset = scorer.rules.current
-        columns = rule_columns(batch, feats, score)
-        outcome = ruleset.evaluate(columns)
-        t5 = time.perf_counter()
-        decision, reasons, limits = scorer._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
-        t6 = time.perf_counter()
-        out = ScoredBatch(batch, score, decision, reasons, ruleset.version, scorer.models.version,
-                          limits=limits, features=feats, decided_at_ms=now_ms)
-        out.alerts = scorer._alerts(out)
-        t7 = time.perf_counter()
-        enc = encode_outputs(out)
-        t8 = time.perf_counter()
-        publish_encoded(publisher, enc, out.n)
-        publisher.dead_letters(dead)
-        t9 = time.perf_counter()
         publisher.flush()
-        t10 = time.perf_counter()
-        for stage, (x, y) in zip(STAGES, ((t_l, t0), (t0, t1), (t1, t2), (t4, t5), (t2, t3), (t3, t4), (t5, t6),
-                                          (t6, t7), (t7, t8), (t8, t9), (t9, t10))):
+        t5 = time.perf_counter()
+        for stage, (x, y) in zip(total, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
             total[stage] += y - x
         n_total += n
         if time.perf_counter() - last_print >= 2.0:
             progress(f"  profiled {n_total:,}/{stop:,} transactions")
             last_print = time.perf_counter()
     wall = time.perf_counter() - t_start
-    us = {k: round(v / n_total * 1e6, 3) for k, v in total.items()}
+    # The driver's own time beside the scorer's stages (watermark, label clock, the batch retry guard).
+    total["engine_other"] -= sum(scorer_seconds.values())
+    total.update(scorer_seconds)
+    us = {k: round(total[k] / n_total * 1e6, 3) for k in (*STAGES, "engine_other")}
     us["total"] = round(sum(total.values()) / n_total * 1e6, 3)
     return {"transactions": n_total, "batch_size": batch_size, "us_per_txn": us,
             "implied_tps": round(n_total / sum(total.values()), 1), "wall_s": round(wall, 2)}
@@ -1135,23 +1137,23 @@ def synthetic_batch(start: int, n: int, rng: np.random.Generator, t0_ms: int):
 def memory_at_cards(cards: int, batch_size: int = 10_000, progress: Progress = _quiet) -> dict[str, Any]:
     from pydantic import SecretStr
 
-    from riskstream.streams.engine import Engine
+    from riskstream.streams.driver import Driver
 
     settings = Settings(data_dir=Path("."), pan_key=SecretStr("bench-" + "k" * 32))
     rss0 = psutil.Process().memory_info().rss
-    engine = Engine(settings)
+    engine = Driver(settings)
     rng = np.random.default_rng(5)
     t0_ms = int(time.time() * 1000) - cards * 50
     t0 = time.perf_counter()
     last_print = t0
     for a in range(0, cards, batch_size):
-        engine.score_batch(synthetic_batch(a, min(batch_size, cards - a), rng, t0_ms))
+        engine.process_batch(synthetic_batch(a, min(batch_size, cards - a), rng, t0_ms))
         if time.perf_counter() - last_print >= 2.0:
             progress(f"  fed {a + batch_size:,}/{cards:,} cards ({(a + batch_size) / (time.perf_counter() - t0):,.0f}/s)")
             last_print = time.perf_counter()
     tracked = engine.features.tracked_entities
     feature_bytes = engine.features.state_bytes()
-    models = engine.scorer.models
+    models = engine.transactions.models
     model_bytes = models.state_bytes() if models is not None and hasattr(models, "state_bytes") else 0
     n_cards = tracked.get("card", cards)
     return {

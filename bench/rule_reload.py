@@ -157,7 +157,7 @@ def run(rounds: int, rate: float, timeout: float, data_dir: Path) -> list[Round]
     from riskstream.rules.language import validate_rule_set
     from riskstream.settings import Settings
     from riskstream.stack import EmbeddedStack
-    from riskstream.streams.engine import Engine
+    from riskstream.streams.processors import transaction_rule_columns
 
     settings = Settings(data_dir=data_dir)
     stack = EmbeddedStack(settings)
@@ -181,7 +181,7 @@ def run(rounds: int, rate: float, timeout: float, data_dir: Path) -> list[Round]
         time.sleep(3.0)  # past start-up: JIT warm, consumer group settled
         for _ in decisions.poll(0.0):
             pass
-        columns = Engine.rule_columns(None)  # what the worker compiles against (it ignores self)
+        columns = transaction_rule_columns()  # what the worker compiles against
         run_id = uuid.uuid4().hex[:6]
         for k in range(1, rounds + 1):
             text = rule_set_text(k, run_id)

@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     decline_score: float = Field(0.90, gt=0, le=1, description="Model score at or above which a transaction is declined.")
     review_score: float = Field(0.60, gt=0, le=1, description="Model score at or above which it goes to review.")
     step_up_score: float = Field(0.35, gt=0, le=1, description="Model score at or above which it needs step-up auth.")
+    credit_review_pd: float = Field(
+        0.25, gt=0, le=1, description="Probability of default at or above which a loan application is referred.")
+    credit_decline_pd: float = Field(
+        0.50, gt=0, le=1, description="Probability of default at or above which a loan application is declined.")
     shutdown_timeout_s: float = Field(8.0, gt=0, description="Bound on a worker's graceful stop.")
     state_checkpoint_interval_s: float = Field(
         300.0, ge=5.0,

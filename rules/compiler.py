@@ -44,8 +44,9 @@ from riskstream.schemas.events import constant_column
 # Operators as emitted into kernel source: the AST's op is only ever a lookup key here.
 _EMIT_CMP = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "==": "==", "!=": "!="}
 _EMIT_ARITH = {"+": "+", "-": "-", "*": "*", "/": "/"}
-# Strongest action first; `allow` is the allow-list override and beats everything.
-ACTION_PRECEDENCE = ("allow", "block_card", "decline", "step_up", "review", "cut_limit")
+# Strongest action first, as the decision applies them (streams.pipeline): hard declines beat
+# the allow list, which beats review and step-up.
+ACTION_PRECEDENCE = ("block_card", "decline", "allow", "review", "step_up", "cut_limit")
 
 
 # ======================================================================================

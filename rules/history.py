@@ -53,7 +53,7 @@ WARMUP_DAYS = 30
 CHUNK_ROWS = 100_000
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
-# What the worker hands the rules besides the features (streams.engine.Engine.rule_columns);
+# What the worker hands the rules besides the features (streams.processors.transaction_rule_columns);
 # "score" comes from the stored row.
 _TEXT_COLUMNS = ("transaction_id", "card_id", "merchant_id", "terminal_id", "customer_id", "currency",
                    "country", "channel", "mcc", "device_id", "ip", "account_id")
@@ -63,7 +63,7 @@ _TEXT_COLUMNS = ("transaction_id", "card_id", "merchant_id", "terminal_id", "cus
 class BacktestHistory:
     """The period's transactions in event-time order, as the rules saw them."""
 
-    columns: dict[str, np.ndarray]  # exactly the worker's rule columns (Engine.rule_columns())
+    columns: dict[str, np.ndarray]  # exactly the worker's rule columns (transaction_rule_columns())
     transaction_id: np.ndarray
     event_time_ms: np.ndarray
     is_fraud: np.ndarray
@@ -186,7 +186,7 @@ def rebuild_history(settings: Settings, date_from: date, date_to: date, *, warmu
         return BacktestHistory({}, np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
                                np.zeros(0, dtype="datetime64[D]"), seconds=time.perf_counter() - t0)
 
-    # Confirmed frauds as the worker learns them (streams.engine.Engine.learn): for the
+    # Confirmed frauds as the worker learns them (streams.processors.TransactionProcessor.labels_arrived): for the
     # label's card (entity_id), merchant and terminal, from label_time on. Only those due
     # before the period ends matter.
     label_rows = read(

@@ -37,6 +37,11 @@ MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
 MAX_FUTURE_MS = 86_400_000
 MAX_ID_LENGTH = 128
 
+HOUR_MS = 3_600_000  # event times are epoch milliseconds
+DAY_MS = 24 * HOUR_MS
+# Streams whose outcomes arrive later on ``labels`` (a label's ``stream`` field names one).
+LABELLED_STREAMS = ("transactions", "loan_applications")
+
 TRANSACTION_OPTIONAL = ("customer_id", "terminal_id", "currency", "country", "channel", "mcc",
                         "device_id", "ip", "account_id")
 
@@ -59,6 +64,10 @@ class DeadLetter:
             "error": self.error,
             "payload": self.payload.decode("utf-8", errors="replace"),
         }
+
+    def encoded(self) -> bytes:
+        """The ``dead_letters`` table row and topic message, as every publisher sends it."""
+        return orjson.dumps({**self.row(), "received_at": self.received_at_ms / 1000.0})
 
 
 class PanTokenizer:
@@ -231,6 +240,9 @@ class TransactionBatch:
     # replay's file): the ClickHouse blocks take them as they are instead of converting every
     # Python str back to Arrow. Absent columns are converted as usual.
     arrow: dict[str, Any] | None = None
+    # Each row's index in the values it was decoded from, so that a row that later fails can
+    # be dead-lettered with its original bytes. None when not decoded from messages.
+    source_row: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -282,6 +294,7 @@ class TransactionBatch:
             optional={k: v[index] for k, v in self.optional.items()},
             partition=self.partition[index],
             offset=self.offset[index],
+            source_row=None if self.source_row is None else self.source_row[index],
         )
 
 
@@ -415,6 +428,7 @@ def decode_transactions(
                    else np.full(len(pos), -1, dtype=np.int32)),
         offset=(np.asarray(offsets, dtype=np.int64)[pos] if offsets is not None
                 else np.full(len(pos), -1, dtype=np.int64)),
+        source_row=pos,
     ), dead
 
 
@@ -631,6 +645,7 @@ def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic:
         partition=part, offset=off,
         # The ClickHouse blocks take these as they are, unless a row was replaced above.
         arrow=None if slow.any() else strings,
+        source_row=np.arange(n),
     )
     if pos is not None:
         batch = batch.take(pos)
@@ -744,7 +759,7 @@ LABEL_VALUES = {
 }
 
 
-def _market_tick(obj: dict, now_ms: int) -> dict:
+def market_tick_row(obj: dict, now_ms: int) -> dict:
     return {
         "instrument": _id(obj, "instrument"),
         "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms),
@@ -753,7 +768,7 @@ def _market_tick(obj: dict, now_ms: int) -> dict:
     }
 
 
-def _position(obj: dict, now_ms: int) -> dict:
+def position_row(obj: dict, now_ms: int) -> dict:
     return {
         "portfolio_id": _id(obj, "portfolio_id"),
         "instrument": _id(obj, "instrument"),
@@ -763,7 +778,7 @@ def _position(obj: dict, now_ms: int) -> dict:
     }
 
 
-def _loan_application(obj: dict, now_ms: int) -> dict:
+def loan_application_row(obj: dict, now_ms: int) -> dict:
     return {
         "application_id": _id(obj, "application_id"),
         "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms),
@@ -776,13 +791,13 @@ def _loan_application(obj: dict, now_ms: int) -> dict:
     }
 
 
-def _label(obj: dict, now_ms: int) -> dict:
+def label_row(obj: dict, now_ms: int) -> dict:
     label = _id(obj, "label")
     if label not in LABEL_VALUES:
         raise InvalidEvent(f"'label' must be one of {sorted(LABEL_VALUES)}, got {label!r}")
     stream = _id(obj, "stream", required=False) or "transactions"
-    if stream not in ("transactions", "loan_applications"):
-        raise InvalidEvent(f"'stream' must be transactions or loan_applications, got {stream!r}")
+    if stream not in LABELLED_STREAMS:
+        raise InvalidEvent(f"'stream' must be one of {', '.join(LABELLED_STREAMS)}, got {stream!r}")
     label_time = parse_event_time(obj.get("label_time") if "label_time" in obj else _missing("label_time"), now_ms)
     # Chargeback records carry the merchant, terminal and transaction date: with them a
     # confirmed fraud also counts for the merchant's and terminal's fraud-rate features.
@@ -805,16 +820,8 @@ def _zero_nan(x: float) -> float:
     return 0.0 if math.isnan(x) else x
 
 
-ROW_VALIDATORS: dict[str, Callable[[dict, int], dict]] = {
-    "market": _market_tick,
-    "positions": _position,
-    "loan_applications": _loan_application,
-    "labels": _label,
-}
-
-
 def decode_rows(
-    stream: str,
+    validate: Callable[[dict, int], dict],
     records: Iterable[tuple[bytes | None, int, int]],
     *,
     tokenizer: PanTokenizer,
@@ -822,8 +829,8 @@ def decode_rows(
     max_message_bytes: int = 65536,
     now_ms: int | None = None,
 ) -> tuple[list[dict], list[DeadLetter]]:
-    """Validate (value, partition, offset) records of a non-transaction stream."""
-    validate = ROW_VALIDATORS[stream]
+    """Validate (value, partition, offset) records of a non-transaction stream with its
+    registry entry's ``validate_row``; ``topic`` names where bad records came from."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     good: list[dict] = []
     dead: list[DeadLetter] = []
@@ -841,6 +848,6 @@ def decode_rows(
                 raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
             good.append(validate(obj, now_ms))
         except InvalidEvent as exc:
-            dead.append(DeadLetter(topic or stream, partition, offset, str(exc),
+            dead.append(DeadLetter(topic or "", partition, offset, str(exc),
                                    tokenizer.mask((raw or b"")[:max_message_bytes])))
     return good, dead

@@ -1,234 +1,104 @@
-"""Publishing results: decision/alert/limit topics, the ClickHouse sink topic, Redis limits.
+"""What a batch produces, and the one place that hands it to a publisher.
 
-One confluent-kafka producer (librdkafka batches and compresses in C: 170k-440k messages/s
-here, several times aiokafka's per-message Python path) serves every output. ``flush()``
-returns once every message handed over so far is acknowledged by the broker; the worker
-commits input offsets only after it, so a crash can repeat outputs but never lose them.
+Every processor returns :class:`Outputs`; :func:`publish` encodes them once and hands them to
+whichever publisher the driver was given (``sinks.publisher.Publisher``): Kafka topics and
+Redis in a worker, ClickHouse directly in an offline replay, a recording in tests.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from riskstream.schemas.events import DeadLetter
-from riskstream.settings import Settings
-from riskstream.sinks.clickhouse import encode_blocks
+from riskstream.sinks.publisher import Publisher
+from riskstream.streams.pipeline import ScoredBatch, encode_outputs
+
+TIME_FIELDS = ("event_time", "label_time")  # epoch ms in rows; seconds in ClickHouse's JSON
 
 
-class DeliveryError(RuntimeError):
-    """The broker did not acknowledge some output; the batch must not be committed."""
+@dataclass
+class Outputs:
+    """One batch's results.
+
+    ``scored`` is a scored transaction batch (columnar; its decisions, alerts and limits are
+    encoded from it). The other fields are row-shaped: ``decisions`` (one per decided event
+    of a row stream), ``alerts``, ``limits`` (controls), ``rows`` (table -> rows to store,
+    event times in ms) and ``dead`` (rejected records)."""
+
+    stream: str
+    scored: ScoredBatch | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    learned: int = 0  # labels the models learned while this batch was processed
+
+    @property
+    def decided(self) -> int:
+        return (self.scored.n if self.scored is not None else 0) + len(self.decisions)
+
+    def add(self, other: "Outputs") -> "Outputs":
+        """Fold ``other`` (row-shaped) into this one; returns self."""
+        if other.scored is not None:
+            raise ValueError("a scored batch is not folded into another batch's outputs")
+        self.decisions += other.decisions
+        self.alerts += other.alerts
+        self.limits += other.limits
+        for table, rows in other.rows.items():
+            self.rows.setdefault(table, []).extend(rows)
+        self.dead += other.dead
+        self.learned += other.learned
+        return self
 
 
-class BatchDelivery:
-    """Acknowledgements of one batch's messages.
-
-    ``flush()`` waits for the producer's whole queue, which under a continuous stream never
-    empties while the next batches are produced; counting each batch's own acks lets batch
-    N be committed as soon as its messages are in, whatever came after.
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self._lock = threading.Lock()
-        self.produced = 0
-        self.acked = 0
-        self.errors: list[str] = []
-        self.closed = False
-        self._waiters: list = []
-
-    def on_delivery(self, err, msg) -> None:  # librdkafka's thread or whoever polls
-        with self._lock:
-            self.acked += 1
-            if err is not None:
-                self.errors.append(f"{msg.topic()}: {err}")
-            finished = self.closed and self.acked >= self.produced
-        if finished:
-            self._notify()
-
-    def close(self) -> None:
-        """No more messages for this batch."""
-        with self._lock:
-            self.closed = True
-            finished = self.acked >= self.produced
-        if finished:
-            self._notify()
-
-    def _notify(self) -> None:
-        for loop, fut in self._waiters:
-            loop.call_soon_threadsafe(self._resolve, fut)
-
-    def _resolve(self, fut) -> None:
-        if fut.done():
-            return
-        if self.errors:
-            fut.set_exception(DeliveryError(f"{len(self.errors)} messages failed: {self.errors[:3]}"))
-        else:
-            fut.set_result(self.produced)
-
-    async def wait(self, timeout: float = 60.0) -> int:
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self._lock:
-            self._waiters.append((loop, fut))
-            finished = self.closed and self.acked >= self.produced
-        if finished:
-            self._resolve(fut)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise DeliveryError(f"{self.produced - self.acked} of {self.produced} messages not acknowledged "
-                                f"within {timeout:.0f}s") from None
+def rows_for_table(rows: list[dict]) -> list[bytes]:
+    """Validated dict rows -> JSON rows with times as seconds (how ClickHouse reads them)."""
+    out = []
+    for r in rows:
+        if any(f in r for f in TIME_FIELDS):
+            r = dict(r)
+            for f in TIME_FIELDS:
+                if f in r:
+                    r[f] = r[f] / 1000.0
+        out.append(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY))
+    return out
 
 
-class OutputPublisher:
-    def __init__(self, settings: Settings, redis_client=None, producer=None):
-        from confluent_kafka import Producer
-
-        self.settings = settings
-        self.producer = producer or Producer({
-            **settings.kafka_client_config(),
-            "linger.ms": settings.produce_linger_ms,
-            "batch.num.messages": 10000,
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            "compression.type": "lz4",
-            "acks": "all",
-            "enable.idempotence": False,
-        })
-        self.redis = redis_client
-        self.topics = {name: settings.topic(name) for name in
-                       ("decisions", "alerts", "limits", "dead_letters", "sink")}
-        self._failed: list[str] = []
-        self.counts: dict[str, int] = {}
-        self.delivery: BatchDelivery | None = None  # the batch being produced, if tracked
-        self._poller = None
-
-    def _on_delivery(self, err, msg) -> None:
-        if err is not None:
-            self._failed.append(f"{msg.topic()}: {err}")
-
-    def begin_batch(self) -> BatchDelivery:
-        """Track the acknowledgements of everything produced until ``end_batch``."""
-        self.delivery = BatchDelivery()
-        return self.delivery
-
-    def end_batch(self) -> BatchDelivery:
-        delivery, self.delivery = self.delivery, None
-        delivery.close()
-        self.producer.poll(0)
-        return delivery
-
-    def start_polling(self) -> None:
-        """Serve delivery callbacks from a thread, so batches resolve while the loop works."""
-        import threading
-
-        if self._poller is not None:
-            return
-        self._polling = True
-
-        def poll() -> None:
-            while self._polling:
-                self.producer.poll(0.02)
-
-        self._poller = threading.Thread(target=poll, daemon=True, name="delivery-poller")
-        self._poller.start()
-
-    def stop_polling(self) -> None:
-        if self._poller is not None:
-            self._polling = False
-            self._poller.join(2)
-            self._poller = None
-
-    def _produce_all(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> int:
-        """Hand messages to the producer, counted for the batch being tracked; returns how many.
-
-        One decision message per transaction goes through here, so the loop stays tight (no
-        call per message besides produce itself). A full local queue is backpressure, not loss:
-        librdkafka is given time to drain it and the message is produced again."""
-        delivery = self.delivery
-        callback = delivery.on_delivery if delivery is not None else self._on_delivery
-        produce = self.producer.produce
-        n = 0
-        for key, value in messages:
-            while True:
-                try:
-                    produce(topic, value, key, on_delivery=callback)
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)
-            n += 1
-        if delivery is not None:  # before end_batch closes it, so no acknowledgement is missed
-            delivery.produced += n
-        return n
-
-    def send(self, stream: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
-        n = self._produce_all(self.topics[stream], messages)
-        self.counts[stream] = self.counts.get(stream, 0) + n
-        self.producer.poll(0)
-
-    def sink(self, table: str, rows: list[bytes]) -> None:
-        """Rows for a ClickHouse table, as blocks on the sink topic (key = table)."""
-        if not rows:
-            return
-        key = table.encode()
-        self._produce_all(self.topics["sink"], ((key, block) for block in encode_blocks(rows)))
-        self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + len(rows)
-        self.producer.poll(0)
-
-    def sink_arrow(self, table: str, blocks: list[bytes], rows: int = 0) -> None:
-        """Arrow IPC streams for a ClickHouse table (key = table@ArrowStream)."""
-        if not blocks:
-            return
-        key = f"{table}@ArrowStream".encode()
-        self._produce_all(self.topics["sink"], ((key, block) for block in blocks))
-        self.counts[f"rows:{table}"] = self.counts.get(f"rows:{table}", 0) + rows
-        self.producer.poll(0)
-
-    def dead_letters(self, dead: list[DeadLetter]) -> None:
-        if not dead:
-            return
-        rows = [orjson.dumps({**d.row(), "received_at": d.received_at_ms / 1000.0}) for d in dead]
-        self.send("dead_letters", ((d.topic.encode(), r) for d, r in zip(dead, rows)))
-        self.sink("dead_letters", rows)
-
-    def limits(self, limits: list[dict[str, Any]]) -> None:
-        """Limit controls into Redis: one hash per entity, expiring with the control."""
-        if not limits or self.redis is None:
-            return
-        prefix = self.settings.limit_key_prefix
-        pipe = self.redis.pipeline(transaction=False)
-        now = time.time()
-        for lim in limits:
-            key = f"{prefix}{lim['entity_type']}:{lim['entity_id']}"
-            pipe.hset(key, mapping={
-                "action": lim["action"],
-                "max_amount": lim["max_amount"],
-                "valid_until": lim["valid_until"],
-                "reason": lim["reason"],
-                "event_id": lim["event_id"],
-                "rules_version": lim["rules_version"],
-                "issued_at": lim["issued_at"],
-            })
-            pipe.expireat(key, int(max(lim["valid_until"], now + 60)))
-        pipe.execute()
-        self.counts["redis_limits"] = self.counts.get("redis_limits", 0) + len(limits)
-
-    def flush(self, timeout: float = 30.0) -> None:
-        remaining = self.producer.flush(timeout)
-        if remaining:
-            raise DeliveryError(f"{remaining} messages not acknowledged within {timeout:.0f}s")
-        if self._failed:
-            failed, self._failed = self._failed, []
-            raise DeliveryError(f"{len(failed)} messages failed: {failed[:3]}")
+def _keyed(items: list[dict[str, Any]]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    values = [orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY) for x in items]
+    return values, [(str(x["entity_id"]).encode(), v) for x, v in zip(items, values)]
 
 
-def connect_redis(settings: Settings):
-    import redis
-
-    return redis.Redis.from_url(settings.redis_target(), socket_timeout=5, socket_connect_timeout=5)
+def publish(outputs: Outputs, publisher: Publisher) -> None:
+    """Hand one batch's outputs to ``publisher`` (no flush: the caller decides when)."""
+    topics = getattr(publisher, "publishes_topics", True)
+    scored = outputs.scored
+    if scored is not None and scored.n:
+        enc = encode_outputs(scored, topics=topics, arrow_tables=getattr(publisher, "takes_arrow_tables", False))
+        if enc.decisions:
+            publisher.send("decisions", enc.decisions)
+        if enc.alerts:
+            publisher.send("alerts", enc.alerts)
+        if enc.limits:
+            publisher.send("limits", enc.limits)
+            publisher.limits(enc.redis_limits)
+        for table, rows in enc.sink_rows.items():
+            publisher.sink(table, rows)
+        for table, blocks in enc.sink_arrow.items():
+            publisher.sink_arrow(table, blocks, scored.n)
+    for name, items in (("decisions", outputs.decisions), ("alerts", outputs.alerts), ("limits", outputs.limits)):
+        if not items:
+            continue
+        values, messages = _keyed(items)
+        if topics:
+            publisher.send(name, messages)
+        if name == "limits":
+            publisher.limits(items)
+        publisher.sink(name, values)
+    for table, rows in outputs.rows.items():
+        publisher.sink(table, rows_for_table(rows))
+    publisher.dead_letters(outputs.dead)

@@ -29,6 +29,7 @@ import orjson
 
 from riskstream.schemas.events import TransactionBatch, constant_column
 
+SCORER_STAGES = ("features", "models_score", "models_remember", "rules", "decide", "alerts")
 NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons
 
 
@@ -40,8 +41,7 @@ class DecisionPolicy:
     # A model decline this sure also blocks the card, so the next attempt is stopped at the
     # transaction service from Redis without waiting for the engine.
     block_score: float = 0.97
-    block_hours: float = 24.0
-    cut_limit_hours: float = 72.0
+    block_hours: float = 24.0  # a model-issued block; rule-issued controls carry their own hours
     # Alerts: expected loss (score x amount) thresholds for the severity levels.
     severity_levels: tuple[tuple[float, str], ...] = ((1000.0, "critical"), (250.0, "high"), (50.0, "medium"), (0.0, "low"))
 
@@ -117,30 +117,43 @@ class TransactionScorer:
         self.models = models  # detectors.fraud.FraudModels or None
         self.policy = policy or DecisionPolicy()
         self.blocks = BlockList()
+        # Seconds spent in each stage since the scorer was built (the bench's stage profile).
+        self.stage_seconds = dict.fromkeys(SCORER_STAGES, 0.0)
 
     def process(self, batch: TransactionBatch, now_ms: int | None = None) -> ScoredBatch:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         n = batch.n
+        clock = time.perf_counter
+        t0 = clock()
         feats = self.features.compute(batch) if n else {}
         names = list(feats)
+        t1 = t2 = clock()
         if self.models is not None and n:
             X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
             scored = self.models.score(X, names)
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
+            t2 = clock()
             self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
             model_version = self.models.version
         else:
             scored = None
             score = np.zeros(n, dtype=np.float32)
             model_version = "none"
-
+        t3 = clock()
         ruleset = self.rules.current
         columns = rule_columns(batch, feats, score)
         outcome = ruleset.evaluate(columns, batch.arrow) if n else None
+        t4 = clock()
         decision, reasons, limits = self._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
+        t5 = clock()
         out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,
                           limits=limits, features=feats, decided_at_ms=now_ms)
         out.alerts = self._alerts(out)
+        t6 = clock()
+        seconds = self.stage_seconds
+        for stage, start, end in (("features", t0, t1), ("models_score", t1, t2), ("models_remember", t2, t3),
+                                  ("rules", t3, t4), ("decide", t4, t5), ("alerts", t5, t6)):
+            seconds[stage] += end - start
         return out
 
     # ----------------------------------------------------------------------------------
@@ -194,10 +207,9 @@ class TransactionScorer:
         for i in limit_rows:
             card = batch.card_id[i]
             is_block = bool(hit_any["block_card"][i] or score[i] >= p.block_score)
-            hours = p.block_hours if is_block else p.cut_limit_hours
             rule_hours = [float(prm["hours"]) for _, act, prm in (outcome.limit_controls(i) if outcome else [])
                           if "hours" in prm and (act == "block_card") == is_block]
-            hours = max(rule_hours) if rule_hours else hours
+            hours = max(rule_hours) if rule_hours else p.block_hours
             max_amount = 0.0 if is_block else _cut_limit_amount(outcome, i, batch.amount[i])
             limit = {
                 "entity_type": "card",
@@ -254,6 +266,33 @@ class TransactionScorer:
                 np.asarray([r["label_time"] for r in tx], dtype=np.int64),
             )
         return learned
+
+
+def concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
+    """One scored batch of several (the rows of a batch that was retried row by row)."""
+    first = parts[0]
+    batches = [p.batch for p in parts]
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(b, name) for b in batches])
+
+    batch = TransactionBatch(
+        transaction_id=cat("transaction_id"), event_time_ms=cat("event_time_ms"), card_id=cat("card_id"),
+        merchant_id=cat("merchant_id"), amount=cat("amount"), lat=cat("lat"), lon=cat("lon"),
+        optional={k: np.concatenate([b.optional[k] for b in batches]) for k in first.batch.optional},
+        partition=cat("partition"), offset=cat("offset"),
+    )
+    return ScoredBatch(
+        batch=batch,
+        score=np.concatenate([p.score for p in parts]),
+        decision=np.concatenate([p.decision for p in parts]),
+        reasons=[r for p in parts for r in p.reasons],
+        rules_version=first.rules_version,
+        model_version=parts[-1].model_version,
+        alerts=[a for p in parts for a in p.alerts],
+        limits=[lim for p in parts for lim in p.limits],
+        decided_at_ms=first.decided_at_ms,
+    )
 
 
 def _model_reasons(scored, score: np.ndarray, rows: np.ndarray, k: int = 3) -> dict[int, str]:

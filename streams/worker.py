@@ -1,4 +1,4 @@
-"""The Faust worker: thin agents that move batches through :class:`~riskstream.streams.engine.Engine`.
+"""The Faust worker: thin agents that move batches through :class:`~riskstream.streams.driver.Driver`.
 
 Transactions do not go through Faust's per-event stream (~35 µs of framework per event caps
 a process near 10k events/s, FACTS.md). A :class:`TransactionReader` service reads the
@@ -9,10 +9,10 @@ Transactions and labels share one consumer group with the range assignor, so par
 of both topics (keyed by card) lands on the same worker, where that card's features and
 decision-time snapshots live.
 
-Market ticks, positions and loan applications are lower-volume: ordinary Faust agents over
-``take_events`` batches, with market prices and positions kept in Faust tables (changelog
-topics, so state follows partitions). Rule sets arrive on the one-partition ``rules`` topic,
-which every worker reads whole (no group), and are swapped in without a restart.
+Market ticks, positions and loan applications are lower-volume: one Faust agent per stream
+over ``take_events`` batches, declared from the stream registry, each handing its batch to the
+same driver. Rule sets arrive on the one-partition ``rules`` topic, which every worker reads
+whole (no group), and are swapped in without a restart.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class BatchEnvelope:
     done: asyncio.Future | None = None
 
 
-def build_app(settings: Settings, engine=None):
+def build_app(settings: Settings, driver=None):
     """Create the Faust app with its agents, tables and services for these settings."""
     import faust
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,11 +53,13 @@ def build_app(settings: Settings, engine=None):
 
     from aiokafka import ConsumerRebalanceListener
 
-    from riskstream.streams.engine import (Engine, StateStore, batch_linger_s, model_report, publish_transactions,
-                                           rows_for_table)
-    from riskstream.streams.outputs import OutputPublisher, connect_redis
+    from riskstream.schemas.registry import STREAMS
+    from riskstream.sinks.kafka import OutputPublisher, connect_redis
+    from riskstream.streams.driver import Driver, batch_linger_s
+    from riskstream.streams.outputs import publish
+    from riskstream.streams.state import StateStore
 
-    engine = engine or Engine(settings)
+    driver = driver or Driver(settings)
     redis_client = connect_redis(settings)
     publisher = OutputPublisher(settings, redis_client=redis_client)
     servers = settings.kafka_servers().split(",")
@@ -91,13 +93,14 @@ def build_app(settings: Settings, engine=None):
         stream_wait_empty=False,  # a stuck agent must not hang shutdown (FACTS.md)
         producer_linger=0.002,
     )
-    app.engine = engine
+    app.driver = driver
     app.publisher = publisher
     group = f"{settings.topic_prefix}{settings.consumer_group}"
-    state_store = StateStore(engine, redis_client, group)
+    state_store = StateStore(driver, redis_client, group)
     if state_store.load_models():
-        log.warning("restored model state %s from Redis", engine.scorer.models.version)
-    app._riskstream_reader = None
+        log.warning("restored model state from Redis: %s", driver.summary())
+    readers: list = []  # the TransactionReader, once started
+    watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
     app.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
     batches = app.channel(maxsize=2)
     acks: set[asyncio.Future] = set()
@@ -106,12 +109,6 @@ def build_app(settings: Settings, engine=None):
     def topic(name: str):
         return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw",
                          partitions=settings.topic_partitions)
-
-    # State kept for the market-risk and credit detectors of later issues. Keys and values
-    # are raw bytes (JSON values), like every topic of the app.
-    last_price = app.Table("market_last_price", default=None, partitions=settings.topic_partitions)
-    position_state = app.Table("portfolio_positions", default=None, partitions=settings.topic_partitions)
-    app.market_state, app.position_state = last_price, position_state
 
     async def delivered(produce, *args) -> int:
         """Run ``produce`` (synchronous: no other task interleaves its messages) and wait until
@@ -149,22 +146,18 @@ def build_app(settings: Settings, engine=None):
             acks.add(asyncio.ensure_future(_ack_when_delivered(envelope, delivery, n)))
             acks.difference_update([t for t in acks if t.done()])
 
+    def _run(stream: str, records) -> int:
+        out = driver.run(stream, [m.value for m in records], publisher,
+                         [m.partition for m in records], [m.offset for m in records])
+        app.stats["dead_letters"] += len(out.dead)
+        return len(records) - len(out.dead)
+
     def _score_envelope(envelope: BatchEnvelope) -> int:
-        if envelope.labels:
-            recs = [(m.value, m.partition, m.offset) for m in envelope.labels]
-            rows, dead = engine.process_rows("labels", recs)
-            publisher.sink("labels", rows_for_table(rows))
-            publisher.dead_letters(dead)
-            app.stats["labels"] += len(rows)
+        if envelope.labels:  # first: a label never waits behind the batch it came with
+            app.stats["labels"] += _run("labels", envelope.labels)
         if envelope.transactions:
-            msgs = envelope.transactions
-            result = engine.process_transactions(
-                [m.value for m in msgs], [m.partition for m in msgs], [m.offset for m in msgs],
-                topic=settings.topic("transactions"),
-            )
-            publish_transactions(publisher, result)
-            app.stats["transactions"] += len(msgs)
-            app.stats["dead_letters"] += len(result.dead)
+            _run("transactions", envelope.transactions)
+            app.stats["transactions"] += len(envelope.transactions)
         app.stats["batches"] += 1
         return len(envelope.transactions)
 
@@ -176,18 +169,17 @@ def build_app(settings: Settings, engine=None):
             self.tx_topic = tx_topic
 
         async def on_partitions_revoked(self, revoked) -> None:
-            reader = app._riskstream_reader
-            if reader is not None:  # the new owner starts after what we scored and delivered
+            for reader in readers:  # the new owner starts after what we scored and delivered
                 await reader.settle(wait_all=True)
             parts = {tp.partition for tp in revoked if tp.topic == self.tx_topic}
             if parts:
                 state_store.save_partitions(parts)
                 state_store.drop_partitions(parts)
-                engine.forget_partitions(parts)
+                driver.forget_partitions(parts)
 
         async def on_partitions_assigned(self, assigned) -> None:
             parts = {tp.partition for tp in assigned if tp.topic == self.tx_topic}
-            engine.assign_partitions(parts)
+            driver.assign_partitions(parts)
             loaded = state_store.load_partitions(parts)
             log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
 
@@ -197,7 +189,7 @@ def build_app(settings: Settings, engine=None):
         """Batch reader for transactions + labels; commits after each batch is published."""
 
         async def on_start(self) -> None:
-            app._riskstream_reader = self
+            readers.append(self)
             self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
             self.uncommitted: dict[TopicPartition, int] = {}  # finished batches, not yet committed
             self.committed_at = 0.0
@@ -221,12 +213,12 @@ def build_app(settings: Settings, engine=None):
             await self.consumer.start()
 
         async def on_stop(self) -> None:
-            _start_shutdown_watchdog(settings.shutdown_timeout_s + 1.5)
+            watchdog.start()
             try:  # commit what is scored and delivered; the rest comes again after a restart
                 await asyncio.wait_for(self.settle(wait_all=True), timeout=settings.shutdown_timeout_s / 3)
             except Exception as exc:
                 log.warning("settling in-flight batches at stop: %s", exc)
-            log.warning("stopping: %s", _engine_summary(engine))
+            log.warning("stopping: %s", driver.summary())
             try:
                 owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
                 state_store.save_partitions(owned)
@@ -341,89 +333,49 @@ def build_app(settings: Settings, engine=None):
                 try:
                     published = orjson.loads(latest.value)
                     source = published.get("source_name", "rules topic")
-                    future = engine.rules.load_async(published["text"], source,
+                    future = driver.rules.load_async(published["text"], source,
                                                      list_files=published.get("list_files") or None)
                     log.warning("rule set %s from %s: compiling", published.get("version"), source)
                     future.add_done_callback(lambda f, src=source: _report_compile(f, src))
                 except Exception as exc:
                     log.error("ignoring unreadable rule set on the rules topic: %s", exc)
 
-    def _report() -> None:
-        quality, drift = model_report(engine)
-        publisher.sink("model_quality", quality)
-        if drift:
-            encoded = [orjson.dumps(a) for a in drift]
-            publisher.send("alerts", ((a["entity_id"].encode(), v) for a, v in zip(drift, encoded)))
-            publisher.sink("alerts", encoded)
-
     @app.timer(interval=30.0)
     async def report_models() -> None:
         """Model upkeep (matured negatives, quality rows, drift alerts), between batches."""
-        await delivered(_report)
-        log.warning("%s", _engine_summary(engine))
+        await delivered(lambda: publish(driver.upkeep(), publisher))
+        log.warning("%s", driver.summary())
 
     @app.timer(interval=settings.state_checkpoint_interval_s)
     async def checkpoint_state() -> None:
         """State to Redis between batches. A snapshot blocks the loop (~0.4 s per 250k cards),
         so it runs minutes apart; revocation and shutdown save state too."""
-        reader = app._riskstream_reader
-        if reader is not None and getattr(reader, "consumer", None) is not None:
+        for reader in readers:
             owned = {tp.partition for tp in reader.consumer.assignment() if tp.topic == reader.tx_topic}
             state_store.save_partitions(owned)
         state_store.save_models()
 
     # --------------------------------------------------------------------------------
-    def _store(stream_name: str, events) -> list[dict]:
-        recs = [(e.value, e.message.partition, e.message.offset) for e in events]
-        rows, dead = engine.process_rows(stream_name, recs)
-        publisher.sink(_table(stream_name), rows_for_table(rows))
-        publisher.dead_letters(dead)
-        app.stats["rows"] += len(rows)
-        app.stats["dead_letters"] += len(dead)
-        return rows
+    # Row-shaped streams: one agent each, from the registry. Faust acknowledges (and later
+    # commits) an agent's events when its loop moves on, so each agent waits for its own
+    # outputs to be acknowledged first.
+    def _row_agent(stream: str):
+        def run_events(events) -> None:
+            out = driver.run(stream, [e.value for e in events], publisher,
+                             [e.message.partition for e in events], [e.message.offset for e in events])
+            app.stats["rows"] += len(events) - len(out.dead)
+            app.stats["dead_letters"] += len(out.dead)
 
-    def _market(events) -> None:
-        for row in _store("market", events):
-            last_price[row["instrument"].encode()] = orjson.dumps(
-                {"price": row["price"], "event_time": row["event_time"]})
+        async def agent(stream_events):
+            async for events in stream_events.take_events(1000, within=0.2):
+                await delivered(run_events, events)
 
-    def _positions(events) -> None:
-        for row in _store("positions", events):
-            key = f"{row['portfolio_id']}|{row['instrument']}".encode()
-            position_state[key] = orjson.dumps({"quantity": row["quantity"], "price": row["price"],
-                                                "event_time": row["event_time"]})
+        agent.__name__ = f"process_{stream}"
+        return app.agent(topic(stream), name=f"riskstream.process_{stream}")(agent)
 
-    def _loans(events) -> None:
-        decisions = engine.credit_decisions(_store("loan_applications", events))
-        encoded = [orjson.dumps(d) for d in decisions]
-        publisher.send("decisions", ((d["entity_id"].encode(), v) for d, v in zip(decisions, encoded)))
-        publisher.sink("decisions", encoded)
-
-    # Faust acknowledges (and later commits) an agent's events when its loop moves on, so
-    # each agent waits for its own outputs to be acknowledged first.
-    @app.agent(topic("market"))
-    async def market_ticks(stream):
-        async for events in stream.take_events(1000, within=0.2):
-            await delivered(_market, events)
-
-    @app.agent(topic("positions"))
-    async def positions(stream):
-        async for events in stream.take_events(1000, within=0.2):
-            await delivered(_positions, events)
-
-    @app.agent(topic("loan_applications"))
-    async def loan_applications(stream):
-        async for events in stream.take_events(1000, within=0.2):
-            await delivered(_loans, events)
-
+    app.row_agents = [_row_agent(name) for name, spec in STREAMS.items()
+                      if not spec.columnar and name != "labels"]  # labels ride with transactions
     return app
-
-
-def _engine_summary(engine) -> str:
-    models = engine.scorer.models
-    stats = models.stats if models is not None else {}
-    return (f"event-time watermark {engine.newest_event_ms}, labels waiting {len(engine.pending_labels)}, "
-            f"model {models.version if models else 'none'} {stats}")
 
 
 def _report_compile(future, source: str) -> None:
@@ -437,42 +389,38 @@ def _report_compile(future, source: str) -> None:
                     getattr(compiled, "compile_seconds", float("nan")))
 
 
-def _table(stream: str) -> str:
-    from riskstream.streams.engine import ROW_TABLES
-
-    return ROW_TABLES[stream]
-
-
-_watchdog_started = threading.Event()
-
-
-def _start_shutdown_watchdog(seconds: float) -> None:
-    """Bound the stop: if Faust's shutdown hangs (FACTS.md), leave anyway. Offsets are only
+class ShutdownWatchdog:
+    """Bounds the stop: if Faust's shutdown hangs (FACTS.md), leave anyway. Offsets are only
     committed after a flush, so leaving early repeats work, it never loses it."""
-    if _watchdog_started.is_set():
-        return
-    _watchdog_started.set()
 
-    def _bite() -> None:
-        time.sleep(seconds)
-        sys.stderr.write(f"riskstream worker: shutdown took over {seconds:.1f}s; exiting\n")
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._started = threading.Event()
+
+    def start(self) -> None:
+        if self._started.is_set():
+            return
+        self._started.set()
+        threading.Thread(target=self._bite, daemon=True, name="shutdown-watchdog").start()
+
+    def _bite(self) -> None:
+        time.sleep(self.seconds)
+        sys.stderr.write(f"riskstream worker: shutdown took over {self.seconds:.1f}s; exiting\n")
         sys.stderr.flush()
         os._exit(0)
-
-    threading.Thread(target=_bite, daemon=True, name="shutdown-watchdog").start()
 
 
 def run_worker(settings: Settings) -> int:
     import faust
 
     from riskstream.stack import ensure_topics
-    from riskstream.streams.engine import tune_garbage_collector
+    from riskstream.streams.driver import tune_garbage_collector
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_topics(settings)  # idempotent; a real cluster may have auto-creation off
     app = build_app(settings)
     tune_garbage_collector()
-    print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.engine.rules.current.version}, "
+    print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.driver.rules.current.version}, "
           f"batches up to {settings.batch_max_events}", flush=True)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:

@@ -19,8 +19,9 @@ from riskstream.rules.language import validate_rule_set
 from riskstream.schemas.events import TransactionBatch
 from riskstream.settings import Settings
 from riskstream.simulate import simulate, write_simulation
-from riskstream.streams import replay
-from riskstream.streams.engine import Engine
+from riskstream.streams import offline, reading
+from riskstream.streams.driver import Driver
+from riskstream.streams.processors import transaction_rule_columns
 
 DAY_MS = 86_400_000
 LABEL_DELAY_MS = 7 * DAY_MS
@@ -45,18 +46,18 @@ rules:
 """
 
 
-class CapturingEngine(Engine):
-    """The worker's engine, keeping what it scored: (transaction ids, features, score)."""
+class CapturingDriver(Driver):
+    """The worker's driver, keeping what it scored: (transaction ids, features, score)."""
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.scored: list = []
 
-    def score_batch(self, batch, dead=None, values=None, topic="transactions"):
-        result = super().score_batch(batch, dead, values, topic)
-        if result.scored is not None:
-            self.scored.append(result.scored)
-        return result
+    def process_batch(self, batch, dead=None, values=None):
+        out = super().process_batch(batch, dead, values)
+        if out.scored is not None:
+            self.scored.append(out.scored)
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +70,10 @@ def history(tmp_path_factory):
     # Small batches: the replay learns a label at the next batch start, so this keeps the
     # worker's card fraud rates close to the exact ones.
     settings = Settings(data_dir=root / "rs", batch_max_events=100)
-    data = replay.load_input(path, "transactions", settings=settings, label_column="is_fraud",
+    data = reading.load_input(path, "transactions", settings=settings, label_column="is_fraud",
                              label_delay_ms=LABEL_DELAY_MS)
-    engine = CapturingEngine(settings)
-    replay.replay_offline(data, settings, engine=engine)
+    engine = CapturingDriver(settings)
+    offline.replay_offline(data, settings, driver=engine)
     rules_file = root / "rules.yaml"
     rules_file.write_text(RULES)
     return sim, settings, engine, rules_file
@@ -105,7 +106,7 @@ def in_period(event_time_ms: np.ndarray) -> np.ndarray:
 def test_rebuilt_features_are_the_workers(history):
     sim, settings, engine, _ = history
     got = rebuild_history(settings, *PERIOD)
-    assert set(got.columns) == set(Engine.rule_columns(engine))  # no more, no less than the worker's rules see
+    assert set(got.columns) == set(transaction_rule_columns())  # no more, no less than the worker's rules see
     ids, times, fresh, fraud = fresh_features(sim)
     keep = in_period(times)
     assert got.n == int(keep.sum()) > 500

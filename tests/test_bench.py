@@ -112,7 +112,7 @@ def test_in_process_figures(report):
     assert report["memory"]["tracked_entities"]["card"] == report["memory"]["cards"]
     assert report["peak_rss_mb"]["worker"] > 0 and report["peak_rss_mb"]["engine_at_cards"] > 0
     stages = report["stage_us_per_txn"]
-    assert {"decode", "features", "rules", "models_score", "decide", "encode", "produce"} <= set(stages)
+    assert {"decode", "features", "rules", "models_score", "decide", "encode_and_produce", "flush"} <= set(stages)
     assert all(v >= 0 for v in stages.values())
     assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"), abs=0.05)
     assert all(t["met"] in (True, False, None) for t in report["targets"])

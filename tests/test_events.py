@@ -8,6 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
+from riskstream.schemas.registry import STREAMS
 from riskstream.schemas.events import (
     PanTokenizer, constant_column, decode_rows, decode_transactions, json_documents, luhn_valid,
 )
@@ -220,7 +221,7 @@ def test_other_streams_validate_rows():
         (orjson.dumps({"event_id": "t1", "label": "chargeback", "label_time": NOW}), 0, 1),
         (orjson.dumps({"event_id": "t2", "label": "maybe", "label_time": NOW}), 0, 2),
     ]
-    rows, dead = decode_rows("labels", recs, tokenizer=TOK, now_ms=NOW)
+    rows, dead = decode_rows(STREAMS["labels"].validate_row, recs, tokenizer=TOK, topic="labels", now_ms=NOW)
     assert rows[0]["is_positive"] == 1 and rows[0]["stream"] == "transactions"
     assert len(dead) == 1 and "'label' must be one of" in dead[0].error and dead[0].offset == 2
 

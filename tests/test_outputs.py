@@ -4,7 +4,7 @@ including those that waited for room in a full local queue."""
 from __future__ import annotations
 
 from riskstream.settings import Settings
-from riskstream.streams.outputs import OutputPublisher
+from riskstream.sinks.kafka import OutputPublisher
 
 
 class _FullOnceProducer:

@@ -16,6 +16,8 @@ import pytest
 from riskstream.settings import ConfigError, Settings
 from riskstream.simulate import simulate, write_simulation
 from riskstream.streams import replay
+from riskstream.streams import offline, reading
+from riskstream.sinks import offline as sinks_offline
 from tests.conftest import query, wait_for
 
 DAY_MS = 86_400_000
@@ -59,7 +61,7 @@ def test_offline_replay_decides_every_transaction_once(tmp_path, sim, suffix, ca
 def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
     path = write_simulation(sim, tmp_path / "tx.parquet")[0]
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
-    data = replay.load_input(path, "transactions", settings=settings, label_column="is_fraud",
+    data = reading.load_input(path, "transactions", settings=settings, label_column="is_fraud",
                              label_delay_ms=DAY_MS)
     n_labels = len(data.labels["label_time"])
     assert n_labels == int(sim.transactions["is_fraud"].sum())
@@ -69,24 +71,26 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
         """Records the event-time clock (latest transaction scored) when labels are learned."""
 
         def __init__(self):
-            from riskstream.streams.engine import Engine
+            from riskstream.streams.driver import Driver
 
-            self.inner = Engine(settings, with_models=False)
+            self.inner = Driver(settings, with_models=False)
             self.tokenizer = self.inner.tokenizer
+            self.settings = settings
             self.clock = 0
             self.next_chunk_start: list[int] = []
             self.learned: list[tuple[int, int]] = []  # (label_time, clock when learned)
             self.switch_intervals: list[float] = []
             self.gc_states: list[tuple] = []
 
-        def learn(self, rows):
+        def process_rows(self, stream, rows, dead=None):
+            assert stream == "labels"
             # Not due before the previous chunk either: at most one chunk late.
             previous_start = self.next_chunk_start[-1] if self.next_chunk_start else 0
             assert all(r["label_time"] >= previous_start for r in rows)
             self.learned += [(r["label_time"], self.clock) for r in rows]
-            return self.inner.learn(rows)
+            return self.inner.process_rows(stream, rows, dead)
 
-        def score_batch(self, batch, **kw):
+        def process_batch(self, batch, dead=None, values=None):
             # Every label learned so far must be older than every row of this batch.
             self.next_chunk_start.append(int(batch.event_time_ms.min()))
             for label_time, _ in self.learned:
@@ -94,23 +98,23 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
             self.clock = int(batch.event_time_ms.max())
             self.switch_intervals.append(sys.getswitchinterval())
             self.gc_states.append((gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages()))
-            return self.inner.score_batch(batch, **kw)
+            return self.inner.process_batch(batch, dead, values)
 
     written = []
     engine = RecordingEngine()
-    writer = replay.ClickHouseBlocks(settings, insert=lambda s, t, b, client: written.append(t) or 0)
+    writer = sinks_offline.ClickHouseBlocks(settings, insert=lambda s, t, b, client: written.append(t) or 0)
     def numpy_hugepages():
-        was = replay._numpy_hugepages(True)
-        replay._numpy_hugepages(was)
+        was = offline._numpy_hugepages(True)
+        offline._numpy_hugepages(was)
         return was
 
     switch_interval = sys.getswitchinterval()
     process_state = (gc.get_threshold(), gc.get_freeze_count() > 0, numpy_hugepages())
-    summary = replay.replay_offline(data, settings, engine=engine, writer=writer)
+    summary = offline.replay_offline(data, settings, driver=engine, writer=writer)
     assert summary.labels == n_labels == len(engine.learned)
     # the writer thread gets the GIL back sooner while scoring runs, and the process's own
     # setting is back afterwards
-    assert max(engine.switch_intervals) <= replay.WRITER_SWITCH_INTERVAL_S < switch_interval
+    assert max(engine.switch_intervals) <= offline.WRITER_SWITCH_INTERVAL_S < switch_interval
     assert sys.getswitchinterval() == switch_interval
     # and so are the collector (tuned while it ran) and NumPy's huge pages
     assert set(engine.gc_states) == {((50_000, 20, 20), True, False)}
@@ -123,7 +127,7 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
 
 
 def test_labels_are_handed_out_once_each_in_event_time():
-    due = replay.DueLabels(np.array([10, 20, 20, 35, 90], dtype=np.int64))
+    due = reading.DueLabels(np.array([10, 20, 20, 35, 90], dtype=np.int64))
     assert due.before(5).tolist() == []
     assert due.before(20).tolist() == [0]  # a label at 20 is not known before an event at 20
     assert due.before(21).tolist() == [1, 2]
@@ -134,14 +138,14 @@ def test_labels_are_handed_out_once_each_in_event_time():
 
 
 def test_clickhouse_blocks_go_together_and_shrink_towards_the_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(replay, "TAIL_INSERT_ROWS", 100)
+    monkeypatch.setattr(sinks_offline, "TAIL_INSERT_ROWS", 100)
     sink = pa.BufferOutputStream()
     chunk = pa.table({"event_id": [f"t{i}" for i in range(100)]})
     with pa.ipc.new_stream(sink, chunk.schema) as ipc:
         ipc.write_table(chunk)
     block = sink.getvalue().to_pybytes()
     inserts: list[tuple[str, int]] = []
-    writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"), insert_rows=1000,
+    writer = sinks_offline.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"), insert_rows=1000,
                                      insert=lambda s, table, b, client: inserts.append((table, b[0].count(b"\n") + 1)))
     total = 3000
     for done in range(100, total + 1, 100):
@@ -191,7 +195,7 @@ def test_what_is_queued_at_close_goes_in_on_two_clients_at_once(tmp_path, monkey
     opened = clickhouse.open_client
     monkeypatch.setattr(clickhouse, "open_client", lambda s: recording(opened(s)))
     settings = Settings(data_dir=tmp_path / "rs")
-    writer = replay.ClickHouseBlocks(settings, insert_rows=1000)
+    writer = sinks_offline.ClickHouseBlocks(settings, insert_rows=1000)
     writer.sink("decisions", [orjson.dumps({"event_id": f"t{i}", "stream": "transactions"}) for i in range(30)])
     writer.sink("alerts", [orjson.dumps({"alert_id": f"a{i}", "event_id": f"t{i}"}) for i in range(5)])
     assert inserts == []  # nothing due before close
@@ -209,7 +213,7 @@ def test_arrow_blocks_through_a_sink_go_as_json_rows_even_from_two_versions(tmp_
     """When the embedded stack's sink owns chDB, the replay's Arrow blocks go to its JSON
     insert: timestamps as seconds, and blocks of two schemas (a column added) still combine."""
     sent: list[bytes] = []
-    writer = replay.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"),
+    writer = sinks_offline.ClickHouseBlocks(Settings(data_dir=tmp_path / "rs"),
                                      insert=lambda s, table, blocks, client: sent.extend(blocks) or 0)
     at = pa.array([1_700_000_000_123], pa.timestamp("ms", tz="UTC"))
     old = pa.table({"event_id": ["a"], "event_time": at})
@@ -232,7 +236,7 @@ def test_map_renames_columns_and_missing_columns_say_what_to_do(tmp_path, sim):
     pq.write_table(raw, path)
     settings = Settings(data_dir=tmp_path / "rs")
 
-    with pytest.raises(replay.ReplayError) as err:
+    with pytest.raises(reading.ReplayError) as err:
         replay.run_replay(args(path, maps=["TX_AMOUNT=amount"]), settings)
     text = str(err.value)
     assert "transaction_id" in text and "event_time" in text and "card_id or customer_id" in text
@@ -303,18 +307,18 @@ def test_card_numbers_in_the_card_or_customer_id_are_never_stored(tmp_path, sim)
 def test_usage_errors_say_what_to_do(tmp_path, sim, capsys):
     path = write_simulation(sim, tmp_path / "tx.parquet")[0]
     settings = Settings(data_dir=tmp_path / "rs")
-    with pytest.raises(replay.ReplayError, match="choose one of: transactions"):
+    with pytest.raises(reading.ReplayError, match="choose one of: transactions"):
         replay.run_replay(args(path, stream="trades"), settings)
-    with pytest.raises(replay.ReplayError, match="file not found"):
+    with pytest.raises(reading.ReplayError, match="file not found"):
         replay.run_replay(args(tmp_path / "nope.csv"), settings)
-    with pytest.raises(replay.ReplayError, match="30m, 12h, 7d"):
+    with pytest.raises(reading.ReplayError, match="30m, 12h, 7d"):
         replay.run_replay(args(path, label_column="is_fraud", label_delay="7 days"), settings)
-    with pytest.raises(replay.ReplayError, match="not in tx.parquet; its columns are"):
+    with pytest.raises(reading.ReplayError, match="not in tx.parquet; its columns are"):
         replay.run_replay(args(path, maps=["TX_AMOUNT=amount"]), settings)
     # Online without a broker: the settings' error, which says to start the stack.
     with pytest.raises(ConfigError, match="riskstream stack up"):
         replay.run_replay(args(path, offline=False), settings)
-    assert replay.parse_duration("7d") == 7 * DAY_MS and replay.parse_duration("30m") == 1_800_000
+    assert reading.parse_duration("7d") == 7 * DAY_MS and reading.parse_duration("30m") == 1_800_000
     # Through the CLI: exit code 2 and the message on stderr, no traceback.
     from riskstream.cli import main
 
@@ -361,8 +365,8 @@ def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
     ]
     rows = [{**base, "transaction_id": f"t{i}", **case} for i, case in enumerate(cases)]
     table = pa.Table.from_pylist(rows)
-    times, time_ok = replay.times_to_ms(table.column("event_time"))
-    _, _, why = replay.validate_transactions(table, times, time_ok, 1e9, now)
+    times, time_ok = reading.times_to_ms(table.column("event_time"))
+    _, _, why = reading.validate_transactions(table, times, time_ok, 1e9, now)
     tokenizer = PanTokenizer(b"k" * 32)
     for i, row in enumerate(rows):
         try:

@@ -20,8 +20,8 @@ import pytest
 from riskstream.schemas.events import PanTokenizer, TransactionBatch
 from riskstream.settings import Settings
 from riskstream.simulate import simulate
-from riskstream.streams import replay
-from riskstream.streams.engine import Engine
+from riskstream.streams import offline, reading
+from riskstream.streams.driver import Driver
 from tests.conftest import query
 
 DAY_MS = 86_400_000
@@ -80,9 +80,9 @@ def run(tmp_path_factory, tx_file, processes: int):
     path, rules, _ = tx_file
     settings = Settings(data_dir=tmp_path_factory.mktemp(f"rs{processes}"), batch_max_events=200,
                         rules_file=str(rules))
-    data = replay.load_input(path, "transactions", settings=settings, label_column="is_fraud", label_delay_ms=DAY_MS)
+    data = reading.load_input(path, "transactions", settings=settings, label_column="is_fraud", label_delay_ms=DAY_MS)
     with deadline(300):
-        summary = replay.replay_offline(data, settings, processes=processes)
+        summary = offline.replay_offline(data, settings, processes=processes)
     return settings, summary, data
 
 
@@ -140,17 +140,17 @@ def test_labels_add_up(one, two, tx_file):
 def test_shards_split_by_card_and_keep_event_time_order(two):
     _, _, data = two
     cards = data.columns["card_id"]
-    shards = replay.card_shards(cards, 2)
+    shards = offline.card_shards(cards, 2)
     assert set(shards.tolist()) == {0, 1}
-    assert (replay.card_shards(cards, 2) == shards).all()  # stable
+    assert (offline.card_shards(cards, 2) == shards).all()  # stable
     for card in np.unique(cards)[:50]:
         assert len(set(shards[cards == card].tolist())) == 1
-    label_shards = replay.card_shards(data.labels["entity_id"], 2)
-    parts = [replay.shard_input(data, shards, label_shards, k) for k in (0, 1)]
+    label_shards = offline.card_shards(data.labels["entity_id"], 2)
+    parts = [offline.shard_input(data, shards, label_shards, k) for k in (0, 1)]
     assert sum(p.n for p in parts) == data.n
     for k, part in enumerate(parts):
         assert (np.diff(part.times_ms) >= 0).all()
-        assert set(replay.card_shards(part.columns["card_id"], 2).tolist()) <= {k}
+        assert set(offline.card_shards(part.columns["card_id"], 2).tolist()) <= {k}
         assert (np.diff(part.labels["label_time"]) >= 0).all()
         assert set(part.labels["entity_id"].tolist()) <= set(part.columns["card_id"].tolist())
 
@@ -159,14 +159,14 @@ def _in_replay_processes(monkeypatch, act) -> int:
     """Run ``act(batch)`` before each batch is scored in the replay processes (not in this one,
     which warms the engine up before forking); returns this process's pid."""
     parent = os.getpid()
-    score_batch = Engine.score_batch
+    process_batch = Driver.process_batch
 
     def patched(self, batch, *args, **kw):
         if os.getpid() != parent:
             act(batch)
-        return score_batch(self, batch, *args, **kw)
+        return process_batch(self, batch, *args, **kw)
 
-    monkeypatch.setattr(Engine, "score_batch", patched)
+    monkeypatch.setattr(Driver, "process_batch", patched)
     return parent
 
 
@@ -177,9 +177,9 @@ def test_a_failing_process_stops_the_replay_with_its_error(tmp_path, tx_file, mo
 
     _in_replay_processes(monkeypatch, fail)
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
-    data = replay.load_input(tx_file[0], "transactions", settings=settings)
-    with deadline(120), pytest.raises(replay.ShardFailed, match="injected scoring failure") as err:
-        replay.replay_offline(data, settings, processes=2)
+    data = reading.load_input(tx_file[0], "transactions", settings=settings)
+    with deadline(120), pytest.raises(offline.ShardFailed, match="injected scoring failure") as err:
+        offline.replay_offline(data, settings, processes=2)
     assert "of 2 failed: RuntimeError" in str(err.value) and "Traceback" in str(err.value)
     assert multiprocessing.active_children() == []
 
@@ -188,22 +188,22 @@ def test_a_process_that_dies_stops_the_replay(tmp_path, tx_file, monkeypatch):
     # like the OOM killer: no error message, the pipe just closes
     _in_replay_processes(monkeypatch, lambda batch: os._exit(3))
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
-    data = replay.load_input(tx_file[0], "transactions", settings=settings)
-    with deadline(120), pytest.raises(replay.ShardFailed, match=r"exited \(code 3\) before finishing"):
-        replay.replay_offline(data, settings, processes=2)
+    data = reading.load_input(tx_file[0], "transactions", settings=settings)
+    with deadline(120), pytest.raises(offline.ShardFailed, match=r"exited \(code 3\) before finishing"):
+        offline.replay_offline(data, settings, processes=2)
     assert multiprocessing.active_children() == []
 
 
 def test_ctrl_c_stops_every_process(tmp_path, tx_file, monkeypatch):
     parent = _in_replay_processes(monkeypatch, lambda batch: time.sleep(600))
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
-    data = replay.load_input(tx_file[0], "transactions", settings=settings)
+    data = reading.load_input(tx_file[0], "transactions", settings=settings)
     timer = threading.Timer(5.0, os.kill, (parent, signal.SIGINT))
     timer.start()
     t0 = time.monotonic()
     try:
         with deadline(120), pytest.raises(KeyboardInterrupt):
-            replay.replay_offline(data, settings, processes=2)
+            offline.replay_offline(data, settings, processes=2)
     finally:
         timer.cancel()
     assert time.monotonic() - t0 < 60
@@ -220,9 +220,9 @@ def test_chunk_batch_is_what_from_columns_builds(tmp_path, tx_file):
     tx["card_id"][7] = "4111111111111111"
     path = tmp_path / "few.parquet"
     pq.write_table(pa.table(tx), path)
-    data = replay.load_input(path, "transactions", settings=settings)
+    data = reading.load_input(path, "transactions", settings=settings)
     assert data.engine_types
-    fast = replay.chunk_batch(data, 5, 250, tok)
+    fast = reading.chunk_batch(data, 5, 250, tok)
     slow = TransactionBatch.from_columns({k: v[5:250] for k, v in data.columns.items()}, tok)
     assert fast.card_id[2].startswith("tok_")
     for f in dataclasses.fields(TransactionBatch):
@@ -232,8 +232,10 @@ def test_chunk_batch_is_what_from_columns_builds(tmp_path, tx_file):
             assert set(a) == {"transaction_id", "merchant_id", "country"}
             for k, column in a.items():
                 assert column.type == pa.string() and column.to_pylist() == fast.column(k).tolist(), k
-            whole = replay.chunk_batch(data, 10, 250, tok)  # no card number in these rows
+            whole = reading.chunk_batch(data, 10, 250, tok)  # no card number in these rows
             assert whole.arrow["card_id"].to_pylist() == whole.card_id.tolist()
+        elif f.name == "source_row":  # neither was decoded from messages
+            assert a is None and b is None
         elif f.name == "optional":
             assert a.keys() == b.keys()
             for k in a:

@@ -8,14 +8,14 @@ import numpy as np
 from riskstream.bench.rule_reload import TRAP_MERCHANT, _log_time, rule_set_text
 from riskstream.rules.compiler import compile_rule_set
 from riskstream.rules.language import validate_rule_set
-from riskstream.streams.engine import Engine
+from riskstream.streams.processors import transaction_rule_columns
 
 
 def test_each_round_is_a_new_version_that_declines_the_trap_on_the_workers_columns():
     texts = [rule_set_text(k, "t") for k in (1, 2)]
     sets = [validate_rule_set(t, "bench") for t in texts]
     assert sets[0].version_tag != sets[1].version_tag
-    compiled = compile_rule_set(sets[1], Engine.rule_columns(None))
+    compiled = compile_rule_set(sets[1], transaction_rule_columns())
     columns = {c: np.zeros(2) for c in compiled.numeric_columns}
     columns.update({c: np.array(["", ""], dtype=object) for c in compiled.columns if c not in columns})
     columns["merchant_id"] = np.array([TRAP_MERCHANT, "M0001"], dtype=object)

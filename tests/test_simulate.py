@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from riskstream import cli
-from riskstream.schemas.events import (ROW_VALIDATORS, PanTokenizer, TransactionBatch,
+from riskstream.schemas.registry import STREAMS
+from riskstream.schemas.events import (PanTokenizer, TransactionBatch,
                                        decode_transactions)
 from riskstream.simulate import (DAY_MS, SCENARIOS, STREAM_COLUMNS, Simulation, _km,
                                  read_simulation, simulate, stream_paths, write_simulation)
@@ -239,7 +240,7 @@ def test_other_streams_pass_the_engine_validators(small):
         columns = small.streams()[name]
         for row in list(zip(*(columns[c].tolist() for c in columns)))[:300]:
             obj = orjson.loads(orjson.dumps(dict(zip(columns, row))))
-            ROW_VALIDATORS[name](obj, small.end_ms)
+            STREAMS[name].validate_row(obj, small.end_ms)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

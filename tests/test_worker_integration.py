@@ -185,7 +185,7 @@ def test_feature_and_model_state_survive_a_worker_restart(stack, worker_factory)
 
     r = redis.Redis.from_url(stack.redis_url.get_secret_value())
     assert r.keys("rs:state:riskstream-worker:features:*"), "feature state saved at shutdown"
-    assert r.exists("rs:state:riskstream-worker:models"), "model state saved at shutdown"
+    assert r.exists("rs:state:riskstream-worker:driver"), "model state saved at shutdown"
 
     second = worker_factory()
     produce(stack, "transactions", [(b"busy", _tx(99, now_ms - 1000, card_id="busy-card", amount=30.0))])

@@ -1,4 +1,4 @@
-"""The engine without a broker: labels reach the learners in event time."""
+"""The driver without a broker: labels reach the learners in event time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import orjson
 from pydantic import SecretStr
 
 from riskstream.settings import Settings
-from riskstream.streams.engine import Engine
+from riskstream.streams.driver import Driver
 
 DAY = 86_400_000
 T0 = 1_763_000_000_000
@@ -25,26 +25,26 @@ def _label(i: int, label_time: int, event_time: int) -> dict:
 
 
 def test_a_label_read_before_its_transaction_is_learned_once_event_time_reaches_it(tmp_path):
-    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
-    models = engine.scorer.models
+    engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    models = engine.transactions.models
     # The label arrives first (a replay reads the small labels topic ahead of the transactions).
     assert engine.learn([_label(0, label_time=T0 + 2 * DAY, event_time=T0)]) == 0
-    assert len(engine.pending_labels) == 1
-    engine.process_transactions([_tx(0, T0)], now_ms=T0 + 10 * DAY)  # decided, label not due yet
-    assert len(engine.pending_labels) == 1 and models.stats["labels_applied"] == 0
-    engine.process_transactions([_tx(1, T0 + DAY)], now_ms=T0 + 10 * DAY)
-    assert len(engine.pending_labels) == 1  # event time is now T0+1d < label time T0+2d
-    engine.process_transactions([_tx(2, T0 + 3 * DAY)], now_ms=T0 + 10 * DAY)
-    assert engine.pending_labels == []
+    assert len(engine.clock) == 1
+    engine.process("transactions", [_tx(0, T0)], now_ms=T0 + 10 * DAY)  # decided, label not due yet
+    assert len(engine.clock) == 1 and models.stats["labels_applied"] == 0
+    engine.process("transactions", [_tx(1, T0 + DAY)], now_ms=T0 + 10 * DAY)
+    assert len(engine.clock) == 1  # event time is now T0+1d < label time T0+2d
+    engine.process("transactions", [_tx(2, T0 + 3 * DAY)], now_ms=T0 + 10 * DAY)
+    assert len(engine.clock) == 0
     assert models.stats["labels_applied"] == 1 and models.stats["labels_missed"] == 0
 
 
 def test_label_features_count_for_card_merchant_and_terminal(tmp_path):
-    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
-    engine.process_transactions([_tx(i, T0 + i * 60_000) for i in range(5)], now_ms=T0 + 10 * DAY)
+    engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    engine.process("transactions", [_tx(i, T0 + i * 60_000) for i in range(5)], now_ms=T0 + 10 * DAY)
     engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
-    before = engine.process_transactions([_tx(10, T0 + DAY // 2, card="c2")], now_ms=T0 + 10 * DAY)
-    after = engine.process_transactions([_tx(11, T0 + 2 * DAY, card="c3")], now_ms=T0 + 10 * DAY)
+    before = engine.process("transactions", [_tx(10, T0 + DAY // 2, card="c2")], now_ms=T0 + 10 * DAY)
+    after = engine.process("transactions", [_tx(11, T0 + 2 * DAY, card="c3")], now_ms=T0 + 10 * DAY)
     # A new card at the same merchant and terminal: only the merchant/terminal history differs.
     for name in ("merchant_fraud_rate_7d", "terminal_fraud_rate_7d"):
         assert after.scored.features[name][0] > 10 * before.scored.features[name][0], name
@@ -53,19 +53,19 @@ def test_label_features_count_for_card_merchant_and_terminal(tmp_path):
 
 
 def test_assigned_partitions_hold_the_watermark_until_they_deliver(tmp_path):
-    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+    engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
     engine.assign_partitions({0, 1})
     engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
     # Partition 0 races ahead; partition 1 (where the labelled payment is) has not delivered.
-    engine.process_transactions([_tx(5, T0 + 5 * DAY, card="c9")], partitions=[0], offsets=[0], now_ms=T0 + 10 * DAY)
-    assert engine.newest_event_ms == 0 and len(engine.pending_labels) == 1
-    engine.process_transactions([_tx(0, T0)], partitions=[1], offsets=[0], now_ms=T0 + 10 * DAY)
-    assert engine.newest_event_ms == T0 and len(engine.pending_labels) == 1
-    engine.process_transactions([_tx(1, T0 + 2 * DAY)], partitions=[1], offsets=[1], now_ms=T0 + 10 * DAY)
-    assert engine.newest_event_ms == T0 + 2 * DAY and engine.pending_labels == []
-    assert engine.scorer.models.stats["labels_missed"] == 0
+    engine.process("transactions", [_tx(5, T0 + 5 * DAY, card="c9")], partitions=[0], offsets=[0], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == 0 and len(engine.clock) == 1
+    engine.process("transactions", [_tx(0, T0)], partitions=[1], offsets=[0], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == T0 and len(engine.clock) == 1
+    engine.process("transactions", [_tx(1, T0 + 2 * DAY)], partitions=[1], offsets=[1], now_ms=T0 + 10 * DAY)
+    assert engine.newest_event_ms == T0 + 2 * DAY and len(engine.clock) == 0
+    assert engine.transactions.models.stats["labels_missed"] == 0
     engine.forget_partitions({1})
-    engine.process_transactions([_tx(6, T0 + 6 * DAY, card="c9")], partitions=[0], offsets=[1], now_ms=T0 + 10 * DAY)
+    engine.process("transactions", [_tx(6, T0 + 6 * DAY, card="c9")], partitions=[0], offsets=[1], now_ms=T0 + 10 * DAY)
     assert engine.newest_event_ms == T0 + 6 * DAY
 
 
@@ -74,16 +74,16 @@ def test_score_thresholds_come_from_settings_and_must_rise(tmp_path):
 
     from riskstream.settings import ConfigError
 
-    engine = Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), step_up_score=0.5,
+    engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), step_up_score=0.5,
                              review_score=0.7, decline_score=0.95))
-    policy = engine.scorer.policy
+    policy = engine.transactions.scorer.policy
     assert (policy.step_up_score, policy.review_score, policy.decline_score) == (0.5, 0.7, 0.95)
     with pytest.raises(ConfigError, match="must rise"):
-        Engine(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), review_score=0.2))
+        Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32), review_score=0.2))
 
 
 def test_a_short_batch_waits_the_linger_and_a_full_or_unlingered_one_does_not(tmp_path):
-    from riskstream.streams.engine import batch_linger_s
+    from riskstream.streams.driver import batch_linger_s
 
     settings = Settings(data_dir=tmp_path, batch_max_events=100, batch_linger_ms=5)
     assert batch_linger_s(1, settings) == batch_linger_s(99, settings) == 0.005

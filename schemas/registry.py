@@ -1,0 +1,127 @@
+"""The stream registry: every input stream of the engine, declared once.
+
+Each :class:`StreamSpec` says what a stream's events carry (required and optional columns),
+how they are keyed and timed, how a record is validated, which ClickHouse table stores it and
+which processor of the driver handles it. The decoder, the driver, the worker's agents, the
+replay (file checks, keys, offline validation), the sink's tables and the docs all read it
+from here; nothing else lists streams.
+
+>>> spec = STREAMS["loan_applications"]
+>>> spec.table, spec.key, spec.processor
+('loan_applications', ('customer_id',), 'loans')
+>>> [s for s in STREAMS if STREAMS[s].time_column == "label_time"]
+['labels']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from riskstream.schemas.events import (
+    LABELLED_STREAMS, TRANSACTION_OPTIONAL, label_row, loan_application_row, market_tick_row, position_row,
+)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What one input stream is.
+
+    ``required`` holds groups of columns: an event needs one column of each group (a
+    transaction names its card by ``card_id`` or ``customer_id``). ``validate_row`` turns a
+    decoded JSON object into the stored row or raises ``InvalidEvent``; transactions have none,
+    as they are decoded straight into columns (``schemas.events.decode_transactions``).
+    """
+
+    name: str
+    time_column: str
+    required: tuple[tuple[str, ...], ...]
+    optional: tuple[str, ...]
+    key: tuple[str, ...]  # message key: the first of these columns an event has
+    table: str  # the ClickHouse table its events are stored in
+    processor: str  # the driver's processor for it (streams.processors)
+    strings: tuple[str, ...] = ()  # text columns (ids like mcc "0742" keep their zeros in a CSV)
+    validate_row: Callable[[dict, int], dict] | None = None
+
+    @property
+    def columnar(self) -> bool:
+        """Decoded straight into a columnar batch (the hot path) rather than into rows."""
+        return self.validate_row is None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*dict.fromkeys(c for group in self.required for c in group), *self.optional)
+
+
+STREAMS: dict[str, StreamSpec] = {
+    "transactions": StreamSpec(
+        name="transactions",
+        time_column="event_time",
+        required=(("transaction_id",), ("event_time",), ("amount",), ("card_id", "customer_id"),
+                  ("merchant_id", "terminal_id")),
+        optional=tuple(c for c in (*TRANSACTION_OPTIONAL, "lat", "lon") if c not in ("customer_id", "terminal_id")),
+        key=("card_id", "customer_id"),
+        table="transactions",
+        processor="transactions",
+        strings=("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL),
+    ),
+    "labels": StreamSpec(
+        name="labels",
+        time_column="label_time",
+        required=(("event_id",), ("label",), ("label_time",)),
+        optional=("stream", "entity_id", "source", "merchant_id", "terminal_id", "event_time"),
+        key=("entity_id",),
+        table="labels",
+        processor="labels",
+        strings=("event_id", "stream", "label", "entity_id", "source", "merchant_id", "terminal_id"),
+        validate_row=label_row,
+    ),
+    "market": StreamSpec(
+        name="market",
+        time_column="event_time",
+        required=(("instrument",), ("event_time",), ("price",)),
+        optional=("volume",),
+        key=("instrument",),
+        table="market_ticks",
+        processor="market",
+        strings=("instrument",),
+        validate_row=market_tick_row,
+    ),
+    "positions": StreamSpec(
+        name="positions",
+        time_column="event_time",
+        required=(("portfolio_id",), ("instrument",), ("event_time",), ("quantity",)),
+        optional=("price",),
+        key=("portfolio_id",),
+        table="positions",
+        processor="market",
+        strings=("portfolio_id", "instrument"),
+        validate_row=position_row,
+    ),
+    "loan_applications": StreamSpec(
+        name="loan_applications",
+        time_column="event_time",
+        required=(("application_id",), ("event_time",), ("customer_id",), ("amount",), ("income",),
+                  ("term_months",)),
+        optional=("existing_debt", "credit_score"),
+        key=("customer_id",),
+        table="loan_applications",
+        processor="loans",
+        strings=("application_id", "customer_id"),
+        validate_row=loan_application_row,
+    ),
+}
+
+__all__ = ["LABELLED_STREAMS", "STREAMS", "StreamSpec", "UnknownStream", "stream_spec"]
+
+
+class UnknownStream(KeyError):
+    def __str__(self) -> str:
+        return f"unknown stream {self.args[0]!r}; the streams are: {', '.join(STREAMS)}"
+
+
+def stream_spec(name: str) -> StreamSpec:
+    try:
+        return STREAMS[name]
+    except KeyError:
+        raise UnknownStream(name) from None

@@ -1,0 +1,220 @@
+"""The driver: the only loop body. Every source of batches calls it.
+
+    records or columns ─ decode (schemas) ─► processor (streams.processors) ─► Outputs
+                                                  ▲                             │
+                label clock (streams.clock) ──────┘              publish (streams.outputs)
+
+The Faust worker, the offline replay (one process or N), the bench and the rules backtest all
+go through :class:`Driver`: they differ only in where batches come from (Kafka, a file,
+simulated messages, ClickHouse) and which publisher takes the outputs (Kafka + Redis,
+ClickHouse, a recording). Which processor handles a stream is read from the stream registry.
+
+Poison records and outages are different things (STYLE.md): a record that cannot be decoded,
+or that makes scoring fail, becomes a dead letter and the batch goes on; an outage (broker,
+Redis, ClickHouse) raises from the publisher, so that offsets are not committed and the
+records come again.
+
+>>> from pydantic import SecretStr
+>>> from riskstream.settings import Settings
+>>> from riskstream.sinks.publisher import RecordingPublisher
+>>> driver = Driver(Settings(data_dir="/tmp/rs-doc-driver", pan_key=SecretStr("k" * 32)))
+>>> out = driver.run("loan_applications", [b'{"application_id": "a1", "event_time": 1700000000000, '
+...     b'"customer_id": "c1", "amount": 5000, "income": 60000, "term_months": 36, "credit_score": 720}',
+...     b'{"broken'],
+...     RecordingPublisher())
+>>> out.decisions[0]["decision"], out.dead[0].error.startswith("invalid JSON")
+('approve', True)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from riskstream.schemas.events import (
+    DeadLetter, PanTokenizer, TransactionBatch, decode_rows, decode_transactions,
+)
+from riskstream.schemas.registry import LABELLED_STREAMS, STREAMS, stream_spec
+from riskstream.settings import Settings
+from riskstream.sinks.publisher import Publisher
+from riskstream.streams.clock import LabelClock, Watermark
+from riskstream.streams.outputs import Outputs, publish
+from riskstream.streams.processors import LoanProcessor, MarketProcessor, TransactionProcessor
+
+
+class Driver:
+    """Decode, process and publish batches of any registered stream; hand due labels to the
+    processors in event time; checkpoint and restore their models."""
+
+    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True):
+        self.settings = settings
+        self.tokenizer = PanTokenizer(settings.pan_key_bytes())
+        self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models)
+        self.loans = LoanProcessor(settings)
+        self.market = MarketProcessor({s.name: s.table for s in STREAMS.values() if s.processor == "market"})
+        self.processors = {"transactions": self.transactions, "loans": self.loans, "market": self.market}
+        self.watermarks = {name: Watermark() for name in LABELLED_STREAMS}
+        self.clock = LabelClock()
+        self.labels_learned = 0
+
+    # ----- shortcuts the worker and tools use --------------------------------------------
+    @property
+    def rules(self):
+        return self.transactions.rules
+
+    @property
+    def features(self):
+        return self.transactions.features
+
+    @property
+    def newest_event_ms(self) -> int:
+        """The transactions' event-time watermark."""
+        return self.watermarks["transactions"].ms
+
+    def processor_for(self, stream: str):
+        return self.processors[stream_spec(stream).processor]
+
+    # ----- one batch ----------------------------------------------------------------------
+    def process(self, stream: str, values: Sequence[bytes | None], partitions: Sequence[int] | None = None,
+                offsets: Sequence[int] | None = None, now_ms: int | None = None) -> Outputs:
+        """Decode raw messages of ``stream`` and process them."""
+        spec = stream_spec(stream)
+        topic = self.settings.topic(stream)
+        if spec.columnar:
+            batch, dead = decode_transactions(
+                values, tokenizer=self.tokenizer, topic=topic, partitions=partitions, offsets=offsets,
+                max_message_bytes=self.settings.max_message_bytes, max_amount=self.settings.max_amount,
+                now_ms=now_ms)
+            return self.process_batch(batch, dead, values)
+        n = len(values)
+        parts = partitions if partitions is not None else [-1] * n
+        offs = offsets if offsets is not None else [-1] * n
+        rows, dead = decode_rows(spec.validate_row, zip(values, parts, offs), tokenizer=self.tokenizer,
+                                 topic=topic, max_message_bytes=self.settings.max_message_bytes, now_ms=now_ms)
+        return self.process_rows(stream, rows, dead)
+
+    def process_batch(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
+                      values: Sequence[bytes] | None = None) -> Outputs:
+        """A decoded transaction batch (``values``: the messages it came from, if any)."""
+        if batch.n:
+            watermark = self.watermarks["transactions"].advance(batch.partition, batch.event_time_ms)
+            self.transactions.set_watermark(watermark)
+        out = self.transactions.process(batch, dead, values, self.settings.topic("transactions"))
+        out.learned = self._learn_due("transactions")
+        return out
+
+    def process_rows(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter] | None = None,
+                     now_ms: int | None = None) -> Outputs:
+        """Validated rows of a row-shaped stream."""
+        dead = dead if dead is not None else []
+        spec = stream_spec(stream)
+        if spec.processor == "labels":
+            out = Outputs(stream, rows={spec.table: rows}, dead=dead)
+            out.learned = self.learn(rows)
+            return out
+        if spec.processor == "loans":
+            out = self.loans.process(rows, dead, now_ms)
+            if rows:
+                times = np.fromiter((r["event_time"] for r in rows), dtype=np.int64, count=len(rows))
+                self.watermarks[stream].advance(np.full(len(rows), -1), times)
+            out.learned = self._learn_due(stream)
+            return out
+        return self.market.process(stream, rows, dead)
+
+    def run(self, stream: str, values: Sequence[bytes | None], publisher: Publisher,
+            partitions: Sequence[int] | None = None, offsets: Sequence[int] | None = None) -> Outputs:
+        """:meth:`process` then :func:`~riskstream.streams.outputs.publish`."""
+        out = self.process(stream, values, partitions, offsets)
+        publish(out, publisher)
+        return out
+
+    # ----- labels -------------------------------------------------------------------------
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        """Take labels as they are read. Label-driven features fold them in at their label
+        time by themselves; the models learn each once its stream's event time has reached
+        its label time, so that the labelled event has been decided and remembered. Returns
+        how many the models learned now."""
+        if not labels:
+            return 0
+        by_stream: dict[str, list[dict[str, Any]]] = {}
+        for label in labels:
+            by_stream.setdefault(label["stream"], []).append(label)
+        for stream, rows in by_stream.items():
+            self.processor_for(stream).labels_arrived(rows)
+        self.clock.add(labels)
+        return sum(self._learn_due(stream) for stream in by_stream)
+
+    def _learn_due(self, stream: str) -> int:
+        due = self.clock.due(stream, self.watermarks[stream].ms)
+        if not due:
+            return 0
+        learned = self.processor_for(stream).learn(due)
+        self.labels_learned += learned
+        return learned
+
+    # ----- partitions, upkeep, state ------------------------------------------------------
+    def assign_partitions(self, partitions: set[int]) -> None:
+        self.watermarks["transactions"].assign(partitions)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        self.watermarks["transactions"].forget(partitions)
+
+    def upkeep(self) -> Outputs:
+        """Periodic model upkeep (matured negatives, quality rows, drift alerts)."""
+        return self.transactions.upkeep(self.rules.current.version)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Model state of every processor and the labels still waiting (feature state is
+        saved per partition apart: ``streams.state``)."""
+        return {
+            "models": {name: p.checkpoint() for name, p in self.processors.items()},
+            "labels": self.clock.state(),
+            "watermarks": {name: w.ms for name, w in self.watermarks.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name, blob in state.get("models", {}).items():
+            if blob is not None and name in self.processors:
+                self.processors[name].restore(blob)
+        self.clock.load(state.get("labels", {}))
+        for name, ms in state.get("watermarks", {}).items():
+            if name in self.watermarks:
+                self.watermarks[name].ms = max(self.watermarks[name].ms, int(ms))
+
+    def summary(self) -> str:
+        models = self.transactions.models
+        stats = models.stats if models is not None else {}
+        return (f"event-time watermark {self.newest_event_ms}, labels waiting {len(self.clock)}, "
+                f"fraud model {self.transactions.version} {stats}, credit model {self.loans.version}")
+
+
+def batch_linger_s(received: int, settings: Settings) -> float:
+    """Seconds to wait for more before processing a batch of ``received`` events: the linger
+    when the batch is short of ``batch_max_events`` (a trickle), else none. Each batch has a
+    fixed cost (~2 ms of scoring and encoding, and a few broker requests), which at a few
+    records per batch would dominate both CPU and latency. The worker's reader and the bench's
+    engine latency loop batch by this one rule."""
+    if settings.batch_linger_ms <= 0 or received >= settings.batch_max_events:
+        return 0.0
+    return settings.batch_linger_ms / 1000
+
+
+def tune_garbage_collector(collect: bool = True) -> None:
+    """For a process that runs the driver over many batches: a worker once its long-lived
+    state is built; an offline replay just before it builds its driver.
+
+    Each batch allocates ~100k short-lived objects (decoded dicts, strings, rows), which at
+    CPython's default threshold of 700 runs the cycle collector hundreds of times per batch,
+    and now and then over the whole long-lived heap. The long-lived objects are frozen out of
+    collection and young ones collected less often (bench/results has the measurements).
+
+    A forked process passes ``collect=False``: a collection would walk, and write to, every
+    object it shares with its parent, copying those pages; the freeze alone moves them out
+    of later collections without touching them."""
+    import gc
+
+    if collect:
+        gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)

@@ -1,0 +1,265 @@
+"""The driver's processors: one per domain, one contract.
+
+Each processor owns its state and answers, on batches:
+
+* ``process(...) -> Outputs``: score and decide (or store) one batch;
+* ``labels_arrived(labels)``: outcomes as they are read (label-driven features fold them in
+  at their own label time);
+* ``learn(labels) -> int``: outcomes whose time has come (the driver's label clock decides),
+  returns how many the models learned;
+* ``checkpoint() -> bytes | None`` / ``restore(blob)``: model state (per-partition feature
+  state is the transaction processor's ``features``, saved by ``streams.state``).
+
+Processors are plain objects: tests drive them without a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from riskstream.schemas.events import DeadLetter, PanTokenizer, TransactionBatch
+from riskstream.settings import ConfigError, Settings
+from riskstream.streams.outputs import Outputs
+from riskstream.streams.pipeline import DecisionPolicy, ScoredBatch, TransactionScorer, concat_scored
+
+log = logging.getLogger("riskstream.processors")
+
+
+def default_rules_text() -> tuple[str, str]:
+    path = resources.files("riskstream.rules").joinpath("default.yaml")
+    return path.read_text(), "rules/default.yaml"
+
+
+def load_rules_text(settings: Settings) -> tuple[str, str]:
+    if settings.rules_file:
+        path = Path(settings.rules_file)
+        if not path.exists():
+            raise ConfigError(f"rules_file {path}: not found (RISKSTREAM_RULES_FILE).")
+        return path.read_text(), str(path)
+    return default_rules_text()
+
+
+def transaction_rule_columns() -> list[str]:
+    """What transaction rules can name: the features, the model score and the text columns."""
+    from riskstream.detectors.features import FEATURE_NAMES
+    from riskstream.schemas.events import TRANSACTION_OPTIONAL
+
+    return [*FEATURE_NAMES, "score", "card_id", "merchant_id", *TRANSACTION_OPTIONAL]
+
+
+# --------------------------------------------------------------------------------------
+# Transactions: features -> rules -> fraud models -> decision
+# --------------------------------------------------------------------------------------
+class TransactionProcessor:
+    """Card transactions: fraud scoring and decisions, on columnar batches."""
+
+    def __init__(self, settings: Settings, tokenizer: PanTokenizer, rules_holder=None, with_models: bool = True):
+        from riskstream.detectors.features import FeatureEngine
+        from riskstream.rules.compiler import RuleSetHolder
+
+        self.tokenizer = tokenizer
+        self.features = FeatureEngine()
+        if rules_holder is None:
+            rules_holder = RuleSetHolder(available_columns=transaction_rule_columns())
+            text, source = load_rules_text(settings)
+            rules_holder.load(text, source)
+        self.rules = rules_holder
+        models = None
+        if with_models:
+            from riskstream.detectors.fraud import FraudModels
+
+            models = FraudModels()
+        if not settings.step_up_score <= settings.review_score <= settings.decline_score:
+            raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "
+                              f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")
+        policy = DecisionPolicy(decline_score=settings.decline_score, review_score=settings.review_score,
+                                step_up_score=settings.step_up_score)
+        self.scorer = TransactionScorer(self.features, self.rules, models, policy)
+
+    @property
+    def models(self):
+        return self.scorer.models
+
+    def process(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
+                values: Sequence[bytes] | None = None, topic: str = "transactions") -> Outputs:
+        """Score one batch. A batch that makes scoring fail is retried row by row: the rows
+        that fail become dead letters carrying their original bytes (``values``, the
+        messages the batch was decoded from), the rest are decided."""
+        dead = dead if dead is not None else []
+        try:
+            return Outputs("transactions", scored=self.scorer.process(batch), dead=dead)
+        except Exception:
+            log.exception("scoring a batch of %d failed; retrying row by row", batch.n)
+        good: list[ScoredBatch] = []
+        for i in range(batch.n):
+            one = batch.take(np.asarray([i]))
+            try:
+                good.append(self.scorer.process(one))
+            except Exception as row_exc:
+                dead.append(DeadLetter(topic, int(one.partition[0]), int(one.offset[0]),
+                                       f"processing failed: {type(row_exc).__name__}: {row_exc}",
+                                       self.tokenizer.mask(_original_bytes(one, values))))
+        return Outputs("transactions", scored=concat_scored(good) if good else None, dead=dead)
+
+    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
+        """Confirmed frauds count for the card's, merchant's and terminal's fraud-rate features
+        from their label time on (the feature engine keeps its own event-time queue)."""
+        tx = [r for r in labels if r["is_positive"]]
+        if not tx:
+            return
+
+        def column(name: str) -> np.ndarray:
+            return np.asarray([r.get(name, "") for r in tx], dtype=object)
+
+        self.features.apply_labels(
+            {"card": column("entity_id"), "merchant": column("merchant_id"), "terminal": column("terminal_id")},
+            np.asarray([r.get("event_time", r["label_time"]) for r in tx], dtype=np.int64),
+            np.asarray([r["label_time"] for r in tx], dtype=np.int64),
+            np.ones(len(tx), dtype=np.int8),
+        )
+
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        return self.scorer.learn(labels)
+
+    def set_watermark(self, ms: int) -> None:
+        if self.models is not None:
+            self.models.watermark_ms = ms
+
+    def upkeep(self, rules_version: str) -> Outputs:
+        """Periodic model upkeep: learn matured negatives, quality rows, drift alerts."""
+        out = Outputs("transactions")
+        models = self.models
+        if models is None:
+            return out
+        models.learn_matured()
+        out.rows["model_quality"] = models.quality()
+        for d in models.drift_alerts():
+            at = d["detected_at"]
+            out.alerts.append({
+                "alert_id": f"drift:{d['model_version']}:{d['signal']}:{at}",
+                "event_id": "", "stream": "transactions", "entity_id": d["model_version"],
+                "event_time": at, "raised_at": time.time(), "kind": f"model_drift_{d['signal']}",
+                "severity": 0.0, "severity_level": "high", "score": float(d["mean_error_now"]),
+                "amount_at_risk": 0.0, "reasons": [f"DRIFT: {d['meaning']} (window {d['window']})"],
+                "rules_version": rules_version,
+            })
+        return out
+
+    def checkpoint(self) -> bytes | None:
+        return self.models.checkpoint() if self.models is not None else None
+
+    def restore(self, blob: bytes) -> None:
+        if self.models is not None:
+            self.models.restore(blob)
+
+    @property
+    def version(self) -> str:
+        return self.models.version if self.models is not None else "none"
+
+
+def _original_bytes(one: TransactionBatch, values: Sequence[bytes] | None) -> bytes:
+    """The message a one-row batch was decoded from; for a batch built from a file's columns,
+    the row as JSON."""
+    if values is not None and one.source_row is not None:
+        return values[int(one.source_row[0])] or b""
+    row = {"transaction_id": one.transaction_id[0], "event_time": int(one.event_time_ms[0]),
+           "card_id": one.card_id[0], "merchant_id": one.merchant_id[0], "amount": float(one.amount[0]),
+           **{k: v[0] for k, v in one.optional.items() if v[0]}}
+    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --------------------------------------------------------------------------------------
+# Loan applications: PD model -> decision policy; outcomes teach the model
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CreditPolicy:
+    """Approve under ``review_pd``, refer to an underwriter up to ``decline_pd``, decline above."""
+
+    review_pd: float = 0.25
+    decline_pd: float = 0.50
+    version: str = "credit-policy-1"
+
+    def decide(self, pd_: float) -> str:
+        return "decline" if pd_ >= self.decline_pd else "review" if pd_ >= self.review_pd else "approve"
+
+
+class LoanProcessor:
+    """Loan applications: a probability of default, a decision with reasons, and learning from
+    the outcome (``default`` / ``repaid`` labels) on the features as they were at decision time."""
+
+    def __init__(self, settings: Settings):
+        from riskstream.detectors.credit import CreditModel
+
+        if not settings.credit_review_pd <= settings.credit_decline_pd:
+            raise ConfigError("credit cut-offs must rise: credit_review_pd <= credit_decline_pd "
+                              f"(got {settings.credit_review_pd}, {settings.credit_decline_pd})")
+        self.model = CreditModel()
+        self.policy = CreditPolicy(settings.credit_review_pd, settings.credit_decline_pd)
+
+    def process(self, rows: list[dict[str, Any]], dead: list[DeadLetter], now_ms: int | None = None) -> Outputs:
+        out = Outputs("loan_applications", rows={"loan_applications": rows}, dead=dead)
+        if not rows:
+            return out
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        prob, reasons = self.model.score_rows(rows)
+        version = self.model.version
+        for row, p, why in zip(rows, prob.tolist(), reasons):
+            out.decisions.append({
+                "event_id": row["application_id"], "stream": "loan_applications",
+                "entity_id": row["customer_id"], "event_time": row["event_time"] / 1000.0,
+                "decided_at": now_ms / 1000.0, "score": p, "decision": self.policy.decide(p),
+                "reasons": list(why), "rules_version": self.policy.version,
+                "model_version": version, "amount": row["amount"],
+            })
+        self.model.remember([r["application_id"] for r in rows], rows)
+        return out
+
+    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
+        pass
+
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        return self.model.learn_from_labels([r["event_id"] for r in labels], [r["is_positive"] for r in labels])
+
+    def checkpoint(self) -> bytes:
+        return self.model.checkpoint()
+
+    def restore(self, blob: bytes) -> None:
+        self.model.restore(blob)
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+# --------------------------------------------------------------------------------------
+# Market ticks and positions: stored for the risk desk (market risk builds on them)
+# --------------------------------------------------------------------------------------
+class MarketProcessor:
+    """Market ticks and positions: validated and stored; no decisions yet."""
+
+    def __init__(self, tables: dict[str, str]):
+        self.tables = tables  # stream -> ClickHouse table
+
+    def process(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter]) -> Outputs:
+        return Outputs(stream, rows={self.tables[stream]: rows}, dead=dead)
+
+    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
+        pass
+
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        return 0
+
+    def checkpoint(self) -> None:
+        return None
+
+    def restore(self, blob: bytes) -> None:
+        pass
+

@@ -39,8 +39,8 @@ import psutil
 
 from riskstream.settings import Settings
 from riskstream.streams.pipeline import SCORER_STAGES
+from riskstream.schemas.events import DAY_MS
 
-DAY_MS = 86_400_000
 Progress = Callable[[str], None]
 
 

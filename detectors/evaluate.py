@@ -32,7 +32,6 @@ from datetime import date, timedelta
 import numpy as np
 import orjson
 
-DAY_MS = 86_400_000
 
 
 def _check(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

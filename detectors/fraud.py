@@ -62,8 +62,8 @@ from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError, 
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
 from riskstream.detectors.features import id_hashes
 from riskstream.detectors.kernels import index_insert, index_probe
+from riskstream.schemas.events import DAY_MS
 
-DAY_MS = 86_400_000
 # A decision with no chargeback after a day is learned as legit; a later chargeback corrects it
 # (learned again as a positive). Why not the week or more a chargeback can take: negatives
 # learned only after a week leave the model a week of positives from days it has no negatives

@@ -35,7 +35,9 @@ from typing import Any, Callable
 import numba
 import numpy as np
 
-HOUR_MS = 3_600_000.0
+from riskstream.schemas.events import HOUR_MS as EVENT_HOUR_MS
+
+HOUR_MS = float(EVENT_HOUR_MS)  # float: the kernels' time arithmetic is in float64
 DAY_MS = 24 * HOUR_MS
 
 # "Seconds since previous" of a first-seen entity: a first sighting is treated like a long

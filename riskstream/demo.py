@@ -22,8 +22,8 @@ import orjson
 from riskstream.schemas.events import json_documents
 from riskstream.settings import Settings, load_settings
 from riskstream.stack import EmbeddedStack, _die_with_parent
+from riskstream.schemas.events import DAY_MS
 
-DAY_MS = 86_400_000
 
 
 def _say(msg: str) -> None:

@@ -95,8 +95,8 @@ from typing import Callable
 
 import numpy as np
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
+from riskstream.schemas.events import DAY_MS, HOUR_MS
+
 MINUTE_MS = 60_000
 # A fixed default start keeps identical arguments giving identical output; 2024-01-01 was a Monday.
 DEFAULT_START_MS = 1_704_067_200_000

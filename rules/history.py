@@ -45,18 +45,18 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
+from riskstream.schemas.events import DAY_MS, HOUR_MS
+from riskstream.schemas.registry import STREAMS
 from riskstream.settings import Settings
+from riskstream.streams.pipeline import rule_columns
 
 WARMUP_DAYS = 30
 # Rows per ClickHouse read and per FeatureEngine call: ~100 MB of Arrow and features at most;
 # each read costs a fixed query overhead, so much smaller chunks would make that dominate.
 CHUNK_ROWS = 100_000
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-# What the worker hands the rules besides the features (streams.processors.transaction_rule_columns);
-# "score" comes from the stored row.
-_TEXT_COLUMNS = ("transaction_id", "card_id", "merchant_id", "terminal_id", "customer_id", "currency",
-                   "country", "channel", "mcc", "device_id", "ip", "account_id")
+# The transaction's text columns as the worker decodes them (the stream registry); "score"
+# comes from the stored row.
+_TEXT_COLUMNS = STREAMS["transactions"].strings
 
 
 @dataclass
@@ -231,12 +231,8 @@ def rebuild_history(settings: Settings, date_from: date, date_to: date, *, warmu
             next_label = due
         features = engine.compute(batch)
         if lo >= period_start:
-            part = dict(features)
-            part["score"] = cols["score"].astype(np.float32, copy=False)
-            part["card_id"] = batch.card_id
-            part["merchant_id"] = batch.merchant_id
-            part.update(batch.optional)
-            parts.append(part)
+            # What the worker's rules see, built by the worker's own function.
+            parts.append(rule_columns(batch, features, cols["score"].astype(np.float32, copy=False)))
             ids.append(batch.transaction_id)
             times.append(batch.event_time_ms)
         done += table.num_rows

@@ -22,8 +22,8 @@ from riskstream.simulate import simulate, write_simulation
 from riskstream.streams import offline, reading
 from riskstream.streams.driver import Driver
 from riskstream.streams.processors import transaction_rule_columns
+from riskstream.schemas.events import DAY_MS
 
-DAY_MS = 86_400_000
 LABEL_DELAY_MS = 7 * DAY_MS
 # The simulation starts 2024-01-01 and runs 10 days. The period's first frauds are labelled
 # 7 days later, after the last stored transaction: they still count as fraud.

@@ -20,7 +20,8 @@ from riskstream.streams import offline, reading
 from riskstream.sinks import offline as sinks_offline
 from tests.conftest import query, wait_for
 
-DAY_MS = 86_400_000
+from riskstream.schemas.events import DAY_MS
+
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from riskstream.streams import offline, reading
 from riskstream.streams.driver import Driver
 from tests.conftest import query
 
-DAY_MS = 86_400_000
+from riskstream.schemas.events import DAY_MS
+
 # Features that depend only on the card's own history, so they must not depend on how the
 # cards are split (the fraud rate depends on when labels arrive, chunk by chunk: left out).
 CARD_FEATURES = ("card_first_seen", "card_seconds_since_prev", "card_txn_count_1h", "card_txn_count_1d",

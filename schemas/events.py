@@ -440,22 +440,17 @@ def decode_transactions(
 # rows. Smaller batches (a worker at a low rate) keep the orjson path.
 ARROW_DECODE_MIN_ROWS = 2000
 _ARROW_STRINGS = tuple(dict.fromkeys(("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL, "pan")))
-_ARROW_OPTIONS: tuple | None = None
-
-
 def _arrow_options() -> tuple:
-    global _ARROW_OPTIONS
-    if _ARROW_OPTIONS is None:
-        import pyarrow as pa
-        import pyarrow.json as pj
+    """The JSON reader's options: built per batch (~12 µs, against a batch of 2,000 rows or
+    more), so no module state is kept."""
+    import pyarrow as pa
+    import pyarrow.json as pj
 
-        schema = pa.schema([(c, pa.string()) for c in _ARROW_STRINGS]
-                           + [("event_time", pa.int64()), ("amount", pa.float64()),
-                              ("lat", pa.float64()), ("lon", pa.float64())])
-        _ARROW_OPTIONS = (pj.ReadOptions(use_threads=False, block_size=1 << 30),
-                          pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore",
-                                          newlines_in_values=False))
-    return _ARROW_OPTIONS
+    schema = pa.schema([(c, pa.string()) for c in _ARROW_STRINGS]
+                       + [("event_time", pa.int64()), ("amount", pa.float64()),
+                          ("lat", pa.float64()), ("lon", pa.float64())])
+    return (pj.ReadOptions(use_threads=False, block_size=1 << 30),
+            pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False))
 
 
 Check = tuple[np.ndarray, "str | Callable[[int], str]"]

@@ -331,8 +331,7 @@ def run_sink(settings: Settings, stop: threading.Event, query_port: int = 0,
         "session.timeout.ms": settings.session_timeout_ms,
         "fetch.max.bytes": 64 * 1024 * 1024,
         # The sink is not in a hurry (it inserts once a window): let the broker gather a
-        # megabyte or half a window per fetch. Measured on the embedded broker at 5k tx/s,
-        # the sink's fetching fell from ~30% of a broker core to ~5%.
+        # megabyte or half a window per fetch, rather than serve many small fetches.
         "fetch.min.bytes": 1024 * 1024,
         "fetch.wait.max.ms": max(10, min(500, settings.sink_flush_interval_ms // 2)),
     })

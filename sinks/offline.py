@@ -18,16 +18,12 @@ from riskstream.schemas.events import DeadLetter
 from riskstream.settings import Settings
 from riskstream.sinks.clickhouse import ARROW_INSERT_SETTINGS, arrow_tables, combine_blocks, concat_arrow_tables
 
-# Rows per ClickHouse insert (per table). Bigger inserts write fewer parts, and chDB's
-# background merges of parts were 40% of its CPU at 20k-row inserts (measured with merges
-# stopped: 4.1 -> 2.5 us per transaction's two rows). Measured on a 300k replay, alternating
-# with the 20k-row writer eight times: median 119.6k tx/s against 113.8k, ~10% less user CPU.
-# An earlier measurement saw 200k-row buffers fault in fresh pages for every block (sys time
-# > user time).
+# Rows per ClickHouse insert (per table). Bigger inserts write fewer parts for chDB to merge
+# in the background; much bigger buffers fault in fresh pages for every block, which slows
+# the scoring thread beside them.
 INSERT_ROWS = 50_000
-# The parent of a multi-process replay only writes, so the page faults above do not slow
-# scoring, and chDB spends less per row on bigger inserts: 5.3 us -> 3.7 us a transaction
-# (decisions + transactions) from 20k- to 100k-row inserts, measured.
+# The parent of a multi-process replay only writes, so those page faults do not slow scoring,
+# and chDB spends less per row on bigger inserts.
 SHARDED_INSERT_ROWS = 100_000
 TAIL_INSERT_ROWS = 5_000
 WRITER_SWITCH_INTERVAL_S = 0.001  # see replay_offline
@@ -74,11 +70,8 @@ class ClickHouseBlocks:
             self._client = open_client(settings)  # one client for the run, not one per block
             ensure_schema(self._client)
             # A second client for close(): once the last chunk is scored a core is free, and
-            # what is still queued then goes in on two threads (on one, that tail took
-            # 160-230 ms). Measured on the bench's 300k files, alternating: 5 of 5 runs faster
-            # on one (e.g. 185k against 173k tx/s), 4 of 4 on another (e.g. 212k against 193k).
-            # Two writers from the start, or from the shrinking blocks near the end, took CPU
-            # from the scoring and were not faster.
+            # what is still queued then goes in on two threads. Two writers from the start
+            # would take CPU from the scoring.
             self._tail_client = open_client(settings)
         self._rows_lock = threading.Lock()  # rows_written, from both writers at close
         self._threads = [threading.Thread(target=self._write_loop, args=(self._client,), daemon=True,

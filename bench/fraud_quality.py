@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             friction, main_prob = weekly_friction(sim, prob), prob
         results[label] = metrics(sim, prob, test)
         results[label]["replay_s"] = seconds
-        log(f"{label}: replay {seconds:.1f}s, learned rows {models.supervised.n_learned:,}, "
+        log(f"{label}: replay {seconds:.1f}s, learned rows {models.linear.n_learned:,}, "
             f"stats {models.stats}")
         main_models = main_models or models
     offline = offline_baseline(sim, X, test_start)

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from river import linear_model, optim, utils
 
-from riskstream.detectors.base import Detector, DetectorError, register
+from riskstream.detectors.base import Detector, DetectorError
 
 LOAN_FIELDS = ("amount", "income", "term_months", "existing_debt", "credit_score")
 DERIVED = ("debt_to_income", "payment_to_income", "loan_to_income", "credit_score_z", "log_amount")
@@ -65,7 +65,6 @@ def derive(X: np.ndarray) -> np.ndarray:
     return np.column_stack([dti, pti, lti, score_z, np.log1p(np.maximum(amount, 0))])
 
 
-@register("credit_logistic")
 class CreditModel(Detector):
     """Default probability of a loan application, with reasons."""
 

@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 from river import drift, linear_model, optim, preprocessing
 
-from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError, register
+from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
 from riskstream.detectors.features import id_hashes
 from riskstream.detectors.kernels import index_insert, index_probe
@@ -424,8 +424,6 @@ class RobustZAnomalyDetector(Detector):
         self._refresh()
 
 
-register("fraud_linear")(lambda: LinearFraudDetector(default_feature_names()))
-register("fraud_robust_z")(lambda: RobustZAnomalyDetector(default_feature_names()))
 
 
 # --------------------------------------------------------------------------------------
@@ -463,9 +461,13 @@ class FraudScores:
 EMPTY, PENDING, LEARNED_NEG, LEARNED_POS = 0, 1, 2, 3
 
 
-class FraudModels:
+class FraudModels(Detector):
     """Score batches, remember what was scored, learn from labels and maturity (on a schedule
     of its own, see ``learn_every``).
+
+    On the detector contract: ``score_many`` is the fraud probability (0 while warming up),
+    and ``learn_many(X, y)`` takes rows whose outcome is known now: they are remembered and
+    settled at once, and the model learns them in the same call.
 
     Pure: no I/O, no clocks except where ``measured_at`` is left to default in ``quality``.
     State is bounded: a ring buffer of ``capacity`` decisions (float32 features, decision-time
@@ -529,13 +531,45 @@ class FraudModels:
         self._alerts: list[dict] = []
         self._adwin = {"fraud_score": drift.ADWIN(delta=drift_delta), "legit_score": drift.ADWIN(delta=drift_delta)}
         self._column_maps: dict[tuple[str, ...], np.ndarray | None] = {}
+        self._learned_rows = 0  # rows given to learn_many, for their ids
         if feature_names is not None:
             self._init_features(tuple(feature_names))
+
+    name = "fraud_models"
+
+    # ----- the detector contract --------------------------------------------------------------
+    @property
+    def n_learned(self) -> int:
+        return self.linear.n_learned if self.feature_names is not None else 0
+
+    def score_many(self, X: np.ndarray) -> np.ndarray:
+        X = self.check_matrix(X)
+        return np.asarray(self.score(X, self.feature_names).probability, dtype=np.float32)
+
+    def learn_many(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        if y is None:
+            raise DetectorError(f"{self.name} is supervised: learn_many needs labels")
+        X = self.check_matrix(X)
+        n = len(X)
+        if n == 0:
+            return
+        ids = np.array([f"learn_many:{self._learned_rows + i}" for i in range(n)], dtype=object)
+        self._learned_rows += n
+        at = self.newest_event_ms or 0
+        self.remember(ids, X, np.full(n, at, np.int64))
+        self.learn_from_labels(ids, np.asarray(y, dtype=np.int8), np.full(n, at, np.int64))
+        self._learn_queued(force=True)
+
+    def _state(self) -> object:
+        return self.checkpoint()
+
+    def _load(self, state: object) -> None:
+        self.restore(state)
 
     def _init_features(self, names: tuple[str, ...]) -> None:
         self.feature_names = names
         d, cap, qcap = len(names), self.capacity, self.quality_capacity
-        self.supervised = LinearFraudDetector(names, scale_from_traffic=True, **self._params)
+        self.linear = LinearFraudDetector(names, scale_from_traffic=True, **self._params)
         self.anomaly = RobustZAnomalyDetector(names)
         # Ring buffer of decisions, in insertion order; `_head` is the next slot to write.
         self._X = np.zeros((cap, d), np.float32)
@@ -573,7 +607,7 @@ class FraudModels:
         if not self.ready:  # decision rows say the model had no say, and how far it is
             return (f"fraud-warming-up-pos{self.stats['settled_positives']}of{self.min_positives}"
                     f"-neg{self.stats['settled_negatives']}of{self.min_negatives}")
-        return f"fraud-lr{self.supervised.n_learned}-z{self.anomaly.n_learned}"
+        return f"fraud-lr{self.linear.n_learned}-z{self.anomaly.n_learned}"
 
     # ----- scoring ----------------------------------------------------------------------------
     def _columns(self, X: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -594,9 +628,9 @@ class FraudModels:
 
     def score(self, X: np.ndarray, feature_names: Sequence[str]) -> FraudScores:
         X = self._columns(X, feature_names)
-        contrib = self.supervised.contributions(X)
+        contrib = self.linear.contributions(X)
         if self.ready:
-            probability = _sigmoid(contrib.sum(axis=1) + self.supervised.offset_)
+            probability = _sigmoid(contrib.sum(axis=1) + self.linear.offset_)
         else:  # computed all the same: warm-up costs what scoring costs
             probability = np.zeros(len(X), np.float32)
         return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names)
@@ -700,7 +734,7 @@ class FraudModels:
         self.newest_event_ms = newest if self.newest_event_ms is None else max(self.newest_event_ms, newest)
         self.stats["remembered"] += n
         T = signed_log1p(X)  # once for both: the log is a fifth of the statistics' cost
-        self.supervised.observe_signed_log(T)
+        self.linear.observe_signed_log(T)
         self.anomaly.learn_signed_log(T)
         self._since_update += n
         if self._updated_at_ms is None:
@@ -763,7 +797,7 @@ class FraudModels:
             X_all = np.concatenate([held, self._X[slots]])
             y_all = np.concatenate([np.zeros(len(X_all) - len(y), np.int8), y])
             self._held = []
-            self.supervised.learn_many(X_all, y_all)
+            self.linear.learn_many(X_all, y_all)
         else:
             self._queued[source].append((self._X[slots], y))
         self.stats["settled_positives"] += positives
@@ -884,18 +918,18 @@ class FraudModels:
             return False
         return self._clock() - self._updated_at_ms >= self.learn_every_ms
 
-    def _learn_queued(self) -> None:
-        """When an update is due: settle everything matured, then learn what settled since the
-        last update in two River calls, the labels' rows first, as a 5,000-transaction batch
-        would have learned them."""
-        if not self._update_due():
+    def _learn_queued(self, force: bool = False) -> None:
+        """When an update is due (or ``force``): settle everything matured, then learn what
+        settled since the last update in two River calls, the labels' rows first, as a
+        5,000-transaction batch would have learned them."""
+        if not (force or self._update_due()):
             return
         if self.learn_every > 1:
             self._learn_matured(min_rows=1)
         for source in ("labels", "matured"):
             queued, self._queued[source] = self._queued[source], []
             if queued:
-                self.supervised.learn_many(np.concatenate([X for X, _ in queued]),
+                self.linear.learn_many(np.concatenate([X for X, _ in queued]),
                                            np.concatenate([y for _, y in queued]))
         self._since_update %= max(1, self.learn_every)  # the remainder counts: on average every learn_every
         self._updated_at_ms = self._clock() if self.newest_event_ms is not None else None
@@ -976,7 +1010,7 @@ class FraudModels:
                               self._updated_at_ms)}
         if self.feature_names is not None:
             state.update({
-                "supervised": self.supervised.checkpoint(), "anomaly": self.anomaly.checkpoint(),
+                "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
                 "head": self._head, "cursor": self._cursor, "span": self._span, "q_n": self._q_n,
                 "arrays": {k: getattr(self, k) for k in self._ARRAYS},
             })
@@ -989,7 +1023,7 @@ class FraudModels:
         self._column_maps = {}
         if state["feature_names"] is not None:
             self._init_features(tuple(state["feature_names"]))
-            self.supervised.restore(state["supervised"])
+            self.linear.restore(state["supervised"])
             self.anomaly.restore(state["anomaly"])
             for k, v in state["arrays"].items():
                 setattr(self, k, v)

@@ -30,6 +30,7 @@ import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import Any, Callable
 
 import numba
@@ -723,39 +724,43 @@ def _ref_geo(p, x, state, out):
     return 0
 
 
-KERNELS: dict[str, KernelSpec] = {}
+def kernel_table(specs: tuple[KernelSpec, ...]) -> MappingProxyType:
+    """Kernels by name, read-only; a name given twice raises."""
+    table: dict[str, KernelSpec] = {}
+    for spec in specs:
+        if spec.name in table:
+            raise ValueError(f"kernel {spec.name!r} listed twice")
+        table[spec.name] = spec
+    return MappingProxyType(table)
 
 
-def register(spec: KernelSpec) -> None:
-    if spec.name in KERNELS:
-        raise ValueError(f"kernel {spec.name!r} registered twice")
-    KERNELS[spec.name] = spec
-
-
-register(KernelSpec(
-    "decayed_activity", decayed_activity, decayed_activity_reference, _activity_outputs,
-    lambda p: (np.dtype(np.float64), 1 + len(p["counts"]) + len(p["sums"]), 0.0),
-    _run_activity, _ref_activity))
-register(KernelSpec(
-    "decayed_amount_profile", decayed_amount_profile, decayed_amount_profile_reference,
-    lambda p: tuple(f"amount_{f}_{p['window']}" for f in ("mean", "std", "zscore", "ratio")),
-    lambda p: (np.dtype(np.float64), 4, 0.0), _run_profile, _ref_profile))
-register(KernelSpec(
-    "decayed_fraud_rate", decayed_fraud_rate, decayed_fraud_rate_reference,
-    lambda p: tuple(f"fraud_rate_{w}" for w in p["windows"]),
-    lambda p: (np.dtype(np.float64), 1 + 2 * len(p["windows"]), 0.0), _run_fraud, _ref_fraud))
-register(KernelSpec(
-    "distinct_recent", distinct_recent, distinct_recent_reference,
-    lambda p: (f"distinct_{p['member']}s_{p['window']}",),
-    lambda p: (np.dtype(np.int32), 2 * p["k"], 0), _run_distinct, _ref_distinct))
-register(KernelSpec(
-    "novelty_recent", novelty_recent, novelty_recent_reference,
-    lambda p: (f"new_{p['member']}",),
-    lambda p: (np.dtype(np.int32), p["k"], 0), _run_novelty, _ref_novelty))
-register(KernelSpec(
-    "geo_velocity", geo_velocity, geo_velocity_reference,
-    lambda p: ("km_from_prev", "speed_kmh_from_prev"),
-    lambda p: (np.dtype(np.float64), 3, 0.0), _run_geo, _ref_geo))
+# Every kernel, with its plain reference: the parity tests and bench/features_bench read this.
+KERNELS = kernel_table((
+    KernelSpec(
+        "decayed_activity", decayed_activity, decayed_activity_reference, _activity_outputs,
+        lambda p: (np.dtype(np.float64), 1 + len(p["counts"]) + len(p["sums"]), 0.0),
+        _run_activity, _ref_activity),
+    KernelSpec(
+        "decayed_amount_profile", decayed_amount_profile, decayed_amount_profile_reference,
+        lambda p: tuple(f"amount_{f}_{p['window']}" for f in ("mean", "std", "zscore", "ratio")),
+        lambda p: (np.dtype(np.float64), 4, 0.0), _run_profile, _ref_profile),
+    KernelSpec(
+        "decayed_fraud_rate", decayed_fraud_rate, decayed_fraud_rate_reference,
+        lambda p: tuple(f"fraud_rate_{w}" for w in p["windows"]),
+        lambda p: (np.dtype(np.float64), 1 + 2 * len(p["windows"]), 0.0), _run_fraud, _ref_fraud),
+    KernelSpec(
+        "distinct_recent", distinct_recent, distinct_recent_reference,
+        lambda p: (f"distinct_{p['member']}s_{p['window']}",),
+        lambda p: (np.dtype(np.int32), 2 * p["k"], 0), _run_distinct, _ref_distinct),
+    KernelSpec(
+        "novelty_recent", novelty_recent, novelty_recent_reference,
+        lambda p: (f"new_{p['member']}",),
+        lambda p: (np.dtype(np.int32), p["k"], 0), _run_novelty, _ref_novelty),
+    KernelSpec(
+        "geo_velocity", geo_velocity, geo_velocity_reference,
+        lambda p: ("km_from_prev", "speed_kmh_from_prev"),
+        lambda p: (np.dtype(np.float64), 3, 0.0), _run_geo, _ref_geo),
+))
 
 
 def fresh_state(spec: KernelSpec, params: dict, n_rows: int) -> np.ndarray:

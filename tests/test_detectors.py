@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from riskstream.detectors.base import DETECTORS, DetectorError, check_detector, load_all, register
+from riskstream.detectors.base import DetectorError, check_detector, detector_factories, named_factories
 from riskstream.detectors.evaluate import roc_auc
 from riskstream.detectors.credit import CreditModel
 from riskstream.detectors.fraud import (
     DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
 )
 
-load_all()
+DETECTORS = detector_factories()
 NAMES = ("amount", "card_txn_count_1h", "terminal_fraud_rate_7d", "card_amount_ratio_30d")
 
 
@@ -26,12 +26,12 @@ def test_every_registered_detector_meets_the_contract(name):
 
 
 def test_registry_has_the_fraud_and_credit_detectors():
-    assert {"fraud_linear", "fraud_robust_z", "credit_logistic"} <= set(DETECTORS)
+    assert {"fraud_linear", "fraud_robust_z", "fraud_models", "credit_logistic"} <= set(DETECTORS)
 
 
 def test_registering_a_name_twice_fails_loudly():
-    with pytest.raises(DetectorError, match="already registered"):
-        register("fraud_linear")(lambda: LinearFraudDetector(NAMES))
+    with pytest.raises(DetectorError, match="listed twice"):
+        named_factories([("fraud_linear", lambda: LinearFraudDetector(NAMES))] * 2)
 
 
 def test_check_suite_catches_a_broken_detector():
@@ -83,8 +83,8 @@ def test_learns_only_from_features_remembered_at_decision_time():
     reference = LinearFraudDetector(NAMES, seed=5, scale_from_traffic=True)
     reference.observe_many(X_decision)  # FraudModels scales by the traffic it remembers
     reference.learn_many(X_decision, y)
-    np.testing.assert_array_equal(models.supervised.weight_, reference.weight_)
-    np.testing.assert_array_equal(models.supervised.mean_, reference.mean_)
+    np.testing.assert_array_equal(models.linear.weight_, reference.weight_)
+    np.testing.assert_array_equal(models.linear.mean_, reference.mean_)
     assert models.stats["labels_applied"] == 3000
 
 
@@ -109,7 +109,7 @@ def test_maturity_turns_unlabelled_decisions_into_negatives():
     models.learn_from_labels(np.array([], dtype=object), np.array([], np.int8), np.array([], np.int64))
     # Nine old decisions without a positive label matured; the positive and the new ones did not.
     assert models.stats["matured_negatives"] == 9
-    assert models.supervised.n_learned == 1 + 9
+    assert models.linear.n_learned == 1 + 9
     # A chargeback after maturity corrects the negative.
     assert models.learn_from_labels(np.array(["old4"]), np.array([1]), np.array([9 * DAY_MS])) == 1
     y = models._q_y[: models._q_n][models._q_time[: models._q_n] >= 0]
@@ -145,7 +145,7 @@ def test_what_the_model_learns_does_not_depend_on_the_batching():
         models = FraudModels(NAMES, capacity=n, seed=3, min_positives=5, min_negatives=50, **kw)
         models = _stream_in_batches(models, X, y, times, batch)
         assert models.stats["settled_positives"] > 0 and models.stats["matured_negatives"] > 10_000
-        return models.supervised.weight_.copy(), models.supervised.n_learned
+        return models.linear.weight_.copy(), models.linear.n_learned
 
     big, learned = weights(5000)
     assert learned > 0
@@ -154,7 +154,7 @@ def test_what_the_model_learns_does_not_depend_on_the_batching():
     # The queue of settled rows survives a checkpoint taken between two updates.
     models = FraudModels(NAMES, capacity=n, seed=3, min_positives=5, min_negatives=50)
     restored = _stream_in_batches(models, X, y, times, 100, restore_at=7300)
-    np.testing.assert_array_equal(restored.supervised.weight_, big)
+    np.testing.assert_array_equal(restored.linear.weight_, big)
     # What the old schedule (learning at every call) did: the batching shows in the model.
     assert not np.array_equal(weights(100, learn_every=1)[0], weights(5000, learn_every=1)[0])
 
@@ -172,7 +172,7 @@ def test_a_trickle_of_traffic_still_learns_every_day():
         models.remember(ids[start:start + 10], X[start:start + 10], times[start:start + 10])
     # 300 decisions, far fewer than learn_every: learned at least once a day of event time.
     assert models.learn_every > 300
-    assert models.supervised.n_learned > 0
+    assert models.linear.n_learned > 0
     assert sum(len(v) for v in models._queued.values()) < 100  # at most a day of outcomes waits
 
 
@@ -248,9 +248,9 @@ def test_contributions_explain_the_logit_and_point_the_right_way():
     models, X, y = _trained_models()
     scores = models.score(X[:200], NAMES)
     logit = np.log(scores.probability / (1 - scores.probability))
-    np.testing.assert_allclose(scores.contributions.sum(axis=1) + models.supervised.offset_, logit, atol=2e-3)
+    np.testing.assert_allclose(scores.contributions.sum(axis=1) + models.linear.offset_, logit, atol=2e-3)
     # Larger amounts are fraud here: the amount weight is positive, and a huge amount pushes up.
-    assert models.supervised.weight_[0] > 0
+    assert models.linear.weight_[0] > 0
     big = X[:1].copy()
     big[0, 0] = 1e6
     s = models.score(big, NAMES)
@@ -277,7 +277,7 @@ def test_fraud_models_checkpoint_round_trip_continues_identically():
         m.remember(_ids("later", 100), X[:100], np.full(100, 20 * DAY_MS))
         m.learn_from_labels(_ids("later", 100)[:5], np.ones(5, np.int8), np.full(5, 20 * DAY_MS))
     assert twin.version == models.version
-    np.testing.assert_array_equal(twin.supervised.weight_, models.supervised.weight_)
+    np.testing.assert_array_equal(twin.linear.weight_, models.linear.weight_)
     assert twin.stats == models.stats
 
 
@@ -511,8 +511,8 @@ def test_negatives_held_before_the_first_positive_are_the_newest_ones():
     matured = models.stats["settled_negatives"]
     assert matured > 2 * 300  # enough to have trimmed the hold at least once
     learned = []
-    learn_many = models.supervised.learn_many
-    models.supervised.learn_many = lambda Xs, ys: (learned.append((Xs.copy(), ys.copy())), learn_many(Xs, ys))
+    learn_many = models.linear.learn_many
+    models.linear.learn_many = lambda Xs, ys: (learned.append((Xs.copy(), ys.copy())), learn_many(Xs, ys))
     pos = 3800 + np.flatnonzero(y[3800:])  # fraud not matured yet: its label settles it
     assert len(pos) > 0
     models.learn_from_labels(ids[pos], np.ones(len(pos), np.int8), np.full(len(pos), 4 * DAY_MS))

@@ -39,7 +39,9 @@ import time
 import numpy as np
 
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
-from riskstream.detectors.fraud import DAY_MS, FraudModels, signed_log1p
+from riskstream.detectors.fraud import FraudModels
+from riskstream.detectors.fraud_detectors import signed_log1p
+from riskstream.schemas.events import DAY_MS
 
 PUBLISHED_LOGREG = {"roc_auc": 0.871, "average_precision": 0.606, "card_precision_at_100": 0.291}
 DELAY_MS = 7 * DAY_MS

@@ -111,7 +111,8 @@ def detector_factories() -> dict[str, Callable[[], Detector]]:
     checks run over. Built when asked (no import fills it); a name given twice raises, so two
     detectors cannot silently shadow each other."""
     from riskstream.detectors.credit import CreditModel
-    from riskstream.detectors.fraud import FraudModels, LinearFraudDetector, RobustZAnomalyDetector, default_feature_names
+    from riskstream.detectors.fraud import FraudModels
+    from riskstream.detectors.fraud_detectors import LinearFraudDetector, RobustZAnomalyDetector, default_feature_names
 
     return named_factories([
         ("fraud_linear", lambda: LinearFraudDetector(default_feature_names())),

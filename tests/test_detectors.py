@@ -12,9 +12,11 @@ import pytest
 from riskstream.detectors.base import DetectorError, check_detector, detector_factories, named_factories
 from riskstream.detectors.evaluate import roc_auc
 from riskstream.detectors.credit import CreditModel
-from riskstream.detectors.fraud import (
-    DAY_MS, FraudModels, LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
+from riskstream.detectors.fraud import FraudModels
+from riskstream.detectors.fraud_detectors import (
+    LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
 )
+from riskstream.schemas.events import DAY_MS
 
 DETECTORS = detector_factories()
 NAMES = ("amount", "card_txn_count_1h", "terminal_fraud_rate_7d", "card_amount_ratio_30d")
@@ -340,7 +342,7 @@ def test_adwin_detections_match_rivers_own_update():
     assert (fed.width, fed.drift_detected) == (reference.width, reference.drift_detected)
 
 
-@pytest.mark.parametrize("module", ["base", "fraud", "credit", "evaluate"])
+@pytest.mark.parametrize("module", ["base", "fraud", "fraud_detectors", "credit", "evaluate"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -15,7 +15,8 @@ import time
 import numpy as np
 
 from riskstream.rules.compiler import compile_rule_set
-from riskstream.rules.language import KNOWN_NUMERIC_COLUMNS, STRING_COLUMNS, default_rule_set_text, validate_rule_set
+from riskstream.rules.language import default_rule_set_text, validate_rule_set
+from riskstream.rules.model import KNOWN_NUMERIC_COLUMNS, STRING_COLUMNS
 
 
 def synthetic_batch(n: int, seed: int = 7) -> dict[str, np.ndarray]:

@@ -23,7 +23,8 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from riskstream.rules.language import KNOWN_COLUMNS, RuleSet, RuleSetError, validate_rule_set
+from riskstream.rules.language import validate_rule_set
+from riskstream.rules.model import KNOWN_COLUMNS, RuleSet, RuleSetError
 
 RULES_TOPIC = "rules"
 RULESET_KEY = b"ruleset"

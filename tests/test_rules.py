@@ -14,10 +14,9 @@ import pytest
 from riskstream.rules.compiler import (
     RuleSetHolder, backtest, compile_rule_set, reference_hits,
 )
-from riskstream.rules.language import (
-    KNOWN_COLUMNS, All, AnyOf, Arith, Between, Col, Compare, InList, Not, Num, ReasonTemplate, RuleSetError,
-    default_rule_set_text, parse_condition, validate_rule_set,
-)
+from riskstream.rules.conditions import All, AnyOf, Arith, Between, Col, Compare, InList, Not, Num, parse_condition
+from riskstream.rules.language import default_rule_set_text, validate_rule_set
+from riskstream.rules.model import KNOWN_COLUMNS, ReasonTemplate, RuleSetError
 
 NAN = math.nan
 
@@ -625,8 +624,9 @@ def test_docstring_examples_run() -> None:
     import doctest
 
     import riskstream.rules.compiler
+    import riskstream.rules.conditions
     import riskstream.rules.language
 
-    for module in (riskstream.rules.language, riskstream.rules.compiler):
+    for module in (riskstream.rules.language, riskstream.rules.conditions, riskstream.rules.compiler):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__

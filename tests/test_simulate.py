@@ -11,8 +11,9 @@ from riskstream import cli
 from riskstream.schemas.registry import STREAMS
 from riskstream.schemas.events import (PanTokenizer, TransactionBatch,
                                        decode_transactions)
-from riskstream.simulate import (DAY_MS, SCENARIOS, STREAM_COLUMNS, Simulation, _km,
-                                 read_simulation, simulate, stream_paths, write_simulation)
+from riskstream.schemas.events import DAY_MS
+from riskstream.sim_world import SCENARIOS, STREAM_COLUMNS, distance_km
+from riskstream.simulate import Simulation, read_simulation, simulate, stream_paths, write_simulation
 
 GRID_COUNTRIES = {"FR", "BE", "NL", "LU", "DE", "CH", "AT", "IT", "CZ"}
 
@@ -116,7 +117,7 @@ def _previous_payment(tx):
     card = tx["card_id"][order]
     same = np.r_[False, card[1:] == card[:-1]]
     minutes = np.r_[np.inf, np.diff(tx["event_time"][order]) / 60_000]
-    km = np.r_[0.0, _km(tx["lat"][order][:-1], tx["lon"][order][:-1], tx["lat"][order][1:], tx["lon"][order][1:])]
+    km = np.r_[0.0, distance_km(tx["lat"][order][:-1], tx["lon"][order][:-1], tx["lat"][order][1:], tx["lon"][order][1:])]
     back = np.empty_like(order)
     back[order] = np.arange(len(order))
     return np.where(same, minutes, np.inf)[back], np.where(same, km, 0.0)[back]

@@ -59,7 +59,7 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from riskstream.bench import engine_bench as eb
+    from riskstream.bench import broker_runs, engine_runs, harness, workload
 
     base = load_settings(args.config).model_copy(update={"session_timeout_ms": 6000})
     quick = args.quick
@@ -68,7 +68,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     worker_counts = args.workers or ([1] if quick else [1, 2])
     seconds = args.latency_seconds or (2.0 if quick else 10.0)
     cards = args.cards or (20_000 if quick else 1_000_000)
-    res: dict[str, Any] = {"machine": eb.machine_info(), "quick": quick,
+    res: dict[str, Any] = {"machine": harness.machine_info(), "quick": quick,
                            "config": {"transactions": n, "rates": rates, "workers": worker_counts,
                                       "latency_seconds": seconds, "memory_cards": cards,
                                       "batch_max_events": base.batch_max_events,
@@ -77,8 +77,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     _say(f"riskstream bench on {m['cores']} cores ({m['cpu_model']}), {m['ram_gb']} GB, Python {m['python']}, "
          f"load {m['load_avg_at_start']}")
     t_all = time.monotonic()
-    group = eb.ProcessGroup()
-    stacks: list[eb.BenchStack] = []
+    group = harness.ProcessGroup()
+    stacks: list[harness.BenchStack] = []
     tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
     finished = False
     try:
@@ -87,17 +87,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         lingers = sorted({0, base.batch_linger_ms})
         _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep "
              f"+ {latency_pool * len(lingers):,} for the engine-only latency")
-        msgs = eb.build_messages(n, extra=latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
+        msgs = workload.build_messages(n, extra=latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
         preload_msgs = msgs.head(n)
 
         _say("\n== offline replay (in process)")
-        offline_settings = eb._offline_settings(base, tmp / "offline")
-        _say(f"  numba warm-up (compile or cache load): {eb.warm_engine(offline_settings, preload_msgs):.1f}s")
-        direct = eb.offline_replay(offline_settings, preload_msgs, progress=_say)
+        offline_settings = engine_runs.offline_settings(base, tmp / "offline")
+        _say(f"  numba warm-up (compile or cache load): {engine_runs.warm_engine(offline_settings, preload_msgs):.1f}s")
+        direct = engine_runs.offline_replay(offline_settings, preload_msgs, progress=_say)
         _say(f"  {direct['tps']:,.0f} transactions/s ({direct['path']})")
         by_processes = {}
         for procs in sorted({1, os.cpu_count() or 1}):
-            run = eb.offline_replay_module(offline_settings.model_copy(
+            run = engine_runs.offline_replay_module(offline_settings.model_copy(
                 update={"data_dir": tmp / f"offline-{procs}"}), preload_msgs, processes=procs, config=args.config)
             by_processes[str(procs)] = run
             _say(f"  {run['tps']:,.0f} transactions/s to the last row in ClickHouse ({run['tps_with_close']:,.0f} "
@@ -112,12 +112,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         _say(f"\n== engine-only latency (in process, no broker): open-loop arrivals, {seconds:.0f}s per rate, "
              f"batching as the worker does with a linger of {' and '.join(f'{x} ms' for x in lingers)}")
-        res["engine_latency_ms"], _ = eb.engine_latency(
+        res["engine_latency_ms"], _ = engine_runs.engine_latency(
             offline_settings.model_copy(update={"data_dir": tmp / "engine-latency"}), msgs, n + latency_pool,
             rates, seconds, lingers, progress=_say)
 
         _say(f"\n== memory: an Engine fed {cards:,} distinct cards (own process)")
-        res["memory"] = eb.memory_in_subprocess(cards, group, progress=lambda s: _say(f"  {s}"))
+        res["memory"] = engine_runs.memory_in_subprocess(cards, group, progress=lambda s: _say(f"  {s}"))
         mem = res["memory"]
         res["state_bytes_per_card"] = mem["state_bytes_per_card"]
         _say(f"  {mem['state_bytes_per_card']:,.0f} feature-state bytes per card, peak RSS {mem['peak_rss_mb']:,.0f} MB")
@@ -127,12 +127,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         # messages), so a sweep after the drains would measure the broker's fill level.
         _say(f"\n== latency: a fresh stack and 1 worker, open-loop producer, {seconds:.0f}s per rate; "
              "producer and consumer are threads of this process")
-        bs = eb.start_stack(base, tmp / "stack-latency", progress=_say)
+        bs = harness.start_stack(base, tmp / "stack-latency", progress=_say)
         stacks.append(bs)
         warm = min(n, 5000)
-        eb.preload(bs.settings, preload_msgs, stop=warm, progress=_say)
-        _, workers = eb.drain_throughput(bs, group, 1, warm, progress=_say, keep_running=True)
-        res["latency_ms"], _ = eb.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say,
+        workload.preload(bs.settings, preload_msgs, stop=warm, progress=_say)
+        _, workers = broker_runs.drain_throughput(bs, group, 1, warm, progress=_say, keep_running=True)
+        res["latency_ms"], _ = broker_runs.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say,
                                                    roles=bs.roles(workers))
         for proc in workers:
             group.stop(proc)
@@ -142,11 +142,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         by_workers: dict[str, dict] = {}
         for idx, w in enumerate(worker_counts):
             _say(f"\n== throughput with {w} worker(s): fresh stack")
-            bs = eb.start_stack(base, tmp / f"stack-{idx}", progress=_say)
+            bs = harness.start_stack(base, tmp / f"stack-{idx}", progress=_say)
             stacks.append(bs)
-            eb.preload(bs.settings, preload_msgs, progress=_say)
+            workload.preload(bs.settings, preload_msgs, progress=_say)
             first = idx == 0
-            drain, workers = eb.drain_throughput(bs, group, w, n, progress=_say, keep_running=first)
+            drain, workers = broker_runs.drain_throughput(bs, group, w, n, progress=_say, keep_running=first)
             by_workers[str(w)] = drain.as_dict()
             _say(f"  {w} worker(s): {drain.tps:,.0f} transactions/s over {drain.seconds:.1f}s, "
                  f"worker CPU {drain.cpu_us_per_txn['workers']:.1f} µs/txn, peak RSS {drain.worker_peak_rss_mb} MB")
@@ -154,14 +154,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 for proc in workers:
                     group.stop(proc)
                 _say("\n== baselines on the same topic")
-                faust = eb.faust_per_event_drain(bs, group, n, progress=_say)
+                faust = broker_runs.faust_per_event_drain(bs, group, n, progress=_say)
                 res["faust_per_event"] = faust
                 _say(f"  Faust per-event agent (no work): {faust['tps']:,.0f}/s")
-                raw = eb.raw_getmany_drain(bs.settings, n)
+                raw = broker_runs.raw_getmany_drain(bs.settings, n)
                 res["raw_consume"] = raw
                 _say(f"  aiokafka getmany(max_records=10000): {raw['tps']:,.0f}/s over {raw['events']:,} records")
                 _say("\n== per-stage profile (in process, batches of 5000, real broker and Valkey)")
-                res["stage_profile"] = eb.stage_profile(bs.settings, preload_msgs, progress=_say)
+                res["stage_profile"] = engine_runs.stage_profile(bs.settings, preload_msgs, progress=_say)
             bs.stack.stop()
             stacks.remove(bs)
         res["throughput_tps_by_workers"] = {k: v["tps"] for k, v in by_workers.items()}

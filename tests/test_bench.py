@@ -71,12 +71,12 @@ def test_engine_only_latency_per_linger_and_rate(report):
 
 
 def test_latency_stages_split_each_decision_at_its_two_stamps():
-    from riskstream.bench.engine_bench import _decided_at, latency_stages
+    from riskstream.bench.broker_runs import decided_at_of, latency_stages
 
     value = (b'{"event_id":"t1","stream":"transactions","entity_id":"c","event_time":1.5,'
              b'"decided_at":1700000000.123,"score":0.1}')
-    assert _decided_at(value) == 1700000000.123
-    assert _decided_at(b'{"decided_at":5.0}') == 5.0  # last field: the JSON parse
+    assert decided_at_of(value) == 1700000000.123
+    assert decided_at_of(b'{"decided_at":5.0}') == 5.0  # last field: the JSON parse
     # sent 0 s -> scoring from 10 ms -> produced at 12 ms -> read at 20 ms; twice as long for the second
     stages = latency_stages([100.0, 200.0], [(100.010, 100.012), (200.020, 200.024)], [100.020, 200.040])
     assert stages["to_scoring"]["p50"] == pytest.approx(15.0)
@@ -86,12 +86,12 @@ def test_latency_stages_split_each_decision_at_its_two_stamps():
 
 
 def test_ids_are_read_without_a_json_parse_when_they_come_first():
-    from riskstream.bench.engine_bench import _leading_id
+    from riskstream.bench.broker_runs import leading_id
 
-    assert _leading_id(b'{"transaction_id":"tx-1","amount":2}', "transaction_id") == b"tx-1"
+    assert leading_id(b'{"transaction_id":"tx-1","amount":2}', "transaction_id") == b"tx-1"
     # not first: the JSON parse, same answer
-    assert _leading_id(b'{"amount":2,"transaction_id":"tx-2"}', "transaction_id") == b"tx-2"
-    assert _leading_id(b'{"event_id":"e-9","score":0.5}', "event_id") == b"e-9"
+    assert leading_id(b'{"amount":2,"transaction_id":"tx-2"}', "transaction_id") == b"tx-2"
+    assert leading_id(b'{"event_id":"e-9","score":0.5}', "event_id") == b"e-9"
 
 
 def test_in_process_figures(report):
@@ -121,7 +121,8 @@ def test_in_process_figures(report):
 def test_simulated_traffic_starts_on_a_monday_so_runs_of_a_week_compare():
     from datetime import datetime, timezone
 
-    from riskstream.bench.engine_bench import DAY_MS, simulation_start_ms
+    from riskstream.bench.workload import simulation_start_ms
+    from riskstream.schemas.events import DAY_MS
 
     def ms(text: str) -> int:
         return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)

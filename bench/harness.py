@@ -1,0 +1,166 @@
+"""The bench's harness: the embedded stack and worker processes it starts, and what it reads
+off them (CPU seconds, peak memory, percentiles)."""
+
+from __future__ import annotations
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+import numpy as np
+import psutil
+from riskstream.settings import Settings
+
+
+Progress = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------
+# machine and process measurements
+# ------------------------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def peak_rss_mb(pid: int | None = None) -> float:
+    """VmHWM (the kernel's peak resident set) of a process, in MB; psutil only has current RSS."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds(pids: list[int], children: bool = True) -> float:
+    """user+sys of these processes (and their children); a process that is gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            procs = [proc, *proc.children(recursive=True)] if children else [proc]
+        except psutil.Error:
+            continue
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
+
+
+# ------------------------------------------------------------------------------------------
+# the stack and processes
+# ------------------------------------------------------------------------------------------
+class ProcessGroup:
+    """Every subprocess the bench starts, so that one place stops them all (exit, Ctrl-C)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def add(self, proc: subprocess.Popen) -> subprocess.Popen:
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        from riskstream.stack import stop_process
+
+        stop_process(proc, timeout)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc, timeout=5.0)
+
+
+@dataclass
+class BenchStack:
+    """An attached EmbeddedStack with its client settings."""
+
+    stack: Any
+    settings: Settings  # points clients at this stack explicitly
+    state: dict
+
+    def service_pids(self) -> dict[str, int]:
+        return {s.name: s.process.pid for s in self.stack.services}
+
+    def roles(self, workers: list[subprocess.Popen]) -> dict[str, list[int]]:
+        """Process ids by role, for CPU accounting: workers, each service, and this process."""
+        return {"workers": [w.pid for w in workers], **{k: [v] for k, v in self.service_pids().items()},
+                "bench": [os.getpid()]}
+
+
+def start_stack(base: Settings, data_dir: Path, progress: Progress = quiet) -> BenchStack:
+    from pydantic import SecretStr
+
+    from riskstream.stack import EmbeddedStack
+
+    settings = base.model_copy(update={"data_dir": data_dir, "kafka_bootstrap": "", "redis_url": SecretStr("")})
+    stack = EmbeddedStack(settings, with_sink=True)
+    t0 = time.perf_counter()
+    stack.start(progress=lambda s: progress(f"  {s}"))
+    state = settings.stack_state()
+    client = settings.model_copy(update={"kafka_bootstrap": state["kafka"], "redis_url": SecretStr(state["redis"])})
+    progress(f"  stack up in {time.perf_counter() - t0:.1f}s")
+    return BenchStack(stack, client, state)
+
+
+def start_worker(bs: BenchStack, group: ProcessGroup, index: int) -> subprocess.Popen:
+    from riskstream.stack import _die_with_parent
+
+    s = bs.settings
+    env = dict(os.environ)
+    env.update({
+        "RISKSTREAM_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "RISKSTREAM_REDIS_URL": s.redis_url.get_secret_value(),
+        "RISKSTREAM_DATA_DIR": str(s.data_dir),
+        "RISKSTREAM_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
+        "RISKSTREAM_TOPIC_PARTITIONS": str(s.topic_partitions),
+    })
+    log = s.data_dir / "logs" / f"bench-worker-{index}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return group.add(subprocess.Popen([sys.executable, "-m", "riskstream", "worker"], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          preexec_fn=_die_with_parent))
+
+
+def percentiles(ms: np.ndarray, *names: str) -> dict[str, float]:
+    """Named figures of a latency sample in ms ("p50", "p99", ..., "max", "mean"), rounded."""
+    def one(name: str) -> float:
+        if name == "max":
+            return float(ms.max())
+        if name == "mean":
+            return float(ms.mean())
+        return float(np.percentile(ms, float(name[1:])))
+    return {name: round(one(name), 2) for name in names}
+
+
+def p50_p99(ms: np.ndarray) -> dict[str, float]:
+    return percentiles(ms, "p50", "p99")

@@ -1,32 +1,25 @@
 """The Faust worker: thin agents that move batches through :class:`~riskstream.streams.driver.Driver`.
 
-Transactions do not go through Faust's per-event stream (~35 µs of framework per event caps
-a process near 10k events/s, FACTS.md). A :class:`TransactionReader` service reads the
-``transactions`` and ``labels`` topics with aiokafka's batch API (``getmany``) and sends one
-envelope per batch into an in-memory Faust channel; the ``score_transactions`` agent scores
-the whole batch, publishes, flushes, and only then are the batch's offsets committed.
-Transactions and labels share one consumer group with the range assignor, so partition *p*
-of both topics (keyed by card) lands on the same worker, where that card's features and
-decision-time snapshots live.
-
-Market ticks, positions and loan applications are lower-volume: one Faust agent per stream
-over ``take_events`` batches, declared from the stream registry, each handing its batch to the
-same driver. Rule sets arrive on the one-partition ``rules`` topic, which every worker reads
-whole (no group), and are swapped in without a restart.
+* Transactions and labels come in batches from :class:`~riskstream.streams.reader.BatchReader`
+  (aiokafka's ``getmany``) through an in-memory Faust channel to the ``score_transactions``
+  agent, which runs the driver, publishes, and lets the reader commit once the broker has
+  acknowledged the batch's outputs.
+* The row-shaped streams (market ticks, positions, loan applications) get one Faust agent
+  each, declared from the stream registry, over ``take_events`` batches; each hands its batch
+  to the same driver.
+* Rule sets arrive on the one-partition ``rules`` topic, which every worker reads whole (no
+  group), and are swapped in without a restart (:class:`RuleFeed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import logging
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
@@ -35,34 +28,83 @@ from riskstream.settings import Settings, load_settings
 log = logging.getLogger("riskstream.worker")
 
 
-@dataclass
-class BatchEnvelope:
-    """One fetched batch on its way through the scoring agent."""
+class TransactionPath:
+    """What the scoring agent does with a batch: labels first, then transactions, through the
+    driver to the publisher. Counts what it did in ``stats``."""
 
-    transactions: list[Any] = field(default_factory=list)  # aiokafka ConsumerRecords
-    labels: list[Any] = field(default_factory=list)
-    done: asyncio.Future | None = None
+    def __init__(self, driver, publisher):
+        self.driver = driver
+        self.publisher = publisher
+        self.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
+
+    def run(self, stream: str, records) -> int:
+        """Records of one stream through the driver and into the publisher; returns the good ones."""
+        out = self.driver.run(stream, [m.value for m in records], self.publisher,
+                              [m.partition for m in records], [m.offset for m in records])
+        self.stats["dead_letters"] += len(out.dead)
+        return len(records) - len(out.dead)
+
+    def score(self, envelope) -> int:
+        if envelope.labels:  # first: a label never waits behind the batch it came with
+            self.stats["labels"] += self.run("labels", envelope.labels)
+        if envelope.transactions:
+            self.run("transactions", envelope.transactions)
+            self.stats["transactions"] += len(envelope.transactions)
+        self.stats["batches"] += 1
+        return len(envelope.transactions)
+
+    def rows(self, stream: str, events) -> None:
+        """A Faust ``take_events`` batch of a row-shaped stream."""
+        good = self.run(stream, [e.message for e in events])
+        self.stats["rows"] += good
 
 
-def build_app(settings: Settings, driver=None):
-    """Create the Faust app with its agents, tables and services for these settings."""
+class RuleFeed:
+    """The whole ``rules`` topic, read without a group: the newest rule set published is
+    compiled in the background and swapped in; a set that fails leaves the old one in force."""
+
+    def __init__(self, settings: Settings, rules_holder):
+        self.settings = settings
+        self.rules = rules_holder
+        self.consumer = None
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        self.consumer = AIOKafkaConsumer(**self.settings.aiokafka_config(), group_id=None,
+                                         enable_auto_commit=False, auto_offset_reset="earliest")
+        await self.consumer.start()
+        self.consumer.assign([TopicPartition(self.settings.topic("rules"), 0)])
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self.consumer.stop(), timeout=2)
+        except Exception:
+            pass
+
+    async def poll(self) -> None:
+        data = await self.consumer.getmany(timeout_ms=500)
+        latest = None
+        for records in data.values():
+            if records:
+                latest = records[-1]
+        if latest is None:
+            return
+        try:
+            published = orjson.loads(latest.value)
+            source = published.get("source_name", "rules topic")
+            future = self.rules.load_async(published["text"], source,
+                                           list_files=published.get("list_files") or None)
+            log.warning("rule set %s from %s: compiling", published.get("version"), source)
+            future.add_done_callback(lambda f, src=source: _report_compile(f, src))
+        except Exception as exc:
+            log.error("ignoring unreadable rule set on the rules topic: %s", exc)
+
+
+def faust_app(settings: Settings):
+    """The Faust app for these settings: broker, credentials, raw bytes, bounded shutdown."""
     import faust
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-    from mode import Service
 
-    from aiokafka import ConsumerRebalanceListener
-
-    from riskstream.schemas.registry import STREAMS
-    from riskstream.sinks.kafka import OutputPublisher, connect_redis
-    from riskstream.streams.driver import Driver, batch_linger_s
-    from riskstream.streams.outputs import publish
-    from riskstream.streams.state import StateStore
-
-    driver = driver or Driver(settings)
-    redis_client = connect_redis(settings)
-    publisher = OutputPublisher(settings, redis_client=redis_client)
-    servers = settings.kafka_servers().split(",")
     data_dir = settings.data_dir.resolve() / "faust" / f"worker-{os.getpid()}"
     data_dir.mkdir(parents=True, exist_ok=True)
     credentials = None
@@ -76,9 +118,9 @@ def build_app(settings: Settings, driver=None):
         from aiokafka.helpers import create_ssl_context
 
         credentials = create_ssl_context(cafile=settings.kafka_ssl_cafile or None)
-    app = faust.App(
+    return faust.App(
         f"{settings.topic_prefix}riskstream",
-        broker=[f"kafka://{s}" for s in servers],
+        broker=[f"kafka://{s}" for s in settings.kafka_servers().split(",")],
         broker_credentials=credentials,
         value_serializer="raw",
         key_serializer="raw",
@@ -93,22 +135,34 @@ def build_app(settings: Settings, driver=None):
         stream_wait_empty=False,  # a stuck agent must not hang shutdown (FACTS.md)
         producer_linger=0.002,
     )
-    app.driver = driver
-    app.publisher = publisher
-    group = f"{settings.topic_prefix}{settings.consumer_group}"
-    state_store = StateStore(driver, redis_client, group)
+
+
+def build_app(settings: Settings, driver=None):
+    """The Faust app with its agents, services and timers, all handing batches to one driver."""
+    from mode import Service
+
+    from riskstream.schemas.registry import STREAMS
+    from riskstream.sinks.kafka import OutputPublisher, connect_redis
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.outputs import publish
+    from riskstream.streams.reader import BatchReader
+    from riskstream.streams.state import StateStore
+
+    driver = driver or Driver(settings)
+    redis_client = connect_redis(settings)
+    publisher = OutputPublisher(settings, redis_client=redis_client)
+    state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():
         log.warning("restored model state from Redis: %s", driver.summary())
-    readers: list = []  # the TransactionReader, once started
+    path = TransactionPath(driver, publisher)
+    reader = BatchReader(settings, driver, state_store)
+    rule_feed = RuleFeed(settings, driver.rules)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
-    app.stats = {"transactions": 0, "batches": 0, "dead_letters": 0, "labels": 0, "rows": 0}
+
+    app = faust_app(settings)
+    app.driver, app.publisher, app.stats = driver, publisher, path.stats
     batches = app.channel(maxsize=2)
     acks: set[asyncio.Future] = set()
-    max_in_flight = 3  # batches scored but not yet acknowledged by the broker
-
-    def topic(name: str):
-        return app.topic(settings.topic(name), value_serializer="raw", key_serializer="raw",
-                         partitions=settings.topic_partitions)
 
     async def delivered(produce, *args) -> int:
         """Run ``produce`` (synchronous: no other task interleaves its messages) and wait until
@@ -120,8 +174,7 @@ def build_app(settings: Settings, driver=None):
             delivery = publisher.end_batch()
         return await delivery.wait(timeout=60.0)
 
-    # --------------------------------------------------------------------------------
-    async def _ack_when_delivered(envelope: BatchEnvelope, delivery, n: int) -> None:
+    async def ack_when_delivered(envelope, delivery, n: int) -> None:
         try:
             await delivery.wait(timeout=60.0)
         except Exception as exc:
@@ -137,208 +190,49 @@ def build_app(settings: Settings, driver=None):
         async for envelope in stream:
             publisher.begin_batch()
             try:
-                n = _score_envelope(envelope)
+                n = path.score(envelope)
             except Exception as exc:
                 publisher.end_batch()
                 envelope.done.set_exception(exc)
                 continue
             delivery = publisher.end_batch()
-            acks.add(asyncio.ensure_future(_ack_when_delivered(envelope, delivery, n)))
+            acks.add(asyncio.ensure_future(ack_when_delivered(envelope, delivery, n)))
             acks.difference_update([t for t in acks if t.done()])
 
-    def _run(stream: str, records) -> int:
-        out = driver.run(stream, [m.value for m in records], publisher,
-                         [m.partition for m in records], [m.offset for m in records])
-        app.stats["dead_letters"] += len(out.dead)
-        return len(records) - len(out.dead)
-
-    def _score_envelope(envelope: BatchEnvelope) -> int:
-        if envelope.labels:  # first: a label never waits behind the batch it came with
-            app.stats["labels"] += _run("labels", envelope.labels)
-        if envelope.transactions:
-            _run("transactions", envelope.transactions)
-            app.stats["transactions"] += len(envelope.transactions)
-        app.stats["batches"] += 1
-        return len(envelope.transactions)
-
-    class FollowPartitions(ConsumerRebalanceListener):
-        """Feature state follows partitions: saved on revoke, loaded on assignment. Called
-        between batches (the reader awaits each batch before fetching the next)."""
-
-        def __init__(self, tx_topic: str):
-            self.tx_topic = tx_topic
-
-        async def on_partitions_revoked(self, revoked) -> None:
-            for reader in readers:  # the new owner starts after what we scored and delivered
-                await reader.settle(wait_all=True)
-            parts = {tp.partition for tp in revoked if tp.topic == self.tx_topic}
-            if parts:
-                state_store.save_partitions(parts)
-                state_store.drop_partitions(parts)
-                driver.forget_partitions(parts)
-
-        async def on_partitions_assigned(self, assigned) -> None:
-            parts = {tp.partition for tp in assigned if tp.topic == self.tx_topic}
-            driver.assign_partitions(parts)
-            loaded = state_store.load_partitions(parts)
-            log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
-
-    # --------------------------------------------------------------------------------
     @app.service
     class TransactionReader(Service):
-        """Batch reader for transactions + labels; commits after each batch is published."""
+        """Runs the batch reader; commits after each batch is published."""
 
         async def on_start(self) -> None:
-            readers.append(self)
-            self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
-            self.uncommitted: dict[TopicPartition, int] = {}  # finished batches, not yet committed
-            self.committed_at = 0.0
-            self.consumer = AIOKafkaConsumer(
-                **settings.aiokafka_config(),
-                group_id=f"{settings.topic_prefix}{settings.consumer_group}",
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=max(300, settings.session_timeout_ms // 6),
-                # ~3k records per partition per fetch: partitions advance together in event time
-                # when a backlog is drained (replays, catching up), instead of one racing ahead.
-                max_partition_fetch_bytes=1024 * 1024,
-                fetch_max_wait_ms=settings.fetch_max_wait_ms,
-                fetch_max_bytes=64 * 1024 * 1024,
-                partition_assignment_strategy=(RangePartitionAssignor,),
-            )
-            self.tx_topic = settings.topic("transactions")
-            self.consumer.subscribe([self.tx_topic, settings.topic("labels")],
-                                    listener=FollowPartitions(self.tx_topic))
-            await self.consumer.start()
+            await reader.start()
 
         async def on_stop(self) -> None:
             watchdog.start()
-            try:  # commit what is scored and delivered; the rest comes again after a restart
-                await asyncio.wait_for(self.settle(wait_all=True), timeout=settings.shutdown_timeout_s / 3)
-            except Exception as exc:
-                log.warning("settling in-flight batches at stop: %s", exc)
-            log.warning("stopping: %s", driver.summary())
-            try:
-                owned = {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
-                state_store.save_partitions(owned)
-                state_store.save_models()
-            except Exception as exc:  # state is an optimisation; outputs are already safe
-                log.warning("saving state at shutdown: %s", exc)
-            try:
-                await asyncio.wait_for(self.consumer.stop(), timeout=settings.shutdown_timeout_s / 2)
-            except (asyncio.TimeoutError, Exception) as exc:  # bounded stop, offsets already committed
-                log.warning("consumer stop: %s", exc)
+            await reader.stop()
             try:
                 publisher.flush(timeout=settings.shutdown_timeout_s / 2)
             except Exception as exc:
                 log.warning("final flush: %s", exc)
 
-        async def settle(self, wait_all: bool = False, commit_now: bool = False) -> None:
-            """Commit finished batches in order. Waits for the oldest while too many are in
-            flight (backpressure), or for all with ``wait_all`` (rebalance, shutdown).
-
-            Offsets of finished batches are committed together at most every
-            ``commit_interval_ms`` (each commit is a broker request; per small batch they
-            cost the embedded broker more than the batch itself); ``wait_all`` and
-            ``commit_now`` (the reader is idle) commit at once.
-            A crash repeats at most that interval's transactions, whose outputs are
-            idempotent in ClickHouse."""
-            while self.pending:
-                envelope, commit = self.pending[0]
-                if not envelope.done.done() and not wait_all and len(self.pending) < max_in_flight:
-                    break
-                try:
-                    await envelope.done
-                except Exception as exc:
-                    # Publishing failed (broker/Redis outage): commit nothing from here on;
-                    # rewind to the last commit so the same records come again, after a pause.
-                    log.error("batch not published (%s); will retry from the last commit", exc)
-                    later = list(self.pending)
-                    self.pending.clear()
-                    for env, _ in later[1:]:  # their outcome no longer matters
-                        env.done.add_done_callback(lambda f: f.exception())
-                    for tp in {tp for _, c in later for tp in c} | set(self.uncommitted):
-                        committed = await self.consumer.committed(tp)
-                        if committed is None:
-                            await self.consumer.seek_to_beginning(tp)
-                        else:
-                            self.consumer.seek(tp, committed)
-                    self.uncommitted.clear()
-                    await asyncio.sleep(1.0)
-                    return
-                self.pending.popleft()
-                self.uncommitted.update(commit)
-            now = time.monotonic()
-            if self.uncommitted and (wait_all or commit_now
-                                     or now - self.committed_at >= settings.commit_interval_ms / 1000):
-                offsets, self.uncommitted = self.uncommitted, {}
-                await self.consumer.commit(offsets)
-                self.committed_at = now
-
         @Service.task
         async def _read(self) -> None:
-            loop = asyncio.get_running_loop()
-            most = settings.batch_max_events
             while not self.should_stop:
-                await self.settle()
-                data = await self.consumer.getmany(timeout_ms=50, max_records=most)
-                if not data:  # idle: nothing to amortise a commit over
-                    await self.settle(commit_now=True)
-                    continue
-                got = sum(map(len, data.values()))
-                linger = batch_linger_s(got, settings)  # a trickle: give the batch a moment to fill
-                if linger:
-                    await asyncio.sleep(linger)
-                    for tp, records in (await self.consumer.getmany(timeout_ms=0, max_records=most - got)).items():
-                        data.setdefault(tp, []).extend(records)
-                envelope = BatchEnvelope(done=loop.create_future())
-                commit: dict[TopicPartition, int] = {}
-                for tp, records in data.items():
-                    if tp.topic == self.tx_topic:
-                        envelope.transactions.extend(records)
-                    else:
-                        envelope.labels.extend(records)
-                    commit[tp] = records[-1].offset + 1
-                await batches.send(value=envelope)
-                self.pending.append((envelope, commit))
+                envelope = await reader.next_batch()
+                if envelope is not None:
+                    await batches.send(value=envelope)
 
-    # --------------------------------------------------------------------------------
     @app.service
     class RuleWatcher(Service):
-        """Every worker reads the whole rules topic (no consumer group) and hot-swaps rule sets."""
-
         async def on_start(self) -> None:
-            self.consumer = AIOKafkaConsumer(**settings.aiokafka_config(), group_id=None,
-                                             enable_auto_commit=False, auto_offset_reset="earliest")
-            await self.consumer.start()
-            self.consumer.assign([TopicPartition(settings.topic("rules"), 0)])
+            await rule_feed.start()
 
         async def on_stop(self) -> None:
-            try:
-                await asyncio.wait_for(self.consumer.stop(), timeout=2)
-            except Exception:
-                pass
+            await rule_feed.stop()
 
         @Service.task
         async def _watch(self) -> None:
             while not self.should_stop:
-                data = await self.consumer.getmany(timeout_ms=500)
-                latest = None
-                for records in data.values():
-                    if records:
-                        latest = records[-1]
-                if latest is None:
-                    continue
-                try:
-                    published = orjson.loads(latest.value)
-                    source = published.get("source_name", "rules topic")
-                    future = driver.rules.load_async(published["text"], source,
-                                                     list_files=published.get("list_files") or None)
-                    log.warning("rule set %s from %s: compiling", published.get("version"), source)
-                    future.add_done_callback(lambda f, src=source: _report_compile(f, src))
-                except Exception as exc:
-                    log.error("ignoring unreadable rule set on the rules topic: %s", exc)
+                await rule_feed.poll()
 
     @app.timer(interval=30.0)
     async def report_models() -> None:
@@ -350,31 +244,22 @@ def build_app(settings: Settings, driver=None):
     async def checkpoint_state() -> None:
         """State to Redis between batches. A snapshot blocks the loop (~0.4 s per 250k cards),
         so it runs minutes apart; revocation and shutdown save state too."""
-        for reader in readers:
-            owned = {tp.partition for tp in reader.consumer.assignment() if tp.topic == reader.tx_topic}
-            state_store.save_partitions(owned)
+        state_store.save_partitions(reader.owned_partitions())
         state_store.save_models()
 
-    # --------------------------------------------------------------------------------
-    # Row-shaped streams: one agent each, from the registry. Faust acknowledges (and later
-    # commits) an agent's events when its loop moves on, so each agent waits for its own
-    # outputs to be acknowledged first.
-    def _row_agent(stream: str):
-        def run_events(events) -> None:
-            out = driver.run(stream, [e.value for e in events], publisher,
-                             [e.message.partition for e in events], [e.message.offset for e in events])
-            app.stats["rows"] += len(events) - len(out.dead)
-            app.stats["dead_letters"] += len(out.dead)
+    # Row-shaped streams: one agent each, from the registry (labels ride with transactions).
+    # Faust acknowledges (and later commits) an agent's events when its loop moves on, so each
+    # agent waits for its own outputs to be acknowledged first.
+    def row_agent(stream: str):
+        async def process(events_stream):
+            async for events in events_stream.take_events(1000, within=0.2):
+                await delivered(path.rows, stream, events)
 
-        async def agent(stream_events):
-            async for events in stream_events.take_events(1000, within=0.2):
-                await delivered(run_events, events)
+        topic = app.topic(settings.topic(stream), value_serializer="raw", key_serializer="raw",
+                          partitions=settings.topic_partitions)
+        return app.agent(topic, name=f"riskstream.process_{stream}")(process)
 
-        agent.__name__ = f"process_{stream}"
-        return app.agent(topic(stream), name=f"riskstream.process_{stream}")(agent)
-
-    app.row_agents = [_row_agent(name) for name, spec in STREAMS.items()
-                      if not spec.columnar and name != "labels"]  # labels ride with transactions
+    app.row_agents = [row_agent(name) for name, spec in STREAMS.items() if not spec.columnar and name != "labels"]
     return app
 
 

@@ -244,7 +244,7 @@ def offline_replay_module(settings: Settings, msgs: Messages, processes: int | N
                            + " ".join(cmd))
     res = orjson.loads(proc.stdout.strip().splitlines()[-1])
     res["path"] = (f"riskstream replay FILE.parquet --stream transactions --offline --processes {processes} "
-                   "(streams.replay.load_input + replay_offline in a fresh process, with the simulator's "
+                   "(streams.reading.load_input + replay_offline in a fresh process, with the simulator's "
                    "labels), chDB writer")
     res["decision_mix"] = decision_mix(settings)
     return res

@@ -152,7 +152,7 @@ def _log_time(log: Path, version: str) -> float:
 
 def run(rounds: int, rate: float, timeout: float, data_dir: Path) -> list[Round]:
     from riskstream.demo import start_worker, stop_worker
-    from riskstream.rules.cli import publish_rule_set
+    from riskstream.rules.publishing import publish_rule_set
     from riskstream.rules.compiler import compile_rule_set
     from riskstream.rules.language import validate_rule_set
     from riskstream.settings import Settings

@@ -1,6 +1,6 @@
-"""The one riskstream CLI. Each command module exposes ``register(subparsers)``, which adds
-its subcommand with ``set_defaults(run=callable)``; the callable takes the parsed args and
-returns an exit code."""
+"""The one riskstream CLI. Each subcommand is a module of ``riskstream.commands`` that exposes
+``register(subparsers)``, which adds its subcommand with ``set_defaults(run=callable)``; the
+callable takes the parsed args and returns an exit code."""
 
 from __future__ import annotations
 
@@ -11,18 +11,9 @@ import sys
 from riskstream.settings import ConfigError
 
 # Modules that add subcommands; imported lazily so that `riskstream --help` stays fast.
-COMMAND_MODULES = [
-    "riskstream.stackcmd",
-    "riskstream.demo",
-    "riskstream.streams.worker",
-    "riskstream.streams.replay",
-    "riskstream.sinks.clickhouse",
-    "riskstream.sinks.grafana",
-    "riskstream.simulate",
-    "riskstream.rules.cli",
-    "riskstream.detectors.evaluate",
-    "riskstream.bench.cli",
-]
+COMMAND_MODULES = [f"riskstream.commands.{name}" for name in (
+    "stack", "demo", "worker", "replay", "sql", "grafana", "simulate", "rules", "evaluate", "bench",
+)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,6 @@ everything cleanly and prints a summary with the queries to look further.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -19,11 +18,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import json_documents
-from riskstream.settings import Settings, load_settings
+from riskstream.schemas.events import DAY_MS, json_documents
+from riskstream.settings import Settings
 from riskstream.stack import EmbeddedStack, _die_with_parent
-from riskstream.schemas.events import DAY_MS
-
 
 
 def _say(msg: str) -> None:
@@ -317,15 +314,3 @@ def _wait_stored(settings: Settings, expected: int, timeout: float = 60.0) -> in
     return stored
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    return run_demo(settings, args.events, args.seconds, args.workers)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("demo", help="Run the whole engine on the embedded stack with a simulated stream.")
-    p.add_argument("--events", type=int, default=100_000, help="Transactions to simulate (default 100,000).")
-    p.add_argument("--seconds", type=float, default=0.0,
-                   help="Spread production over this many seconds (default: as fast as the engine takes it).")
-    p.add_argument("--workers", type=int, default=1, help="Faust workers sharing the consumer group.")
-    p.set_defaults(run=_cmd_demo)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -23,7 +22,7 @@ import time
 
 import orjson
 
-from riskstream.settings import Settings, load_settings
+from riskstream.settings import Settings
 
 log = logging.getLogger("riskstream.worker")
 
@@ -315,11 +314,3 @@ def run_worker(settings: Settings) -> int:
     return 0
 
 
-def _cmd_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    return run_worker(settings)
-
-
-def register(sub) -> None:
-    p = sub.add_parser("worker", help="Run a Faust worker against the configured (or embedded) stack.")
-    p.set_defaults(run=_cmd_worker)

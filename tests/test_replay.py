@@ -15,7 +15,7 @@ import pytest
 
 from riskstream.settings import ConfigError, Settings
 from riskstream.simulate import simulate, write_simulation
-from riskstream.streams import replay
+from riskstream.commands import replay
 from riskstream.streams import offline, reading
 from riskstream.sinks import offline as sinks_offline
 from tests.conftest import query, wait_for

@@ -519,7 +519,7 @@ def test_cli_backtest_fails_clearly_on_empty_history(tmp_path, capsys) -> None:
     import argparse
     from datetime import date
 
-    from riskstream.rules.cli import run_backtest
+    from riskstream.commands.rules import run_backtest
 
     path = tmp_path / "r.yaml"
     path.write_text(GOOD)
@@ -587,7 +587,7 @@ def broker(tmp_path):
 
 @pytest.mark.integration
 def test_publish_and_history_against_tansu(broker, tmp_path) -> None:
-    from riskstream.rules.cli import latest_rule_set, publish_rule_set, rule_history
+    from riskstream.rules.publishing import latest_rule_set, publish_rule_set, rule_history
 
     assert rule_history(broker) == []
     (tmp_path / "deny.txt").write_text("KP\n")

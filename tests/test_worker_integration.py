@@ -91,7 +91,7 @@ def test_worker_scores_stores_dead_letters_and_limits(stack, worker_factory):
 
 
 def test_block_rule_sets_a_redis_limit_and_publish_changes_decisions(stack, worker_factory, tmp_path):
-    from riskstream.rules.cli import publish_rule_set
+    from riskstream.rules.publishing import publish_rule_set
 
     now_ms = int(time.time() * 1000)
     worker = worker_factory()

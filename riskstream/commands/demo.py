@@ -1,0 +1,22 @@
+"""`riskstream demo`: the whole engine on the embedded stack, in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+from riskstream.demo import run_demo
+from riskstream.settings import load_settings
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    return run_demo(settings, args.events, args.seconds, args.workers)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="Run the whole engine on the embedded stack with a simulated stream.")
+    p.add_argument("--events", type=int, default=100_000, help="Transactions to simulate (default 100,000).")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="Spread production over this many seconds (default: as fast as the engine takes it).")
+    p.add_argument("--workers", type=int, default=1, help="Faust workers sharing the consumer group.")
+    p.set_defaults(run=_cmd_demo)

@@ -1,0 +1,151 @@
+"""Publishing rule sets to running workers, and the history of publications.
+
+Publishing goes through the compacted Kafka control topic ``rules`` under the key
+``ruleset``: the newest record is the rule set in force, and reading the topic from the
+beginning gives the history (until compaction drops old versions). Workers call
+:func:`latest_rule_set` at start-up and hot-reload on every new record.The command is ``riskstream rules`` (``riskstream.commands.rules``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from riskstream.rules.language import validate_rule_set
+
+RULES_TOPIC = "rules"
+RULESET_KEY = b"ruleset"
+
+
+# ======================================================================================
+# Kafka control topic
+# ======================================================================================
+def _list_files_of(rule_set_text: str, base_dir: Path | None) -> dict[str, str]:
+    """Content of every `file:` list, so a published rule set is self-contained: the worker
+    reading it does not have the publisher's files."""
+    import yaml
+
+    data = yaml.safe_load(rule_set_text) or {}
+    out = {}
+    for spec in (data.get("lists") or {}).values():
+        if isinstance(spec, dict) and "file" in spec:
+            path = Path(str(spec["file"]))
+            full = path if path.is_absolute() or base_dir is None else base_dir / path
+            out[str(spec["file"])] = full.read_text()
+    return out
+
+
+def ensure_rules_topic(settings: Any, timeout: float = 10.0) -> None:
+    """Create the control topic (1 partition, compacted) unless it exists."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.kafka_client_config())
+    topic = settings.topic(RULES_TOPIC)
+    if topic in admin.list_topics(timeout=timeout).topics:
+        return
+    futures = admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=settings.topic_replication,
+                                            config={"cleanup.policy": "compact"})])
+    try:
+        futures[topic].result(timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
+def publish_rule_set(settings: Any, text: str, source: str, *, base_dir: str | Path | None = None,
+                     available_columns: Any = None, timeout: float = 10.0) -> dict[str, Any]:
+    """Validate and publish a rule set; return the published record.
+
+    With ``available_columns`` the column names are checked too (the worker checks them
+    again when it compiles, and keeps its current set if they do not fit). Raises :class:`RuleSetError` (nothing published) when the set does not validate, and
+    ``RuntimeError`` when the broker did not confirm the write."""
+    from confluent_kafka import Producer
+
+    base = Path(base_dir) if base_dir else None
+    rule_set = validate_rule_set(text, source, available_columns=available_columns, base_dir=base)
+    list_files = _list_files_of(text, base)
+    record = {
+        "version": rule_set.version_tag,
+        "source_name": source,
+        "text": text,
+        "list_files": list_files,
+        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "published_by": getpass.getuser(),
+    }
+    ensure_rules_topic(settings, timeout)
+    producer = Producer({**settings.kafka_client_config(), "acks": "all", "enable.idempotence": False})
+    delivered: list[Any] = []
+    producer.produce(settings.topic(RULES_TOPIC), key=RULESET_KEY, value=json.dumps(record).encode(),
+                     on_delivery=lambda err, msg: delivered.append(err))
+    remaining = producer.flush(timeout)
+    if remaining or not delivered or delivered[0] is not None:
+        raise RuntimeError(f"rule set {rule_set.version_tag} not confirmed by Kafka: "
+                           f"{delivered[0] if delivered else 'timed out'}")
+    return record
+
+
+def rule_history(settings: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Every rule set record on the control topic, oldest first (read from the beginning)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    topic = settings.topic(RULES_TOPIC)
+    consumer = Consumer({
+        **settings.kafka_client_config(),
+        # assign() below, never subscribe(): no group join, so no session-timeout wait.
+        "group.id": f"riskstream-rules-history-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return []
+        ends: dict[int, int] = {}
+        starts: list[TopicPartition] = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            if high > low:
+                ends[p] = high
+                starts.append(TopicPartition(topic, p, low))
+        if not starts:
+            return []
+        consumer.assign(starts)
+        records: list[tuple[int, dict[str, Any]]] = []
+        deadline = time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"reading {topic}: {msg.error()}")
+                if msg.key() == RULESET_KEY and msg.value():
+                    try:
+                        value = json.loads(msg.value())
+                    except ValueError:
+                        value = {"version": "?", "error": "not JSON"}
+                    value["offset"] = msg.offset()
+                    records.append((msg.timestamp()[1], value))
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+        if ends:
+            raise RuntimeError(f"reading {topic}: timed out before the end of partitions {sorted(ends)}")
+        return [v for _, v in sorted(records, key=lambda tv: (tv[0], tv[1]["offset"]))]
+    finally:
+        consumer.close()
+
+
+def latest_rule_set(settings: Any, timeout: float = 10.0) -> dict[str, Any] | None:
+    """The rule set record in force (the newest on the topic), or None."""
+    history = rule_history(settings, timeout)
+    return history[-1] if history else None
+
+
+
+
+__all__ = ["publish_rule_set", "rule_history", "latest_rule_set", "ensure_rules_topic"]

@@ -69,19 +69,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from riskstream.detectors.kernels import (
-    KERNELS,
-    StepInput,
-    assign_last,
-    calendar,
-    calendar_reference,
-    fresh_state,
-    hash_ids,
-    index_delete,
-    index_insert,
-    index_probe,
-    stable_hash64_reference,
-)
+from riskstream.detectors.id_index import hash_ids, index_delete, index_insert, index_probe, stable_hash64_reference
+from riskstream.detectors.kernel_references import calendar_reference
+from riskstream.detectors.kernel_registry import KERNELS, StepInput, fresh_state
+from riskstream.detectors.kernels import assign_last, calendar
 from riskstream.schemas.events import TransactionBatch
 
 # Entity type -> TransactionBatch column; order = order of resolution.

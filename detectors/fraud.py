@@ -30,11 +30,15 @@ import numpy as np
 from river import drift
 
 from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError
-from riskstream.detectors.fraud_detectors import (
-    LinearFraudDetector, RobustZAnomalyDetector, hash_ids, sigmoid, signed_log1p,
-)
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
-from riskstream.detectors.kernels import index_insert, index_probe
+from riskstream.detectors.fraud_detectors import (
+    LinearFraudDetector,
+    RobustZAnomalyDetector,
+    hash_ids,
+    sigmoid,
+    signed_log1p,
+)
+from riskstream.detectors.id_index import index_insert, index_probe
 from riskstream.schemas.events import DAY_MS
 
 # A decision with no chargeback after a day is learned as legit; a later chargeback corrects it

@@ -16,18 +16,9 @@ from riskstream.detectors.features import (
     member_codes,
     stable_code,
 )
-from riskstream.detectors.kernels import (
-    FRAUD_PRIOR_RATE,
-    index_delete,
-    index_insert,
-    index_probe,
-    stable_hash64_reference,
-    FRAUD_PRIOR_WEIGHT,
-    KERNELS,
-    MAX_GAP_S,
-    StepInput,
-    fresh_state,
-)
+from riskstream.detectors.id_index import index_delete, index_insert, index_probe, stable_hash64_reference
+from riskstream.detectors.kernel_registry import KERNELS, StepInput, fresh_state
+from riskstream.detectors.kernels import FRAUD_PRIOR_RATE, FRAUD_PRIOR_WEIGHT, MAX_GAP_S
 from riskstream.schemas.events import TransactionBatch
 
 T0 = 1_700_000_000_000

@@ -2,6 +2,7 @@
 replay (in process and as the command runs it), the per-stage profile, memory at many cards."""
 
 from __future__ import annotations
+
 import argparse
 import subprocess
 import sys
@@ -9,13 +10,15 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import orjson
 import psutil
-from riskstream.settings import Settings
-from riskstream.streams.pipeline import SCORER_STAGES
+
 from riskstream.bench.harness import ProcessGroup, Progress, peak_rss_mb, percentiles, quiet
 from riskstream.bench.workload import Messages
+from riskstream.settings import Settings
+from riskstream.streams.pipeline import SCORER_STAGES
 
 
 def engine_latency(settings: Settings, msgs: Messages, start: int, rates: list[int], seconds: float,
@@ -133,7 +136,7 @@ def offline_settings(base: Settings, data_dir: Path) -> Settings:
 
 def warm_engine(settings: Settings, msgs: Messages) -> float:
     """Compile or load the numba kernels once, outside of any timed section."""
-    from riskstream.schemas.events import TransactionBatch
+    from riskstream.schemas.transactions import TransactionBatch
     from riskstream.streams.driver import Driver
 
     t0 = time.perf_counter()
@@ -167,7 +170,7 @@ class LabelFeed:
 def offline_replay(settings: Settings, msgs: Messages, batch_size: int = 5000,
                    progress: Progress = quiet) -> dict[str, Any]:
     """Driver.process_batch(TransactionBatch.from_columns(...)) + publish (encoding only), in process."""
-    from riskstream.schemas.events import TransactionBatch
+    from riskstream.schemas.transactions import TransactionBatch
     from riskstream.streams.driver import Driver
     from riskstream.streams.outputs import publish
 
@@ -318,7 +321,7 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
     come from the driver and the scorer themselves (``TransactionScorer.stage_seconds``);
     ``encode_and_produce`` is the publish (topics, sink blocks, Redis limits); ``flush`` waits
     for the broker's acks, as the worker does before committing."""
-    from riskstream.schemas.events import decode_transactions
+    from riskstream.schemas.transactions import decode_transactions
     from riskstream.sinks.kafka import OutputPublisher, connect_redis
     from riskstream.streams.driver import Driver
     from riskstream.streams.outputs import publish
@@ -371,7 +374,7 @@ def stage_profile(settings: Settings, msgs: Messages, batch_size: int = 5000, li
 # ------------------------------------------------------------------------------------------
 def synthetic_batch(start: int, n: int, rng: np.random.Generator, t0_ms: int):
     """``n`` transactions of ``n`` new cards (ids start..start+n), the other entities pooled."""
-    from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
+    from riskstream.schemas.transactions import TRANSACTION_OPTIONAL, TransactionBatch
 
     def pool(prefix: str, size: int) -> np.ndarray:
         return np.array([f"{prefix}{i:08x}" for i in rng.integers(0, size, n)], dtype=object)

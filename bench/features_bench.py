@@ -17,7 +17,7 @@ import numpy as np
 
 from riskstream.detectors.features import PLAN, FeatureEngine
 from riskstream.detectors.kernel_registry import KERNELS, StepInput, fresh_state
-from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
+from riskstream.schemas.transactions import TRANSACTION_OPTIONAL, TransactionBatch
 
 T0 = 1_700_000_000_000
 

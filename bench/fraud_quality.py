@@ -49,7 +49,7 @@ DELAY_MS = 7 * DAY_MS
 
 def simulate_and_featurize(days: int, customers: int, terminals: int, seed: int, batch: int, log=print):
     from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
-    from riskstream.schemas.events import TransactionBatch
+    from riskstream.schemas.transactions import TransactionBatch
     from riskstream.simulate import simulate
 
     t0 = time.perf_counter()

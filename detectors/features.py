@@ -1,6 +1,6 @@
 """Streaming transaction features: per-entity state in numpy arrays, updated by numba kernels.
 
-:class:`FeatureEngine` turns a :class:`~riskstream.schemas.events.TransactionBatch` into
+:class:`FeatureEngine` turns a :class:`~riskstream.schemas.transactions.TransactionBatch` into
 float32 feature columns (:data:`FEATURE_NAMES`). Every feature of a row describes the state
 *before* that row (the amount-profile features compare the row's amount to that history and
 are the only ones that look at the row itself); then the row is folded in. Rows are
@@ -73,7 +73,7 @@ from riskstream.detectors.id_index import hash_ids, index_delete, index_insert, 
 from riskstream.detectors.kernel_references import calendar_reference
 from riskstream.detectors.kernel_registry import KERNELS, StepInput, fresh_state
 from riskstream.detectors.kernels import assign_last, calendar
-from riskstream.schemas.events import TransactionBatch
+from riskstream.schemas.transactions import TransactionBatch
 
 # Entity type -> TransactionBatch column; order = order of resolution.
 ENTITY_COLUMNS: dict[str, str] = {

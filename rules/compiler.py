@@ -38,7 +38,7 @@ import numpy as np
 from riskstream.rules.conditions import All, AnyOf, Arith, Between, Col, Compare, Condition, Expr, InList, Not, Num
 from riskstream.rules.language import check_columns, validate_rule_set
 from riskstream.rules.model import STRING_COLUMNS, Rule, RuleSet, RuleSetError
-from riskstream.schemas.events import constant_column
+from riskstream.schemas.transactions import constant_column
 
 # Operators as emitted into kernel source: the AST's op is only ever a lookup key here.
 _EMIT_CMP = {">": ">", ">=": ">=", "<": "<", "<=": "<=", "==": "==", "!=": "!="}

@@ -163,7 +163,7 @@ def rebuild_history(settings: Settings, date_from: date, date_to: date, *, warmu
     ``card_id``, ``merchant_id`` and the optional transaction fields. An empty period returns
     empty arrays and reads no warm-up."""
     from riskstream.detectors.features import FeatureEngine
-    from riskstream.schemas.events import TransactionBatch
+    from riskstream.schemas.transactions import TransactionBatch
 
     if date_to <= date_from:
         raise SystemExit(f"riskstream rules backtest: --to {date_to} must be after --from {date_from} "

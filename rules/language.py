@@ -66,14 +66,37 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from riskstream.rules.conditions import (
-    COMPARISON_OPS, All, AnyOf, Between, Col, Compare, Condition, ConditionSyntaxError, Expr, InList, Not, Num,
-    _Parser, expr_columns_with_lines, parse_expression, walk,
+    COMPARISON_OPS,
+    All,
+    AnyOf,
+    Between,
+    Col,
+    Compare,
+    Condition,
+    ConditionSyntaxError,
+    Expr,
+    InList,
+    Not,
+    Num,
+    _Parser,
+    expr_columns_with_lines,
+    parse_expression,
+    walk,
 )
 from riskstream.rules.model import (
-    ACTION_PARAMS, ACTIONS, MODES, SEVERITIES, STRING_COLUMNS, ReasonTemplate,
-    Rule, RuleSet, RuleSetError, _Errors, did_you_mean,
+    ACTION_PARAMS,
+    ACTIONS,
+    MODES,
+    SEVERITIES,
+    STRING_COLUMNS,
+    ReasonTemplate,
+    Rule,
+    RuleSet,
+    RuleSetError,
+    _Errors,
+    did_you_mean,
 )
-from riskstream.schemas.events import looks_like_pan
+from riskstream.schemas.pan import looks_like_pan
 
 STRUCTURED_OPS = COMPARISON_OPS + ("between", "in_list", "not_in_list")
 

@@ -1,35 +1,32 @@
-"""Input event schemas: decoding and validation of every input stream.
+"""Input events: time units, validation of the row-shaped streams, and dead letters.
 
-Transactions are decoded straight into a columnar :class:`TransactionBatch` (numpy arrays),
-because they are the hot path. The lower-volume streams (market ticks, positions, loan
-applications, labels) are validated into plain dict rows.
+Transactions are decoded straight into columns (``schemas.transactions``), because they are
+the hot path. The lower-volume streams (market ticks, positions, loan applications, labels)
+are validated here into plain dict rows, each by its validator in the stream registry.
 
 Anything that does not pass becomes a :class:`DeadLetter` carrying the reason, where the
-record came from and its original bytes, with card numbers masked: a malformed record may
-still carry a PAN, and PANs are never stored in clear, not even in the dead-letter table.
+record came from and its original bytes, with card numbers masked (``schemas.pan``): a
+malformed record may still carry a PAN, and PANs are never stored in clear, not even in the
+dead-letter table.
 
->>> tok = PanTokenizer(b"k" * 32)
->>> batch, dead = decode_transactions(
-...     [b'{"transaction_id":"t1","event_time":1700000000000,"pan":"4111111111111111",'
-...      b'"merchant_id":"m1","amount":12.5}', b'not json'],
-...     tokenizer=tok, topic="transactions")
->>> batch.n, batch.card_id[0].startswith("tok_"), dead[0].error.startswith("invalid JSON")
-(1, True, True)
+>>> from riskstream.schemas.pan import PanTokenizer
+>>> rows, dead = decode_rows(market_tick_row, [(b'{"instrument": "ACME", "event_time": 1700000000000, '
+...     b'"price": 12.5}', 0, 7), (b'{"instrument": "ACME"}', 0, 8)], tokenizer=PanTokenizer(b"k" * 32))
+>>> rows[0]["price"], dead[0].offset, dead[0].error
+(12.5, 8, "missing required field 'event_time'")
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import orjson
+
+from riskstream.schemas.pan import PanTokenizer
 
 # Event times before this are absurd for a live risk engine (and usually a seconds/ms mix-up).
 MIN_EVENT_TIME_MS = 946_684_800_000  # 2000-01-01
@@ -41,9 +38,6 @@ HOUR_MS = 3_600_000  # event times are epoch milliseconds
 DAY_MS = 24 * HOUR_MS
 # Streams whose outcomes arrive later on ``labels`` (a label's ``stream`` field names one).
 LABELLED_STREAMS = ("transactions", "loan_applications")
-
-TRANSACTION_OPTIONAL = ("customer_id", "terminal_id", "currency", "country", "channel", "mcc",
-                        "device_id", "ip", "account_id")
 
 
 @dataclass(slots=True)
@@ -68,67 +62,6 @@ class DeadLetter:
     def encoded(self) -> bytes:
         """The ``dead_letters`` table row and topic message, as every publisher sends it."""
         return orjson.dumps({**self.row(), "received_at": self.received_at_ms / 1000.0})
-
-
-class PanTokenizer:
-    """Keyed hash of card numbers: the same PAN always maps to the same token, and the token
-    cannot be reversed without the key."""
-
-    _pan_run = re.compile(rb"(?<!\d)\d{13,19}(?!\d)")
-
-    def __init__(self, key: bytes):
-        if len(key) < 16:
-            raise ValueError("PAN tokenization key must be at least 16 bytes")
-        self._key = key
-
-    def token(self, pan: str) -> str:
-        digest = hmac.new(self._key, pan.encode(), hashlib.sha256).hexdigest()
-        return "tok_" + digest[:24]
-
-    def mask(self, payload: bytes) -> bytes:
-        """Replace every Luhn-valid 13-19 digit run with its token."""
-
-        def repl(m: re.Match[bytes]) -> bytes:
-            digits = m.group(0).decode()
-            return self.token(digits).encode() if luhn_valid(digits) else m.group(0)
-
-        return self._pan_run.sub(repl, payload)
-
-
-def luhn_valid(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
-def looks_like_pan(value: str) -> bool:
-    return 13 <= len(value) <= 19 and value.isdigit() and luhn_valid(value)
-
-
-def tokenize_pans(ids: np.ndarray, tokenizer: "PanTokenizer", arrow_ids: Any = None) -> np.ndarray:
-    """The id column with every card number in it replaced by its token, as the decoder
-    replaces them: a copy, or ``ids`` itself when it holds none. Only all-digit ids can be card
-    numbers, so the usual column costs one C-level pass: over ``arrow_ids``, the same ids as
-    a pyarrow array, when the caller has them (~10 ns an id, against ~35 per Python str)."""
-    if arrow_ids is not None and len(arrow_ids) == len(ids):
-        import pyarrow.compute as pc
-
-        all_digits = pc.fill_null(pc.utf8_is_digit(arrow_ids), False).to_numpy(zero_copy_only=False)
-    else:
-        all_digits = np.fromiter(map(str.isdigit, ids), dtype=bool, count=len(ids))
-    digits = np.flatnonzero(all_digits)
-    pans = [i for i in digits.tolist() if looks_like_pan(ids[i])]
-    if not pans:
-        return ids
-    out = np.array(ids, dtype=object)
-    out[pans] = [tokenizer.token(ids[i]) for i in pans]
-    return out
 
 
 def json_documents(records: Iterable[dict], chunk: int = 10_000, **dumps_options: Any) -> list[bytes]:
@@ -185,7 +118,7 @@ def parse_event_time(value: Any, now_ms: int | None = None) -> int:
     return ms
 
 
-def _id(obj: dict[str, Any], name: str, required: bool = True) -> str:
+def read_id(obj: dict[str, Any], name: str, required: bool = True) -> str:
     value = obj.get(name)
     if value is None or value == "":
         if required:
@@ -199,7 +132,7 @@ def _id(obj: dict[str, Any], name: str, required: bool = True) -> str:
     return value
 
 
-def _number(obj: dict[str, Any], name: str, lo: float, hi: float, required: bool = True) -> float:
+def read_number(obj: dict[str, Any], name: str, lo: float, hi: float, required: bool = True) -> float:
     value = obj.get(name)
     if value is None:
         if required:
@@ -218,531 +151,8 @@ def _number(obj: dict[str, Any], name: str, lo: float, hi: float, required: bool
     return float(value)
 
 
-# --------------------------------------------------------------------------------------
-# Transactions: columnar
-# --------------------------------------------------------------------------------------
-@dataclass
-class TransactionBatch:
-    """A columnar batch of valid transactions. ``card_id`` is the entity the card rules and
-    limits apply to: the card token, else the customer id."""
-
-    transaction_id: np.ndarray  # object (str)
-    event_time_ms: np.ndarray  # int64
-    card_id: np.ndarray  # object (str), tokenized when it was a PAN
-    merchant_id: np.ndarray  # object (str): merchant, else terminal
-    amount: np.ndarray  # float64
-    lat: np.ndarray  # float64, NaN when absent
-    lon: np.ndarray  # float64, NaN when absent
-    optional: dict[str, np.ndarray]  # TRANSACTION_OPTIONAL -> object arrays, "" when absent
-    partition: np.ndarray  # int32, -1 when not from Kafka
-    offset: np.ndarray  # int64, -1 when not from Kafka
-    # The same rows' string columns as pyarrow arrays, when they came from Arrow (an offline
-    # replay's file): the ClickHouse blocks take them as they are instead of converting every
-    # Python str back to Arrow. Absent columns are converted as usual.
-    arrow: dict[str, Any] | None = None
-    # Each row's index in the values it was decoded from, so that a row that later fails can
-    # be dead-lettered with its original bytes. None when not decoded from messages.
-    source_row: np.ndarray | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.amount)
-
-    def column(self, name: str) -> np.ndarray:
-        if name in self.optional:
-            return self.optional[name]
-        return getattr(self, name)
-
-    @classmethod
-    def from_columns(cls, columns: dict[str, Sequence[Any]], tokenizer: PanTokenizer | None = None) -> "TransactionBatch":
-        """Build from already-valid columns (simulator, Parquet replay, tests)."""
-        n = len(columns["amount"])
-
-        def obj(name: str) -> np.ndarray:
-            if name not in columns:
-                return np.full(n, "", dtype=object)
-            return np.asarray([("" if v is None else str(v)) for v in columns[name]], dtype=object)
-
-        card = obj("card_id") if "card_id" in columns else obj("customer_id")
-        optional = {k: obj(k) for k in TRANSACTION_OPTIONAL}
-        if tokenizer is not None:  # card numbers in the card or the customer id, as the decoder does
-            card = tokenize_pans(card, tokenizer)
-            optional["customer_id"] = tokenize_pans(optional["customer_id"], tokenizer)
-        merchant = obj("merchant_id") if "merchant_id" in columns else obj("terminal_id")
-        return cls(
-            transaction_id=obj("transaction_id"),
-            event_time_ms=np.asarray(columns["event_time"], dtype=np.int64),
-            card_id=card,
-            merchant_id=merchant,
-            amount=np.asarray(columns["amount"], dtype=np.float64),
-            lat=np.asarray(columns.get("lat", np.full(n, np.nan)), dtype=np.float64),
-            lon=np.asarray(columns.get("lon", np.full(n, np.nan)), dtype=np.float64),
-            optional=optional,
-            partition=np.full(n, -1, dtype=np.int32),
-            offset=np.full(n, -1, dtype=np.int64),
-        )
-
-    def take(self, index: np.ndarray) -> "TransactionBatch":
-        return TransactionBatch(
-            transaction_id=self.transaction_id[index],
-            event_time_ms=self.event_time_ms[index],
-            card_id=self.card_id[index],
-            merchant_id=self.merchant_id[index],
-            amount=self.amount[index],
-            lat=self.lat[index],
-            lon=self.lon[index],
-            optional={k: v[index] for k, v in self.optional.items()},
-            partition=self.partition[index],
-            offset=self.offset[index],
-            source_row=None if self.source_row is None else self.source_row[index],
-        )
-
-
-def _transaction_row(obj: Any, tokenizer: PanTokenizer, max_amount: float, now_ms: int) -> tuple:
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
-    tid = _id(obj, "transaction_id")
-    ts = parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms)
-    pan = obj.get("pan")
-    if pan is not None:
-        pan = str(pan).replace(" ", "").replace("-", "")
-        if not (12 <= len(pan) <= 19 and pan.isdigit()):
-            raise InvalidEvent("'pan' must be 12-19 digits")
-        card = tokenizer.token(pan)
-    else:
-        card = _id(obj, "card_id", required=False) or _id(obj, "customer_id", required=False)
-        if not card:
-            raise InvalidEvent("missing required field: one of 'card_id', 'customer_id' or 'pan'")
-        if looks_like_pan(card):
-            card = tokenizer.token(card)
-    merchant = _id(obj, "merchant_id", required=False) or _id(obj, "terminal_id", required=False)
-    if not merchant:
-        raise InvalidEvent("missing required field: one of 'merchant_id' or 'terminal_id'")
-    amount = _number(obj, "amount", 0.0, max_amount)
-    lat = _number(obj, "lat", -90.0, 90.0, required=False)
-    lon = _number(obj, "lon", -180.0, 180.0, required=False)
-    opts = tuple(_id(obj, k, required=False) for k in TRANSACTION_OPTIONAL)
-    if opts[0] and looks_like_pan(opts[0]):  # customer_id holding a PAN
-        opts = (tokenizer.token(opts[0]),) + opts[1:]
-    return (tid, ts, card, merchant, amount, lat, lon) + opts
-
-
-def _missing(name: str) -> Any:
+def missing_field(name: str) -> Any:
     raise InvalidEvent(f"missing required field '{name}'")
-
-
-def decode_transactions(
-    values: Sequence[bytes],
-    *,
-    tokenizer: PanTokenizer,
-    topic: str = "transactions",
-    partitions: Sequence[int] | None = None,
-    offsets: Sequence[int] | None = None,
-    max_message_bytes: int = 65536,
-    max_amount: float = 10_000_000.0,
-    now_ms: int | None = None,
-    fast: bool = True,
-    arrow_min_rows: int | None = None,
-) -> tuple[TransactionBatch, list[DeadLetter]]:
-    """Decode raw Kafka values into a columnar batch plus dead letters.
-
-    The fast paths check whole columns at once and send only the rows they cannot vouch for
-    (a PAN to tokenize, an ISO time, a numeric string, anything invalid) through the per-row
-    validator, which is also the reference the parity tests compare against (``fast=False``).
-    A batch of ``arrow_min_rows`` or more is first parsed by Arrow's JSON reader (see
-    :func:`_arrow_transactions`); a batch it cannot read takes the orjson path below.
-    """
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    n = len(values)
-    if fast and n >= (ARROW_DECODE_MIN_ROWS if arrow_min_rows is None else arrow_min_rows):
-        decoded = _arrow_transactions(values, tokenizer, topic, partitions, offsets, max_message_bytes,
-                                      max_amount, now_ms)
-        if decoded is not None:
-            return decoded
-    loads = orjson.loads
-    objs: list[Any] = [None] * n
-    errors: dict[int, str] = {}
-    for i, raw in enumerate(values):
-        if raw is None:
-            errors[i] = "empty message (null value)"
-        elif len(raw) > max_message_bytes:
-            errors[i] = f"oversized message: {len(raw)} bytes > {max_message_bytes}"
-        else:
-            try:
-                objs[i] = loads(raw)
-            except orjson.JSONDecodeError as exc:
-                errors[i] = f"invalid JSON: {exc}"
-
-    if fast:
-        cols, slow = _fast_transaction_columns(objs, max_amount, now_ms)
-    else:
-        cols, slow = None, np.ones(n, dtype=bool)
-    keep = np.ones(n, dtype=bool)
-    for i in errors:
-        keep[i] = False
-        slow[i] = False
-    if cols is None:
-        cols = [[None] * n for _ in range(7 + len(TRANSACTION_OPTIONAL))]
-    for i in np.flatnonzero(slow).tolist():
-        try:
-            row = _transaction_row(objs[i], tokenizer, max_amount, now_ms)
-        except InvalidEvent as exc:
-            errors[i] = str(exc)
-            keep[i] = False
-            continue
-        for c, v in zip(cols, row):
-            c[i] = v
-    dead = [
-        DeadLetter(
-            topic=topic,
-            partition=partitions[i] if partitions is not None else -1,
-            offset=offsets[i] if offsets is not None else -1,
-            error=errors[i],
-            payload=tokenizer.mask((values[i] or b"")[:max_message_bytes]),
-        )
-        for i in sorted(errors)
-    ]
-    pos = np.flatnonzero(keep)
-    everything = len(pos) == n
-
-    def obj(c: list) -> np.ndarray:
-        a = np.empty(n, dtype=object)
-        a[:] = c
-        return a if everything else a[pos]
-
-    def num(c: list, dtype) -> np.ndarray:
-        if everything:
-            return np.asarray(c, dtype=dtype)
-        return np.asarray([c[i] for i in pos.tolist()], dtype=dtype)
-
-    return TransactionBatch(
-        transaction_id=obj(cols[0]),
-        event_time_ms=num(cols[1], np.int64),
-        card_id=obj(cols[2]),
-        merchant_id=obj(cols[3]),
-        amount=num(cols[4], np.float64),
-        lat=num(cols[5], np.float64),
-        lon=num(cols[6], np.float64),
-        optional={k: obj(cols[7 + j]) for j, k in enumerate(TRANSACTION_OPTIONAL)},
-        partition=(np.asarray(partitions, dtype=np.int32)[pos] if partitions is not None
-                   else np.full(len(pos), -1, dtype=np.int32)),
-        offset=(np.asarray(offsets, dtype=np.int64)[pos] if offsets is not None
-                else np.full(len(pos), -1, dtype=np.int64)),
-        source_row=pos,
-    ), dead
-
-
-# Arrow's JSON reader parses a batch into columns in C++. Measured on the bench's messages,
-# decode_transactions per transaction: 3.3-3.7 us against 4.9-5.5 for orjson's dicts checked
-# column by column in Python, in batches of 5,000 (in a slow spell of the machine 5.6 against
-# 6.9). But a batch costs it ~1-2 ms whatever its size (the reader's set-up, some 40 column
-# operations): 1.9 ms for 30 rows where the orjson path takes 0.15, about even at 1,000-2,000
-# rows. Smaller batches (a worker at a low rate) keep the orjson path.
-ARROW_DECODE_MIN_ROWS = 2000
-_ARROW_STRINGS = tuple(dict.fromkeys(("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL, "pan")))
-def _arrow_options() -> tuple:
-    """The JSON reader's options: built per batch (~12 µs, against a batch of 2,000 rows or
-    more), so no module state is kept."""
-    import pyarrow as pa
-    import pyarrow.json as pj
-
-    schema = pa.schema([(c, pa.string()) for c in _ARROW_STRINGS]
-                       + [("event_time", pa.int64()), ("amount", pa.float64()),
-                          ("lat", pa.float64()), ("lon", pa.float64())])
-    return (pj.ReadOptions(use_threads=False, block_size=1 << 30),
-            pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore", newlines_in_values=False))
-
-
-Check = tuple[np.ndarray, "str | Callable[[int], str]"]
-
-
-def transaction_checks(ids: dict[str, Any], card: Any, merchant: Any, event_time: np.ndarray, time_ok: np.ndarray,
-                       amount: np.ndarray, geo: dict[str, np.ndarray], max_amount: float, now_ms: int,
-                       not_number: dict[str, np.ndarray] | None = None) -> list[Check]:
-    """The checks ``_transaction_row`` makes per record, as masks over columns, in its order,
-    each with the reason it gives (text, or a function of the row where the reason quotes a
-    value): the first failing check of a row is its reason. Shared by the decoder's Arrow
-    path, which sends every row any check flags through ``_transaction_row``, and the offline
-    replay, which validates a whole file this way.
-
-    ``ids``: the id columns present, as pyarrow string arrays with "" for null; ``card`` and
-    ``merchant``: the ids after their fallbacks (customer, terminal), pyarrow or numpy;
-    ``event_time``: milliseconds where ``time_ok``; ``amount`` and ``geo`` (lat, lon): float64
-    with NaN where absent; ``not_number``: rows of a numeric column that held text that is not
-    a number (a file's column; JSON readers refuse those whole)."""
-    not_number = not_number or {}
-
-    def too_long(name: str, where: np.ndarray | None = None) -> list[Check]:
-        mask = _longer_than(ids[name], MAX_ID_LENGTH) if name in ids else None
-        if mask is None:
-            return []
-        return [(mask if where is None else mask & where, f"'{name}' is longer than {MAX_ID_LENGTH} characters")]
-
-    def in_range(name: str, values: np.ndarray, lo: float, hi: float) -> list[Check]:
-        checks = [(not_number[name], f"'{name}' must be a number")] if name in not_number else []
-        with np.errstate(invalid="ignore"):
-            outside = ~np.isnan(values) & ~((values >= lo) & (values <= hi))
-        checks.append((outside, lambda i: f"'{name}' = {values[i]} is outside [{lo:g}, {hi:g}]"))
-        return checks
-
-    n = len(event_time)
-    card_empty, merchant_empty = _empty(ids.get("card_id"), n), _empty(ids.get("merchant_id"), n)
-    checks: list[Check] = [(_empty(ids.get("transaction_id"), n), "missing required field 'transaction_id'")]
-    checks += too_long("transaction_id")
-    checks.append((~time_ok, "event_time is missing or not epoch milliseconds / ISO-8601"))
-    checks.append((time_ok & (event_time < MIN_EVENT_TIME_MS),
-                   lambda i: f"event_time {event_time[i]} is before 2000-01-01 (seconds instead of milliseconds?)"))
-    checks.append((time_ok & (event_time > now_ms + MAX_FUTURE_MS),
-                   lambda i: f"event_time {event_time[i]} is more than a day in the future"))
-    # The card, else the customer; the merchant, else the terminal: the fallback is read
-    # (and its length checked) only where the first is empty.
-    checks += too_long("card_id") + too_long("customer_id", card_empty)
-    checks.append((_empty(card, n), "missing required field: one of 'card_id', 'customer_id' or 'pan'"))
-    checks += too_long("merchant_id") + too_long("terminal_id", merchant_empty)
-    checks.append((_empty(merchant, n), "missing required field: one of 'merchant_id' or 'terminal_id'"))
-    if "amount" in not_number:
-        checks.append((not_number["amount"], "'amount' must be a number"))
-        checks.append((np.isnan(amount) & ~not_number["amount"], "missing required field 'amount'"))
-    else:
-        checks.append((np.isnan(amount), "missing required field 'amount'"))
-    checks += in_range("amount", amount, 0.0, max_amount)
-    for name, bound in (("lat", 90.0), ("lon", 180.0)):
-        if name in geo:
-            checks += in_range(name, geo[name], -bound, bound)
-    for name in TRANSACTION_OPTIONAL:
-        checks += too_long(name)
-    return checks
-
-
-def constant_column(n: int, value: Any) -> np.ndarray:
-    """An object column of ``n`` references to one value. ``np.full(n, "text", dtype=object)``
-    makes a new str per row (it casts through a unicode array): 230 µs at 5,000 rows, 18 here."""
-    column = np.empty(n, dtype=object)
-    column.fill(value)
-    return column
-
-
-def id_or(first: Any, second: Any) -> Any:
-    """Per row the id in ``first``, or ``second``'s where it is "" (pyarrow string arrays): the
-    card, else the customer; the merchant, else the terminal, as ``_transaction_row`` takes them."""
-    import pyarrow.compute as pc
-
-    return pc.if_else(pc.equal(first, ""), second, first)
-
-
-def _empty(column: Any, n: int) -> np.ndarray:
-    """Rows where an id column is "" (all ``n`` of them when the column is absent)."""
-    if column is None:
-        return np.ones(n, dtype=bool)
-    if isinstance(column, np.ndarray):
-        return column == ""
-    import pyarrow.compute as pc
-
-    return pc.equal(column, "").to_numpy(zero_copy_only=False)
-
-
-def _longer_than(column: Any, limit: int) -> np.ndarray | None:
-    """Rows of a string column longer than ``limit`` characters; None when there are none
-    (the usual case: one pass, no mask) or the column is not text."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return None
-    lengths = pc.fill_null(pc.utf8_length(column), 0)
-    if (pc.max(lengths).as_py() or 0) <= limit:
-        return None
-    return lengths.to_numpy(zero_copy_only=False) > limit
-
-
-def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic: str,
-                        partitions: Sequence[int] | None, offsets: Sequence[int] | None,
-                        max_message_bytes: int, max_amount: float,
-                        now_ms: int) -> tuple[TransactionBatch, list[DeadLetter]] | None:
-    """The batch through Arrow's JSON reader, or None when the reader cannot take it whole.
-
-    The reader is strict where it matters: a value of another JSON type than the column's (an
-    id as a number, an ISO time, a numeric string), a duplicate key, a non-object or broken
-    JSON fails the whole batch, which then takes the orjson path. What it reads is checked as
-    columns; rows the checks cannot vouch for (out of range, too long, all-digit ids that may be
-    card numbers, ``NaN``, which Arrow reads and orjson refuses) go through the per-row
-    validator and replace their row. A card number in ``pan`` sends the batch to the orjson
-    path, which tokenizes it."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.json as pj
-
-    n = len(values)
-    if None in values or max(map(len, values)) > max_message_bytes:
-        return None
-    blob = b"\n".join(values)
-    if blob.count(b"\n") != n - 1:  # a message with a newline of its own
-        return None
-    read, parse = _arrow_options()
-    try:
-        table = pj.read_json(pa.py_buffer(blob), read_options=read, parse_options=parse)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
-        return None
-    if table.num_rows != n or table.column("pan").null_count != n:  # '{..}{..}' in one message; PANs
-        return None
-
-    def text(name: str):
-        return pc.fill_null(table.column(name).combine_chunks(), "")
-
-    ids = {k: text(k) for k in ("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL)}
-
-    strings = {"transaction_id": ids["transaction_id"], "card_id": id_or(ids["card_id"], ids["customer_id"]),
-               "merchant_id": id_or(ids["merchant_id"], ids["terminal_id"])}
-    strings.update({k: ids[k] for k in TRANSACTION_OPTIONAL})
-    event_time = table.column("event_time").combine_chunks()
-    time_ok = pc.is_valid(event_time).to_numpy(zero_copy_only=False)
-    times = pc.fill_null(event_time, 0).to_numpy(zero_copy_only=False)
-    amount = pc.fill_null(table.column("amount").combine_chunks(), math.nan).to_numpy(zero_copy_only=False)
-    geo = {}
-    slow = np.zeros(n, dtype=bool)
-    for name in ("lat", "lon"):
-        col = table.column(name).combine_chunks()
-        geo[name] = pc.fill_null(col, math.nan).to_numpy(zero_copy_only=False)
-        slow |= pc.fill_null(pc.is_nan(col), False).to_numpy(zero_copy_only=False)  # NaN: orjson refuses it
-    for mask, _ in transaction_checks(ids, strings["card_id"], strings["merchant_id"], times, time_ok, amount, geo,
-                                      max_amount, now_ms):
-        slow |= mask
-    # All-digit ids may be card numbers: the per-row validator tokenizes those.
-    for name in ("transaction_id", "card_id", "merchant_id", "customer_id"):
-        slow |= pc.utf8_is_digit(strings[name]).to_numpy(zero_copy_only=False)
-
-    columns = [strings["transaction_id"].to_numpy(zero_copy_only=False), times,
-               strings["card_id"].to_numpy(zero_copy_only=False),
-               strings["merchant_id"].to_numpy(zero_copy_only=False), amount,
-               geo["lat"], geo["lon"],
-               *[strings[k].to_numpy(zero_copy_only=False) for k in TRANSACTION_OPTIONAL]]
-    errors: dict[int, str] = {}
-    if slow.any():  # numeric columns without nulls are Arrow's read-only buffers
-        columns = [c if c.flags.writeable else c.copy() for c in columns]
-    for i in np.flatnonzero(slow).tolist():
-        try:
-            row = _transaction_row(orjson.loads(values[i]), tokenizer, max_amount, now_ms)
-        except orjson.JSONDecodeError as exc:
-            errors[i] = f"invalid JSON: {exc}"
-            continue
-        except InvalidEvent as exc:
-            errors[i] = str(exc)
-            continue
-        for c, v in zip(columns, row):
-            c[i] = v
-    pos = np.flatnonzero([i not in errors for i in range(n)]) if errors else None
-    part = np.asarray(partitions, dtype=np.int32) if partitions is not None else np.full(n, -1, dtype=np.int32)
-    off = np.asarray(offsets, dtype=np.int64) if offsets is not None else np.full(n, -1, dtype=np.int64)
-    batch = TransactionBatch(
-        transaction_id=columns[0], event_time_ms=columns[1], card_id=columns[2], merchant_id=columns[3],
-        amount=columns[4], lat=columns[5], lon=columns[6],
-        optional={k: columns[7 + j] for j, k in enumerate(TRANSACTION_OPTIONAL)},
-        partition=part, offset=off,
-        # The ClickHouse blocks take these as they are, unless a row was replaced above.
-        arrow=None if slow.any() else strings,
-        source_row=np.arange(n),
-    )
-    if pos is not None:
-        batch = batch.take(pos)
-    dead = [DeadLetter(topic=topic, partition=partitions[i] if partitions is not None else -1,
-                       offset=offsets[i] if offsets is not None else -1, error=errors[i],
-                       payload=tokenizer.mask(values[i][:max_message_bytes]))
-            for i in sorted(errors)]
-    return batch, dead
-
-
-_NONE = type(None)
-_NUMBER_TYPES = {float, int}
-
-
-def _fast_transaction_columns(objs: list[Any], max_amount: float, now_ms: int) -> tuple[list[list], np.ndarray]:
-    """Columns of the rows that are plainly valid, and a mask of rows needing the slow path.
-
-    Optimistic: each column is first checked whole with C-level passes (``map(type, …)``,
-    ``map(len, …)``); only a column that fails is checked row by row to find the culprits,
-    which the slow path ``_transaction_row`` then accepts (with conversion) or rejects.
-    """
-    n = len(objs)
-    if n == 0:  # the whole-column checks below take min/max of each column
-        return [[] for _ in range(7 + len(TRANSACTION_OPTIONAL))], np.zeros(0, dtype=bool)
-    empty: dict = {}
-    if set(map(type, objs)) == {dict}:
-        rows = objs
-        slow = np.zeros(n, dtype=bool)
-    else:
-        rows = [o if type(o) is dict else empty for o in objs]
-        slow = np.fromiter((type(o) is not dict for o in objs), dtype=bool, count=n)
-    if any("pan" in o for o in rows):
-        slow |= np.fromiter(("pan" in o for o in rows), dtype=bool, count=n)
-
-    def flag(bad_rows) -> None:
-        slow[np.fromiter(bad_rows, dtype=bool, count=n)] = True
-
-    def check_ids(col: list, required: bool) -> list:
-        types = set(map(type, col))
-        if types == {str}:
-            lengths = list(map(len, col))
-            if min(lengths) > 0 and max(lengths) <= MAX_ID_LENGTH and not any(map(str.isdigit, col)):
-                return col
-        elif not required and types <= {str, _NONE}:
-            strs = [x or "" for x in col]
-            if max(map(len, strs)) <= MAX_ID_LENGTH:
-                return strs
-        flag((not ((type(x) is str and 0 < len(x) <= MAX_ID_LENGTH and not x.isdigit())
-                   or (not required and x is None)) for x in col))
-        return [x or "" for x in col] if not required else col
-
-    tid = check_ids([o.get("transaction_id") for o in rows], True)
-    card = check_ids([o.get("card_id") or o.get("customer_id") for o in rows], True)
-    merchant = check_ids([o.get("merchant_id") or o.get("terminal_id") for o in rows], True)
-
-    et = [o.get("event_time") for o in rows]
-    if set(map(type, et)) != {int}:
-        flag((type(x) is not int for x in et))
-        et = [x if type(x) is int and -2**62 < x < 2**62 else 0 for x in et]
-    et_arr = np.asarray(et, dtype=np.int64)
-    slow |= (et_arr < MIN_EVENT_TIME_MS) | (et_arr > now_ms + MAX_FUTURE_MS)
-
-    amount = [o.get("amount") for o in rows]
-    if not set(map(type, amount)) <= _NUMBER_TYPES:
-        flag((not (type(x) is float or type(x) is int) for x in amount))
-        amount = [x if type(x) is float or type(x) is int else -1.0 for x in amount]
-    with np.errstate(over="ignore", invalid="ignore"):
-        amt = np.asarray(amount, dtype=np.float64)
-        slow |= ~((amt >= 0.0) & (amt <= max_amount))
-
-    geo = []
-    for name, bound in (("lat", 90.0), ("lon", 180.0)):
-        col = [o.get(name) for o in rows]
-        types = set(map(type, col))
-        if not types <= {float, int, _NONE}:
-            flag((not (x is None or type(x) is float or type(x) is int) for x in col))
-            types = {_NONE}
-        if _NONE in types:
-            col = [x if type(x) is float or type(x) is int else math.nan for x in col]
-        with np.errstate(over="ignore", invalid="ignore"):
-            arr = np.asarray(col, dtype=np.float64)
-            slow |= ~(np.isnan(arr) | (np.abs(arr) <= bound))
-        geo.append(col)
-
-    optional = []
-    for name in TRANSACTION_OPTIONAL:
-        col = [o.get(name) for o in rows]
-        types = set(map(type, col))
-        if types <= {str, _NONE}:
-            if _NONE in types:
-                col = [x or "" for x in col]
-            if max(map(len, col)) > MAX_ID_LENGTH:
-                flag((len(x) > MAX_ID_LENGTH for x in col))
-        else:
-            flag((not (x is None or (type(x) is str and len(x) <= MAX_ID_LENGTH)) for x in col))
-            col = [x if type(x) is str else "" for x in col]
-        optional.append(col)
-    # A customer id that is all digits may be a PAN: the slow path tokenizes it.
-    if any(map(str.isdigit, optional[0])):
-        flag((x.isdigit() for x in optional[0]))
-    cols = [tid, et, card, merchant, amount, geo[0], geo[1], *optional]
-    return cols, slow
 
 
 # --------------------------------------------------------------------------------------
@@ -756,57 +166,57 @@ LABEL_VALUES = {
 
 def market_tick_row(obj: dict, now_ms: int) -> dict:
     return {
-        "instrument": _id(obj, "instrument"),
-        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms),
-        "price": _number(obj, "price", 1e-12, 1e12),
-        "volume": _zero_nan(_number(obj, "volume", 0.0, 1e15, required=False)),
+        "instrument": read_id(obj, "instrument"),
+        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
+        "price": read_number(obj, "price", 1e-12, 1e12),
+        "volume": _zero_nan(read_number(obj, "volume", 0.0, 1e15, required=False)),
     }
 
 
 def position_row(obj: dict, now_ms: int) -> dict:
     return {
-        "portfolio_id": _id(obj, "portfolio_id"),
-        "instrument": _id(obj, "instrument"),
-        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms),
-        "quantity": _number(obj, "quantity", -1e15, 1e15),
-        "price": _zero_nan(_number(obj, "price", 0.0, 1e12, required=False)),
+        "portfolio_id": read_id(obj, "portfolio_id"),
+        "instrument": read_id(obj, "instrument"),
+        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
+        "quantity": read_number(obj, "quantity", -1e15, 1e15),
+        "price": _zero_nan(read_number(obj, "price", 0.0, 1e12, required=False)),
     }
 
 
 def loan_application_row(obj: dict, now_ms: int) -> dict:
     return {
-        "application_id": _id(obj, "application_id"),
-        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else _missing("event_time"), now_ms),
-        "customer_id": _id(obj, "customer_id"),
-        "amount": _number(obj, "amount", 1.0, 1e9),
-        "income": _number(obj, "income", 0.0, 1e10),
-        "term_months": int(_number(obj, "term_months", 1, 600)),
-        "existing_debt": _zero_nan(_number(obj, "existing_debt", 0.0, 1e10, required=False)),
-        "credit_score": _zero_nan(_number(obj, "credit_score", 0.0, 1000.0, required=False)),
+        "application_id": read_id(obj, "application_id"),
+        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
+        "customer_id": read_id(obj, "customer_id"),
+        "amount": read_number(obj, "amount", 1.0, 1e9),
+        "income": read_number(obj, "income", 0.0, 1e10),
+        "term_months": int(read_number(obj, "term_months", 1, 600)),
+        "existing_debt": _zero_nan(read_number(obj, "existing_debt", 0.0, 1e10, required=False)),
+        "credit_score": _zero_nan(read_number(obj, "credit_score", 0.0, 1000.0, required=False)),
     }
 
 
 def label_row(obj: dict, now_ms: int) -> dict:
-    label = _id(obj, "label")
+    label = read_id(obj, "label")
     if label not in LABEL_VALUES:
         raise InvalidEvent(f"'label' must be one of {sorted(LABEL_VALUES)}, got {label!r}")
-    stream = _id(obj, "stream", required=False) or "transactions"
+    stream = read_id(obj, "stream", required=False) or "transactions"
     if stream not in LABELLED_STREAMS:
         raise InvalidEvent(f"'stream' must be one of {', '.join(LABELLED_STREAMS)}, got {stream!r}")
-    label_time = parse_event_time(obj.get("label_time") if "label_time" in obj else _missing("label_time"), now_ms)
+    label_time = parse_event_time(obj.get("label_time") if "label_time" in obj else missing_field("label_time"), now_ms)
     # Chargeback records carry the merchant, terminal and transaction date: with them a
     # confirmed fraud also counts for the merchant's and terminal's fraud-rate features.
     event_time = obj.get("event_time")
     return {
-        "event_id": _id(obj, "event_id"),
+        "event_id": read_id(obj, "event_id"),
         "stream": stream,
         "label": label,
         "is_positive": LABEL_VALUES[label],
         "label_time": label_time,
-        "entity_id": _id(obj, "entity_id", required=False),
-        "source": _id(obj, "source", required=False),
-        "merchant_id": _id(obj, "merchant_id", required=False),
-        "terminal_id": _id(obj, "terminal_id", required=False),
+        "entity_id": read_id(obj, "entity_id", required=False),
+        "source": read_id(obj, "source", required=False),
+        "merchant_id": read_id(obj, "merchant_id", required=False),
+        "terminal_id": read_id(obj, "terminal_id", required=False),
         "event_time": parse_event_time(event_time, now_ms) if event_time is not None else label_time,
     }
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from riskstream.schemas.events import (
-    LABELLED_STREAMS, TRANSACTION_OPTIONAL, label_row, loan_application_row, market_tick_row, position_row,
-)
+from riskstream.schemas.events import LABELLED_STREAMS, label_row, loan_application_row, market_tick_row, position_row
+from riskstream.schemas.transactions import TRANSACTION_OPTIONAL
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class StreamSpec:
     ``required`` holds groups of columns: an event needs one column of each group (a
     transaction names its card by ``card_id`` or ``customer_id``). ``validate_row`` turns a
     decoded JSON object into the stored row or raises ``InvalidEvent``; transactions have none,
-    as they are decoded straight into columns (``schemas.events.decode_transactions``).
+    as they are decoded straight into columns (``schemas.transactions.decode_transactions``).
     """
 
     name: str

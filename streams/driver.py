@@ -32,10 +32,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from riskstream.schemas.events import (
-    DeadLetter, PanTokenizer, TransactionBatch, decode_rows, decode_transactions,
-)
+from riskstream.schemas.events import DeadLetter, decode_rows
+from riskstream.schemas.pan import PanTokenizer
 from riskstream.schemas.registry import LABELLED_STREAMS, STREAMS, stream_spec
+from riskstream.schemas.transactions import TransactionBatch, decode_transactions
 from riskstream.settings import Settings
 from riskstream.sinks.publisher import Publisher
 from riskstream.streams.clock import LabelClock, Watermark

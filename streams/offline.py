@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import DeadLetter, InvalidEvent, PanTokenizer
+from riskstream.schemas.events import DeadLetter, InvalidEvent
+from riskstream.schemas.pan import PanTokenizer
 from riskstream.schemas.registry import stream_spec
 from riskstream.settings import Settings
 from riskstream.sinks.offline import SHARDED_INSERT_ROWS, ClickHouseBlocks

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import TransactionBatch, constant_column
+from riskstream.schemas.transactions import TransactionBatch, constant_column
 
 SCORER_STAGES = ("features", "models_score", "models_remember", "rules", "decide", "alerts")
 NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons

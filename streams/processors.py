@@ -25,7 +25,9 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import DeadLetter, PanTokenizer, TransactionBatch
+from riskstream.schemas.events import DeadLetter
+from riskstream.schemas.pan import PanTokenizer
+from riskstream.schemas.transactions import TransactionBatch
 from riskstream.settings import ConfigError, Settings
 from riskstream.streams.outputs import Outputs
 from riskstream.streams.pipeline import DecisionPolicy, ScoredBatch, TransactionScorer, concat_scored
@@ -50,7 +52,7 @@ def load_rules_text(settings: Settings) -> tuple[str, str]:
 def transaction_rule_columns() -> list[str]:
     """What transaction rules can name: the features, the model score and the text columns."""
     from riskstream.detectors.features import FEATURE_NAMES
-    from riskstream.schemas.events import TRANSACTION_OPTIONAL
+    from riskstream.schemas.transactions import TRANSACTION_OPTIONAL
 
     return [*FEATURE_NAMES, "score", "card_id", "merchant_id", *TRANSACTION_OPTIONAL]
 

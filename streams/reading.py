@@ -19,10 +19,16 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import orjson
 
-from riskstream.schemas.events import (
-    TRANSACTION_OPTIONAL, DeadLetter, TransactionBatch, constant_column, id_or, tokenize_pans, transaction_checks,
-)
+from riskstream.schemas.events import DeadLetter
+from riskstream.schemas.pan import tokenize_pans
 from riskstream.schemas.registry import STREAMS, StreamSpec
+from riskstream.schemas.transactions import (
+    TRANSACTION_OPTIONAL,
+    TransactionBatch,
+    constant_column,
+    id_or,
+    transaction_checks,
+)
 from riskstream.settings import Settings
 
 DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -384,7 +390,7 @@ def _dead_letters(table, rows: np.ndarray, reasons: np.ndarray, order: np.ndarra
     offset = the row's 0-based number in the file, so it can be found there."""
     import pyarrow as pa
 
-    from riskstream.schemas.events import PanTokenizer
+    from riskstream.schemas.pan import PanTokenizer
 
     tokenizer = PanTokenizer(settings.pan_key_bytes())
     records = table.take(pa.array(rows)).to_pylist()

@@ -16,13 +16,13 @@ from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
 from riskstream.rules.compiler import backtest, compile_rule_set
 from riskstream.rules.history import rebuild_history
 from riskstream.rules.language import validate_rule_set
-from riskstream.schemas.events import TransactionBatch
+from riskstream.schemas.events import DAY_MS
+from riskstream.schemas.transactions import TransactionBatch
 from riskstream.settings import Settings
 from riskstream.simulate import simulate, write_simulation
 from riskstream.streams import offline, reading
 from riskstream.streams.driver import Driver
 from riskstream.streams.processors import transaction_rule_columns
-from riskstream.schemas.events import DAY_MS
 
 LABEL_DELAY_MS = 7 * DAY_MS
 # The simulation starts 2024-01-01 and runs 10 days. The period's first frauds are labelled

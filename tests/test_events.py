@@ -8,10 +8,10 @@ import numpy as np
 import orjson
 import pytest
 
+from riskstream.schemas.events import decode_rows, json_documents
+from riskstream.schemas.pan import PanTokenizer, luhn_valid
 from riskstream.schemas.registry import STREAMS
-from riskstream.schemas.events import (
-    PanTokenizer, constant_column, decode_rows, decode_transactions, json_documents, luhn_valid,
-)
+from riskstream.schemas.transactions import constant_column, decode_transactions
 
 NOW = 1_763_800_000_000
 TOK = PanTokenizer(b"test-key-of-32-bytes-for-hmac-ok")
@@ -96,7 +96,7 @@ ARROW_READS = {0, 1, 4, 5, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 20, 21, 23}
 
 @pytest.mark.parametrize("mutation", range(len(MUTATIONS)))
 def test_arrow_reader_matches_reference(mutation):
-    from riskstream.schemas.events import _arrow_transactions
+    from riskstream.schemas.transactions import _arrow_transactions
 
     values = [orjson.dumps(_good(i)) for i in range(50)]
     for i in (7, 20):
@@ -200,7 +200,7 @@ def test_pan_is_tokenized_and_masked_in_dead_letters():
 def test_card_numbers_found_by_arrow_are_the_ones_python_finds():
     import pyarrow as pa
 
-    from riskstream.schemas.events import tokenize_pans
+    from riskstream.schemas.pan import tokenize_pans
 
     ids = np.array(["card_1", PAN, "", "12345", "4111111111111112", PAN], dtype=object)
     arrow_ids = pa.array([v or None for v in ids], pa.large_string())

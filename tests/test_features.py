@@ -19,7 +19,7 @@ from riskstream.detectors.features import (
 from riskstream.detectors.id_index import index_delete, index_insert, index_probe, stable_hash64_reference
 from riskstream.detectors.kernel_registry import KERNELS, StepInput, fresh_state
 from riskstream.detectors.kernels import FRAUD_PRIOR_RATE, FRAUD_PRIOR_WEIGHT, MAX_GAP_S
-from riskstream.schemas.events import TransactionBatch
+from riskstream.schemas.transactions import TransactionBatch
 
 T0 = 1_700_000_000_000
 HOUR = 3_600_000

@@ -8,7 +8,7 @@ import pytest
 
 from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
 from riskstream.rules.compiler import RuleSetHolder
-from riskstream.schemas.events import TRANSACTION_OPTIONAL, TransactionBatch
+from riskstream.schemas.transactions import TRANSACTION_OPTIONAL, TransactionBatch
 from riskstream.streams.pipeline import DecisionPolicy, TransactionScorer, encode_outputs
 
 NOW = 1_763_800_000_000

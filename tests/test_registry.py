@@ -40,7 +40,8 @@ def test_an_unknown_stream_names_the_known_ones():
         stream_spec("trades")
 
 
-@pytest.mark.parametrize("module", ["riskstream.schemas.registry", "riskstream.streams.driver"])
+@pytest.mark.parametrize("module", ["riskstream.schemas.registry", "riskstream.schemas.events", "riskstream.schemas.transactions",
+                                    "riskstream.streams.driver", "riskstream.rules.conditions"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -13,15 +13,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from riskstream.commands import replay
+from riskstream.schemas.events import DAY_MS
 from riskstream.settings import ConfigError, Settings
 from riskstream.simulate import simulate, write_simulation
-from riskstream.commands import replay
-from riskstream.streams import offline, reading
 from riskstream.sinks import offline as sinks_offline
+from riskstream.streams import offline, reading
 from tests.conftest import query, wait_for
-
-from riskstream.schemas.events import DAY_MS
-
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +345,9 @@ def test_bad_rows_are_dead_lettered_with_the_reason(tmp_path, sim):
 
 
 def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
-    from riskstream.schemas.events import InvalidEvent, PanTokenizer, _transaction_row
+    from riskstream.schemas.events import InvalidEvent
+    from riskstream.schemas.pan import PanTokenizer
+    from riskstream.schemas.transactions import _transaction_row
 
     now = 1_763_800_000_000
     base = {"transaction_id": "t", "event_time": now - 60_000, "card_id": "k1", "customer_id": "c1",

@@ -17,14 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from riskstream.schemas.events import PanTokenizer, TransactionBatch
+from riskstream.schemas.events import DAY_MS
+from riskstream.schemas.pan import PanTokenizer
+from riskstream.schemas.transactions import TransactionBatch
 from riskstream.settings import Settings
 from riskstream.simulate import simulate
 from riskstream.streams import offline, reading
 from riskstream.streams.driver import Driver
 from tests.conftest import query
-
-from riskstream.schemas.events import DAY_MS
 
 # Features that depend only on the card's own history, so they must not depend on how the
 # cards are split (the fraud rate depends on when labels arrive, chunk by chunk: left out).

@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from riskstream import cli
-from riskstream.schemas.registry import STREAMS
-from riskstream.schemas.events import (PanTokenizer, TransactionBatch,
-                                       decode_transactions)
 from riskstream.schemas.events import DAY_MS
+from riskstream.schemas.pan import PanTokenizer
+from riskstream.schemas.registry import STREAMS
+from riskstream.schemas.transactions import TransactionBatch, decode_transactions
 from riskstream.sim_world import SCENARIOS, STREAM_COLUMNS, distance_km
 from riskstream.simulate import Simulation, read_simulation, simulate, stream_paths, write_simulation
 

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from riskstream.schemas.events import TransactionBatch
+from riskstream.schemas.transactions import TransactionBatch
 from riskstream.settings import Settings
 from riskstream.sinks.clickhouse import SinkWriter, ensure_schema, open_client
 from riskstream.streams.pipeline import ScoredBatch, transaction_arrow_blocks

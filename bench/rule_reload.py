@@ -139,7 +139,7 @@ class Decisions:
         self.consumer.close()
 
 
-def _log_time(log: Path, version: str) -> float:
+def log_time(log: Path, version: str) -> float:
     """Wall-clock time of the worker's "rule set <version> ...: compiling" line (local time;
     Faust's format ``[2024-06-01 12:00:00,123] [pid] [WARNING] ...`` or logging's)."""
     pattern = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\]? .*rule set " + re.escape(version) + " ")
@@ -200,7 +200,7 @@ def run(rounds: int, rate: float, timeout: float, data_dir: Path) -> list[Round]
                         r.first_decline = float(d["decided_at"])
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited ({worker.returncode}); see {log}")
-            r.received = _log_time(log, version)
+            r.received = log_time(log, version)
             r.compile_here = compile_rule_set(validate_rule_set(text, "bench"), columns).compile_seconds
             results.append(r)
             _say(f"round {k}: {r.row()}")

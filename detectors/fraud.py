@@ -293,7 +293,7 @@ class FraudModels(Detector):
         index_insert(self._id_index, keys[named].view(np.int64), slots[named])
         self._id_rows += int(np.count_nonzero(named))
 
-    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
+    def slots_of(self, keys: np.ndarray) -> np.ndarray:
         """Ring slots of remembered event-id hashes, -1 where unknown or overwritten."""
         slots = np.empty(len(keys), np.int64)
         index_probe(np.ascontiguousarray(keys).view(np.int64), self._id_index, slots)
@@ -337,7 +337,7 @@ class FraudModels(Detector):
             scores = self.score(X, self.feature_names).probability
         scores = np.asarray(scores, dtype=np.float32)
         entity = hash_ids(entity_ids) if entity_ids is not None else keys
-        # The ring overwrites the oldest decisions; their id rows go stale (see `_slots_of`).
+        # The ring overwrites the oldest decisions; their id rows go stale (see `slots_of`).
         for ring, rows in self._ring_pieces(self._head, n):
             self.stats["evicted_unsettled"] += int(np.count_nonzero(self._status[ring] == PENDING))
             self._X[ring] = X[rows]
@@ -434,8 +434,8 @@ class FraudModels(Detector):
         pos = y == 1
         # Two homogeneous streams for drift: positives and matured negatives arrive at different
         # times and rates, and one mixed error stream would "drift" whenever that mix changes.
-        self._feed_adwin("fraud_score", 1.0 - p[pos], "confirmed fraud now scores lower at decision time (missed fraud rising)")
-        self._feed_adwin("legit_score", p[~pos], "legit transactions now score higher (false alarms rising)")
+        self.feed_drift("fraud_score", 1.0 - p[pos], "confirmed fraud now scores lower at decision time (missed fraud rising)")
+        self.feed_drift("legit_score", p[~pos], "legit transactions now score higher (false alarms rising)")
 
     def _hold_negatives(self, X: np.ndarray) -> None:
         """Keep the newest ``held_negatives`` negatives settled before any positive: whole
@@ -447,7 +447,7 @@ class FraudModels(Detector):
         while held - len(self._held[0]) >= self.held_negatives:
             held -= len(self._held.pop(0))
 
-    def _feed_adwin(self, signal: str, errors: np.ndarray, meaning: str) -> None:
+    def feed_drift(self, signal: str, errors: np.ndarray, meaning: str) -> None:
         """Feed settled errors to the signal's ADWIN, one alert per detected change.
 
         River's ``ADWIN.update`` wraps the Rust window in Python checks: 240k values took 57 ms
@@ -503,7 +503,7 @@ class FraudModels(Detector):
             return 0
         keys = hash_ids(event_ids)
         y = np.asarray(is_positive).astype(np.int8)
-        slots = self._slots_of(keys)
+        slots = self.slots_of(keys)
         found = slots >= 0
         self.stats["labels_missed"] += int((~found).sum())
         slots, y = slots[found], y[found]
@@ -605,6 +605,28 @@ class FraudModels(Detector):
                 rows.append({"measured_at": float(measured_at), "model_version": self.version, "metric": metric,
                              "window": f"{days}d", "value": float(value), "n_labels": int(sel.sum())})
         return rows
+
+    def settled(self) -> dict[str, np.ndarray]:
+        """The quality history: settled decisions in the order they settled, with their
+        decision-time ``score``, ``label``, hashed event id (``key``) and event time
+        (``event_time``, -1 for a negative a later chargeback took out of every window)."""
+        n = min(self._q_n, self.quality_capacity)
+        return {"event_time": self._q_time[:n], "score": self._q_score[:n], "label": self._q_y[:n],
+                "key": self._q_key[:n]}
+
+    @property
+    def queued_rows(self) -> int:
+        """Settled decisions waiting for the next scheduled update of the model."""
+        return sum(len(y) for source in self._queued.values() for _, y in source)
+
+    @property
+    def id_index_load(self) -> tuple[int, int]:
+        """(rows in use, live or stale; rows in all) of the event-id index."""
+        return self._id_rows, len(self._id_index)
+
+    def drift_window(self, signal: str):
+        """The ADWIN window of a drift signal (``fraud_score`` or ``legit_score``)."""
+        return self._adwin[signal]
 
     def drift_alerts(self) -> list[dict]:
         """Drift events detected since the last call."""

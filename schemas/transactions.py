@@ -119,7 +119,7 @@ class TransactionBatch:
         )
 
 
-def _transaction_row(obj: Any, tokenizer: PanTokenizer, max_amount: float, now_ms: int) -> tuple:
+def transaction_row(obj: Any, tokenizer: PanTokenizer, max_amount: float, now_ms: int) -> tuple:
     if not isinstance(obj, dict):
         raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
     tid = read_id(obj, "transaction_id")
@@ -167,12 +167,12 @@ def decode_transactions(
     (a PAN to tokenize, an ISO time, a numeric string, anything invalid) through the per-row
     validator, which is also the reference the parity tests compare against (``fast=False``).
     A batch of ``arrow_min_rows`` or more is first parsed by Arrow's JSON reader (see
-    :func:`_arrow_transactions`); a batch it cannot read takes the orjson path below.
+    :func:`arrow_transactions`); a batch it cannot read takes the orjson path below.
     """
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     n = len(values)
     if fast and n >= (ARROW_DECODE_MIN_ROWS if arrow_min_rows is None else arrow_min_rows):
-        decoded = _arrow_transactions(values, tokenizer, topic, partitions, offsets, max_message_bytes,
+        decoded = arrow_transactions(values, tokenizer, topic, partitions, offsets, max_message_bytes,
                                       max_amount, now_ms)
         if decoded is not None:
             return decoded
@@ -202,7 +202,7 @@ def decode_transactions(
         cols = [[None] * n for _ in range(7 + len(TRANSACTION_OPTIONAL))]
     for i in np.flatnonzero(slow).tolist():
         try:
-            row = _transaction_row(objs[i], tokenizer, max_amount, now_ms)
+            row = transaction_row(objs[i], tokenizer, max_amount, now_ms)
         except InvalidEvent as exc:
             errors[i] = str(exc)
             keep[i] = False
@@ -280,10 +280,10 @@ Check = tuple[np.ndarray, "str | Callable[[int], str]"]
 def transaction_checks(ids: dict[str, Any], card: Any, merchant: Any, event_time: np.ndarray, time_ok: np.ndarray,
                        amount: np.ndarray, geo: dict[str, np.ndarray], max_amount: float, now_ms: int,
                        not_number: dict[str, np.ndarray] | None = None) -> list[Check]:
-    """The checks ``_transaction_row`` makes per record, as masks over columns, in its order,
+    """The checks ``transaction_row`` makes per record, as masks over columns, in its order,
     each with the reason it gives (text, or a function of the row where the reason quotes a
     value): the first failing check of a row is its reason. Shared by the decoder's Arrow
-    path, which sends every row any check flags through ``_transaction_row``, and the offline
+    path, which sends every row any check flags through ``transaction_row``, and the offline
     replay, which validates a whole file this way.
 
     ``ids``: the id columns present, as pyarrow string arrays with "" for null; ``card`` and
@@ -345,7 +345,7 @@ def constant_column(n: int, value: Any) -> np.ndarray:
 
 def id_or(first: Any, second: Any) -> Any:
     """Per row the id in ``first``, or ``second``'s where it is "" (pyarrow string arrays): the
-    card, else the customer; the merchant, else the terminal, as ``_transaction_row`` takes them."""
+    card, else the customer; the merchant, else the terminal, as ``transaction_row`` takes them."""
     import pyarrow.compute as pc
 
     return pc.if_else(pc.equal(first, ""), second, first)
@@ -376,7 +376,7 @@ def _longer_than(column: Any, limit: int) -> np.ndarray | None:
     return lengths.to_numpy(zero_copy_only=False) > limit
 
 
-def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic: str,
+def arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic: str,
                         partitions: Sequence[int] | None, offsets: Sequence[int] | None,
                         max_message_bytes: int, max_amount: float,
                         now_ms: int) -> tuple[TransactionBatch, list[DeadLetter]] | None:
@@ -442,7 +442,7 @@ def _arrow_transactions(values: Sequence[bytes], tokenizer: PanTokenizer, topic:
         columns = [c if c.flags.writeable else c.copy() for c in columns]
     for i in np.flatnonzero(slow).tolist():
         try:
-            row = _transaction_row(orjson.loads(values[i]), tokenizer, max_amount, now_ms)
+            row = transaction_row(orjson.loads(values[i]), tokenizer, max_amount, now_ms)
         except orjson.JSONDecodeError as exc:
             errors[i] = f"invalid JSON: {exc}"
             continue
@@ -483,7 +483,7 @@ def _fast_transaction_columns(objs: list[Any], max_amount: float, now_ms: int) -
 
     Optimistic: each column is first checked whole with C-level passes (``map(type, …)``,
     ``map(len, …)``); only a column that fails is checked row by row to find the culprits,
-    which the slow path ``_transaction_row`` then accepts (with conversion) or rejects.
+    which the slow path ``transaction_row`` then accepts (with conversion) or rejects.
     """
     n = len(objs)
     if n == 0:  # the whole-column checks below take min/max of each column

@@ -154,7 +154,7 @@ def combine_blocks(parts: list[Any], fmt: str) -> tuple[bytes | memoryview, int]
     if not any(isinstance(p, pa.Table) for p in parts):
         if len(parts) == 1:
             return parts[0], rows
-        joined = _join_ipc_streams(parts)
+        joined = join_ipc_streams(parts)
         if joined is not None:
             return joined, rows
     return _ipc_stream(tables), rows
@@ -193,7 +193,7 @@ def _ipc_stream(tables: list[Any]) -> memoryview:
 IPC_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # an Arrow IPC stream's end-of-stream marker
 
 
-def _join_ipc_streams(parts: list[bytes]) -> bytes | None:
+def join_ipc_streams(parts: list[bytes]) -> bytes | None:
     """Arrow IPC streams of one schema as one stream, by their bytes: the first stream's schema
     message, every stream's record batches, one end marker. None when the schemas' bytes differ
     or a stream does not end with the marker (the caller re-encodes then).

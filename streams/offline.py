@@ -156,7 +156,7 @@ def _process_tuning_restored() -> Iterator[None]:
 
     thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
     switch_interval = sys.getswitchinterval()
-    hugepages = _numpy_hugepages(False)
+    hugepages = numpy_hugepages(False)
     try:
         yield
     finally:
@@ -165,7 +165,7 @@ def _process_tuning_restored() -> Iterator[None]:
         if not frozen:
             gc.unfreeze()
         if hugepages is not None:
-            _numpy_hugepages(hugepages)
+            numpy_hugepages(hugepages)
 
 
 def _replay_in_process(data: ReplayInput, settings: Settings, driver: Driver | None,
@@ -292,7 +292,7 @@ def _replay_shard(k: int, data: ReplayInput, row_shard: np.ndarray, label_shard:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for c in inherited:  # only the parent may hold a read end: if it dies, our next send fails
         c.close()
-    _numpy_hugepages(False)
+    numpy_hugepages(False)
     try:
         shard = shard_input(data, row_shard, label_shard, k)
         driver = Driver(settings, rules_holder=rules)
@@ -315,7 +315,7 @@ def _replay_shard(k: int, data: ReplayInput, row_shard: np.ndarray, label_shard:
         sys.exit(1)
 
 
-def _numpy_hugepages(enabled: bool) -> bool | None:
+def numpy_hugepages(enabled: bool) -> bool | None:
     """Whether NumPy asks for transparent huge pages on arrays of 4 MB and more; returns the
     previous setting (None where NumPy cannot say). A replay turns them off: it allocates
     such arrays afresh for every chunk, and each then costs a 2 MB clear, or a copy in a

@@ -144,7 +144,7 @@ class TransactionScorer:
         columns = rule_columns(batch, feats, score)
         outcome = ruleset.evaluate(columns, batch.arrow) if n else None
         t4 = clock()
-        decision, reasons, limits = self._decide(batch, score, outcome, ruleset, scored, columns, now_ms)
+        decision, reasons, limits = self.decide(batch, score, outcome, ruleset, scored, columns, now_ms)
         t5 = clock()
         out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,
                           limits=limits, features=feats, decided_at_ms=now_ms)
@@ -157,7 +157,9 @@ class TransactionScorer:
         return out
 
     # ----------------------------------------------------------------------------------
-    def _decide(self, batch, score, outcome, ruleset, scored, columns, now_ms):
+    def decide(self, batch, score, outcome, ruleset, scored, columns, now_ms):
+        """The decision policy over given scores and rule outcomes (see the module docstring):
+        decisions, reasons per row, and the limit controls issued."""
         n = batch.n
         p = self.policy
         decision = constant_column(n, "approve")
@@ -190,7 +192,7 @@ class TransactionScorer:
             hit_rows |= outcome.hits.any(axis=0)
         flagged = hit_rows | blocked | (score >= p.step_up_score)
         model_rows = np.flatnonzero(score >= p.step_up_score)
-        model_text = _model_reasons(scored, score, model_rows)
+        model_text = model_reasons(scored, score, model_rows)
         for i in np.flatnonzero(flagged).tolist():
             row: list[str] = []
             if blocked[i]:
@@ -295,7 +297,7 @@ def concat_scored(parts: list[ScoredBatch]) -> ScoredBatch:
     )
 
 
-def _model_reasons(scored, score: np.ndarray, rows: np.ndarray, k: int = 3) -> dict[int, str]:
+def model_reasons(scored, score: np.ndarray, rows: np.ndarray, k: int = 3) -> dict[int, str]:
     """``MODEL_SCORE`` reasons for the given rows, with the features that pushed the fraud
     logit up the most; the top-k search runs once for all rows, not once per row."""
     if len(rows) == 0:

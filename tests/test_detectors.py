@@ -114,7 +114,8 @@ def test_maturity_turns_unlabelled_decisions_into_negatives():
     assert models.linear.n_learned == 1 + 9
     # A chargeback after maturity corrects the negative.
     assert models.learn_from_labels(np.array(["old4"]), np.array([1]), np.array([9 * DAY_MS])) == 1
-    y = models._q_y[: models._q_n][models._q_time[: models._q_n] >= 0]
+    settled = models.settled()
+    y = settled["label"][settled["event_time"] >= 0]
     assert y.sum() == 2 and len(y) == 10
 
 
@@ -175,7 +176,7 @@ def test_a_trickle_of_traffic_still_learns_every_day():
     # 300 decisions, far fewer than learn_every: learned at least once a day of event time.
     assert models.learn_every > 300
     assert models.linear.n_learned > 0
-    assert sum(len(v) for v in models._queued.values()) < 100  # at most a day of outcomes waits
+    assert models.queued_rows < 100  # at most a day of outcomes waits
 
 
 @pytest.mark.parametrize("legacy", [False, True])
@@ -194,15 +195,13 @@ def test_a_late_chargeback_takes_its_negative_out_of_quality(legacy):
         del state["arrays"]["_q_at"]
         models = FraudModels()
         models.restore(pickle.dumps(state))
-    n = min(models._q_n, models.quality_capacity)
-    live_before = int((models._q_time[:n] >= 0).sum())
+    live_before = int((models.settled()["event_time"] >= 0).sum())
     assert models.learn_from_labels(np.array(["t100", "t3"]), np.ones(2, np.int8), np.full(2, 3 * DAY_MS)) == 2
-    n = min(models._q_n, models.quality_capacity)
-    keys = models._q_key[:n]
-    dropped = (models._q_time[:n] < 0) & (models._q_y[:n] == 0)
+    settled = models.settled()
+    dropped = (settled["event_time"] < 0) & (settled["label"] == 0)
     # t100's negative is out; t3's had already left the ring; the two positives went in.
-    assert list(keys[dropped]) == list(hash_ids(np.array(["t100"])))
-    assert int((models._q_time[:n] >= 0).sum()) == live_before - 1 - 2 + 2
+    assert list(settled["key"][dropped]) == list(hash_ids(np.array(["t100"])))
+    assert int((settled["event_time"] >= 0).sum()) == live_before - 1 - 2 + 2
 
 
 def test_ring_eviction_counts_unsettled_and_forgets_ids():
@@ -213,7 +212,7 @@ def test_ring_eviction_counts_unsettled_and_forgets_ids():
     assert models.stats["evicted_unsettled"] == 2
     assert models.learn_from_labels(np.array(["a0", "a4", "b4"]), np.array([1, 1, 1]), np.full(3, 20)) == 2
     assert models.stats["labels_missed"] == 1
-    assert models._id_rows == 10  # the evicted ids went stale, not deleted (labels checked above)
+    assert models.id_index_load[0] == 10  # the evicted ids went stale, not deleted (labels checked above)
 
 
 def test_columns_are_matched_by_name():
@@ -319,7 +318,7 @@ def test_drift_alert_fires_when_confirmed_fraud_starts_scoring_low():
 
 
 def test_adwin_detections_match_rivers_own_update():
-    """_feed_adwin calls River's Rust window directly; its detections, and the window left
+    """feed_drift calls River's Rust window directly; its detections, and the window left
     behind, must be what feeding ``ADWIN.update`` one value at a time gives."""
     from river import drift
 
@@ -327,7 +326,7 @@ def test_adwin_detections_match_rivers_own_update():
     # Three regimes, so the window detects more than once, fed in uneven slices.
     errors = np.r_[rng.normal(0.1, 0.05, 3000), rng.normal(0.6, 0.05, 3000), rng.normal(0.2, 0.05, 3000)]
     models = FraudModels(NAMES, capacity=100)
-    reference = drift.ADWIN(delta=models._adwin["fraud_score"].delta)
+    reference = drift.ADWIN(delta=models.drift_delta)
     expected = []
     for e in errors.tolist():
         reference.update(e)
@@ -335,10 +334,10 @@ def test_adwin_detections_match_rivers_own_update():
             expected.append((reference.width, round(reference.estimation, 9)))
     cuts = np.r_[0, np.sort(rng.choice(np.arange(1, len(errors)), 40, replace=False)), len(errors)]
     for start, stop in zip(cuts[:-1], cuts[1:]):
-        models._feed_adwin("fraud_score", errors[start:stop], "test")
-    got = [(a["window"], round(a["mean_error_now"], 9)) for a in models._alerts]
+        models.feed_drift("fraud_score", errors[start:stop], "test")
+    got = [(a["window"], round(a["mean_error_now"], 9)) for a in models.drift_alerts()]
     assert len(expected) >= 2 and got == expected
-    fed = models._adwin["fraud_score"]
+    fed = models.drift_window("fraud_score")
     assert (fed.width, fed.drift_detected) == (reference.width, reference.drift_detected)
 
 
@@ -459,9 +458,9 @@ def test_id_index_matches_a_dict_through_eviction_duplicates_and_rebuilds():
     for _ in range(200):
         n = int(rng.integers(1, 30))
         ids = np.array([f"e{i}" for i in rng.integers(0, 400, n)], dtype=object)  # repeats too
-        rows_before = models._id_rows
+        rows_before = models.id_index_load[0]
         models.remember(ids, np.repeat(X, n, 0), np.arange(t, t + n))
-        rebuilt += models._id_rows < rows_before + n
+        rebuilt += models.id_index_load[0] < rows_before + n
         for i, event_id in enumerate(ids):
             slot = (head + i) % cap
             if slot_id.get(slot) is not None and reference.get(slot_id[slot]) == slot:
@@ -471,9 +470,10 @@ def test_id_index_matches_a_dict_through_eviction_duplicates_and_rebuilds():
         head, t = (head + n) % cap, t + n
         probe = np.array([f"e{i}" for i in range(400)], dtype=object)
         expected = [reference.get(e, -1) for e in probe]
-        np.testing.assert_array_equal(models._slots_of(hash_ids(probe)), expected)
+        np.testing.assert_array_equal(models.slots_of(hash_ids(probe)), expected)
     assert rebuilt > 0  # stale rows were cleared by rebuilds along the way
-    assert models._id_rows <= models.ID_INDEX_MAX_LOAD * len(models._id_index)
+    rows, size = models.id_index_load
+    assert rows <= models.ID_INDEX_MAX_LOAD * size
 
 
 def test_a_model_that_has_seen_one_outcome_has_no_say_until_it_has_seen_both():

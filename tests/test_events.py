@@ -96,12 +96,12 @@ ARROW_READS = {0, 1, 4, 5, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 20, 21, 23}
 
 @pytest.mark.parametrize("mutation", range(len(MUTATIONS)))
 def test_arrow_reader_matches_reference(mutation):
-    from riskstream.schemas.transactions import _arrow_transactions
+    from riskstream.schemas.transactions import arrow_transactions
 
     values = [orjson.dumps(_good(i)) for i in range(50)]
     for i in (7, 20):
         values[i] = orjson.dumps(MUTATIONS[mutation](_good(i)))
-    read = _arrow_transactions(values, TOK, "transactions", None, None, 65536, 10_000_000.0, NOW)
+    read = arrow_transactions(values, TOK, "transactions", None, None, 65536, 10_000_000.0, NOW)
     assert (read is not None) == (mutation in ARROW_READS)
     _same_as_reference(values)
 

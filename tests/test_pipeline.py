@@ -101,7 +101,7 @@ def test_score_thresholds_apply_without_rules(scorer):
     score = np.array([0.1, policy.step_up_score, policy.review_score, policy.decline_score], dtype=np.float32)
     columns = {**feats, "score": score, "card_id": batch.card_id, "merchant_id": batch.merchant_id, **batch.optional}
     outcome = scorer.rules.current.evaluate(columns)
-    decision, reasons, limits = scorer._decide(batch, score, outcome, scorer.rules.current, None, columns, NOW)
+    decision, reasons, limits = scorer.decide(batch, score, outcome, scorer.rules.current, None, columns, NOW)
     assert decision.tolist() == ["approve", "step_up", "review", "decline"]
     assert reasons[3][0].startswith("MODEL_SCORE: fraud probability 0.90")
     assert limits == []  # 0.90 < block_score
@@ -165,7 +165,7 @@ def test_block_list_declines_only_controlled_cards_while_valid():
 
 def test_vectorised_model_reasons_match_the_per_row_ones():
     from riskstream.detectors.fraud import FraudModels
-    from riskstream.streams.pipeline import _model_reasons
+    from riskstream.streams.pipeline import model_reasons
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)
@@ -178,7 +178,7 @@ def test_vectorised_model_reasons_match_the_per_row_ones():
     scored = models.score(X, FEATURE_NAMES)
     score = np.asarray(scored.probability, dtype=np.float32)
     rows = np.arange(0, 400, 7)
-    got = _model_reasons(scored, score, rows)
+    got = model_reasons(scored, score, rows)
     for i in rows.tolist():
         per_row = scored.top_contributions(i, k=3)
         expected = f"MODEL_SCORE: fraud probability {score[i]:.2f}" + (" (" + "; ".join(per_row) + ")" if per_row else "")

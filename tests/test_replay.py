@@ -103,8 +103,8 @@ def test_labels_reach_the_engine_only_after_their_label_time(tmp_path, sim):
     engine = RecordingEngine()
     writer = sinks_offline.ClickHouseBlocks(settings, insert=lambda s, t, b, client: written.append(t) or 0)
     def numpy_hugepages():
-        was = offline._numpy_hugepages(True)
-        offline._numpy_hugepages(was)
+        was = offline.numpy_hugepages(True)
+        offline.numpy_hugepages(was)
         return was
 
     switch_interval = sys.getswitchinterval()
@@ -347,7 +347,7 @@ def test_bad_rows_are_dead_lettered_with_the_reason(tmp_path, sim):
 def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
     from riskstream.schemas.events import InvalidEvent
     from riskstream.schemas.pan import PanTokenizer
-    from riskstream.schemas.transactions import _transaction_row
+    from riskstream.schemas.transactions import transaction_row
 
     now = 1_763_800_000_000
     base = {"transaction_id": "t", "event_time": now - 60_000, "card_id": "k1", "customer_id": "c1",
@@ -371,7 +371,7 @@ def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
     tokenizer = PanTokenizer(b"k" * 32)
     for i, row in enumerate(rows):
         try:
-            _transaction_row(row, tokenizer, 1e9, now)
+            transaction_row(row, tokenizer, 1e9, now)
             expected = None
         except InvalidEvent as exc:
             expected = str(exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from riskstream.bench.rule_reload import TRAP_MERCHANT, _log_time, rule_set_text
+from riskstream.bench.rule_reload import TRAP_MERCHANT, log_time, rule_set_text
 from riskstream.rules.compiler import compile_rule_set
 from riskstream.rules.language import validate_rule_set
 from riskstream.streams.processors import transaction_rule_columns
@@ -29,5 +29,5 @@ def test_worker_log_time_reads_faust_and_logging_lines(tmp_path):
     log = tmp_path / "worker.log"
     log.write_text("[2024-06-01 12:00:00,250] [42] [WARNING] rule set v1#ab from x: compiling \n"
                    "2024-06-01 12:00:01,500 WARNING riskstream.worker: rule set v2#cd from y: compiling\n")
-    assert _log_time(log, "v2#cd") - _log_time(log, "v1#ab") == 1.25
-    assert _log_time(log, "v3#ef") != _log_time(log, "v3#ef")  # not there: NaN
+    assert log_time(log, "v2#cd") - log_time(log, "v1#ab") == 1.25
+    assert log_time(log, "v3#ef") != log_time(log, "v3#ef")  # not there: NaN

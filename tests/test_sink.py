@@ -48,11 +48,11 @@ def test_arrow_blocks_are_combined_and_idempotent(writer):
 def test_blocks_of_one_schema_join_by_their_bytes_and_others_are_re_encoded():
     import pyarrow as pa
 
-    from riskstream.sinks.clickhouse import _join_ipc_streams, combine_blocks
+    from riskstream.sinks.clickhouse import join_ipc_streams, combine_blocks
 
     blocks = transaction_arrow_blocks(_scored(9000), block_rows=4000)
     whole = pa.concat_tables([pa.ipc.open_stream(b).read_all() for b in blocks])
-    joined = _join_ipc_streams(blocks)
+    joined = join_ipc_streams(blocks)
     assert joined is not None and len(joined) < sum(map(len, blocks))  # one schema message, one end
     blob, rows = combine_blocks(blocks, "ArrowStream")
     assert rows == 9000 and pa.ipc.open_stream(blob).read_all().equals(whole)
@@ -63,7 +63,7 @@ def test_blocks_of_one_schema_join_by_their_bytes_and_others_are_re_encoded():
     with pa.ipc.new_stream(sink, other.schema) as w:
         w.write_table(other)
     mixed = [blocks[0], sink.getvalue().to_pybytes()]
-    assert _join_ipc_streams(mixed) is None
+    assert join_ipc_streams(mixed) is None
     blob, rows = combine_blocks(mixed, "ArrowStream")
     back = pa.ipc.open_stream(blob).read_all()
     assert rows == back.num_rows == 4001 and "extra" in back.column_names

@@ -44,9 +44,8 @@ from riskstream.schemas.events import DAY_MS
 # A decision with no chargeback after a day is learned as legit; a later chargeback corrects it
 # (learned again as a positive). Why not the week or more a chargeback can take: negatives
 # learned only after a week leave the model a week of positives from days it has no negatives
-# of yet. Its second Saturday it had learned "weekend = fraud" (is_weekend pushed the logit
-# +4.5; the bench's workload flagged 94% of that day). fraud_quality, 7 days -> 1 day: worst
-# day 17% -> 6% of traffic at step-up or worse, ROC AUC 0.911 -> 0.924, AP 0.322 -> 0.272.
+# of yet: it learned "weekend = fraud" on its second Saturday and flagged most of that day.
+# docs/model-quality.md has what bench/fraud_quality.py measured for both.
 MATURITY_MS = 1 * DAY_MS
 
 
@@ -112,12 +111,10 @@ class FraudModels(Detector):
         # goes to River in two calls, the labels' rows then the matured negatives. Not per
         # batch: each River call is at least one Adam step of about the same size whatever its
         # rows, so learning each batch's few labels in a call of their own made the model
-        # depend on how the stream was batched. Measured on the bench's workload (300k
-        # transactions, offline, learning per batch): 3.8% of transactions stepped up or worse
-        # in 5,000-transaction batches, 7.0% in 500 and 11.8% in 100 (8.8% declined), so a
-        # worker at a few hundred transactions a second, with small batches, declined far more
-        # than any benchmark showed. 5,000 is the batch the model's figures were measured with.
-        # ``learn_every=1`` learns at every call (the old, batch-dependent schedule).
+        # depend on how the stream was batched: a worker at a few hundred transactions a
+        # second, with small batches, stepped up and declined several times more than the
+        # bench's 5,000-transaction batches. 5,000 is the batch the model's figures were
+        # measured with. ``learn_every=1`` learns at every call (the batch-dependent schedule).
         self.learn_every = int(learn_every)
         self.learn_every_ms = int(learn_every_ms)
         self._queued: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"labels": [], "matured": []}
@@ -125,15 +122,15 @@ class FraudModels(Detector):
         self._updated_at_ms: int | None = None  # event time of that update
         # Warm-up. A logistic regression fed one class has nothing to separate: on negatives
         # alone (no labels flowing yet, the first week of matured decisions) Adam's
-        # per-coordinate steps random-walk the weights; the median score of clean simulated
-        # traffic rose from 0.09 to 0.38 in a day, half of it sent to step-up or review, and
-        # the model still ranked fraud worse than chance after its first chargebacks. So
+        # per-coordinate steps random-walk the weights: clean traffic drifts up into step-up
+        # and review within a day, and the model still ranks fraud worse than chance after its
+        # first chargebacks. So
         # negatives settled before any positive are held (the newest ``held_negatives``) and
         # learned mixed with the first positives, and the probability counts for nothing (0:
         # decisions rest on the rules) until ``min_positives`` and ``min_negatives`` outcomes
         # have settled. Positives first is left alone: chargebacks and analyst verdicts usually
-        # come before the first negatives mature, and holding them measured worse (fraud_quality
-        # test week AP 0.313 against 0.322, more step-ups in weeks 1-2).
+        # come before the first negatives mature, and holding them measured worse in
+        # bench/fraud_quality.py.
         self.min_positives = int(min_positives)
         self.min_negatives = int(min_negatives)
         self.held_negatives = int(held_negatives)

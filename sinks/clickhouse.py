@@ -33,8 +33,8 @@ MAX_GATHER_BYTES = 256 * 1024 * 1024
 SINK_GROUP = "riskstream-sink"
 # Arrow inserts hold distinct events (a repeat comes only from a redelivery), so
 # ReplacingMergeTree's collapsing inside the inserted block finds nothing to fold; repeats
-# across inserts are folded by merges and FINAL as before. Skipping it cut chDB's cost of an
-# offline replay from 3.7 to 3.0 µs a transaction, measured.
+# across inserts are folded by merges and FINAL as before. Skipping it saves chDB a fifth of
+# its work on an offline replay.
 ARROW_INSERT_SETTINGS = {"optimize_on_insert": 0}
 FORMATS = {"pretty": "PrettyCompactMonoBlock", "csv": "CSVWithNames", "json": "JSONEachRow", "tsv": "TSVWithNames"}
 
@@ -199,8 +199,7 @@ def join_ipc_streams(parts: list[bytes]) -> bytes | None:
     or a stream does not end with the marker (the caller re-encodes then).
 
     Re-encoding a concatenated table instead copied every block through a growing Arrow
-    buffer (fresh huge pages to clear): the offline replay's writer thread took 1.3-1.8 µs a
-    transaction with it and 0.6-0.9 without (4 runs each, alternating)."""
+    buffer (fresh huge pages to clear), about twice the writer thread's cost."""
     import pyarrow as pa
 
     first = pa.BufferReader(parts[0])

@@ -234,8 +234,8 @@ class ShardFailed(RuntimeError):
 
 def default_processes() -> int:
     """Scoring processes for an offline replay: one per core but one, which the parent's
-    ClickHouse writer needs. On 2 cores two scoring processes lost to one (bench, with labels:
-    46,600 against 78,900 tx/s; without: 94k against 98k), as all three fought for the cores."""
+    ClickHouse writer needs: more scoring processes than that fight the writer for the cores
+    (the bench's figures for 1 and 2 processes are in bench/results)."""
     return max(1, (os.cpu_count() or 1) - 1)
 
 

@@ -123,8 +123,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         _say(f"  {mem['state_bytes_per_card']:,.0f} feature-state bytes per card, peak RSS {mem['peak_rss_mb']:,.0f} MB")
 
         # Latency on a stack of its own: the embedded broker's cost per request grows with the
-        # batches its topics hold (measured: 31% -> 65% of a core for the same 2k/s after 300k
-        # messages), so a sweep after the drains would measure the broker's fill level.
+        # batches its topics hold (twice the CPU for the same rate after a 300k-message drain),
+        # so a sweep after the drains would measure the broker's fill level.
         _say(f"\n== latency: a fresh stack and 1 worker, open-loop producer, {seconds:.0f}s per rate; "
              "producer and consumer are threads of this process")
         bs = harness.start_stack(base, tmp / "stack-latency", progress=_say)

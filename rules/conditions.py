@@ -116,27 +116,24 @@ class InList:
 
 
 @dataclass(frozen=True)
-class All:
+class _Junction:
     children: tuple["Condition", ...]
     line: int = 0
+    word = ""  # "and" / "or" (a class attribute, not a field)
 
     def to_text(self) -> str:
-        return "(" + " and ".join(c.to_text() for c in self.children) + ")"
+        return "(" + f" {self.word} ".join(c.to_text() for c in self.children) + ")"
 
     def columns(self) -> set[str]:
         return set().union(*(c.columns() for c in self.children))
 
 
-@dataclass(frozen=True)
-class AnyOf:
-    children: tuple["Condition", ...]
-    line: int = 0
+class All(_Junction):
+    word = "and"
 
-    def to_text(self) -> str:
-        return "(" + " or ".join(c.to_text() for c in self.children) + ")"
 
-    def columns(self) -> set[str]:
-        return set().union(*(c.columns() for c in self.children))
+class AnyOf(_Junction):
+    word = "or"
 
 
 @dataclass(frozen=True)

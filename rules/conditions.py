@@ -51,8 +51,8 @@ class Col:
 
 
 @dataclass(frozen=True)
-class Arith:
-    op: str  # one of ARITH_OPS
+class _Binary:
+    op: str
     left: "Expr"
     right: "Expr"
     line: int = 0
@@ -64,19 +64,13 @@ class Arith:
         return self.left.columns() | self.right.columns()
 
 
+class Arith(_Binary):
+    """An arithmetic expression; ``op`` is one of ``ARITH_OPS``."""
+
+
 # Conditions (boolean)
-@dataclass(frozen=True)
-class Compare:
-    op: str  # one of COMPARISON_OPS
-    left: Expr
-    right: Expr
-    line: int = 0
-
-    def to_text(self) -> str:
-        return f"({self.left.to_text()} {self.op} {self.right.to_text()})"
-
-    def columns(self) -> set[str]:
-        return self.left.columns() | self.right.columns()
+class Compare(_Binary):
+    """A comparison of two expressions; ``op`` is one of ``COMPARISON_OPS``."""
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         0.25, gt=0, le=1, description="Probability of default at or above which a loan application is referred.")
     credit_decline_pd: float = Field(
         0.50, gt=0, le=1, description="Probability of default at or above which a loan application is declined.")
+    limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
+    market_history_days: int = Field(
+        250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")
+    market_ewma_lambda: float = Field(
+        0.94, gt=0, lt=1, description="Decay of the EWMA volatility that rescales past returns (filtered HS).")
+    risk_refresh_interval_s: float = Field(
+        60.0, ge=0, description="Event-time seconds between two portfolio_risk rows of a portfolio.")
     shutdown_timeout_s: float = Field(8.0, gt=0, description="Bound on a worker's graceful stop.")
     state_checkpoint_interval_s: float = Field(
         300.0, ge=5.0,

@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS positions (
     instrument   String,
     event_time   DateTime64(3, 'UTC'),
     quantity     Float64,
-    price        Float64
+    price        Float64,
+    desk         LowCardinality(String)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (portfolio_id, instrument, event_time);
 
@@ -138,6 +139,7 @@ ORDER BY (stream, event_id, label);
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS merchant_id String;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS terminal_id String;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS event_time DateTime64(3, 'UTC');
+ALTER TABLE positions ADD COLUMN IF NOT EXISTS desk LowCardinality(String);
 
 -- Rolling model quality from labels, and drift.
 CREATE TABLE IF NOT EXISTS model_quality (
@@ -149,3 +151,39 @@ CREATE TABLE IF NOT EXISTS model_quality (
     n_labels      UInt64
 ) ENGINE = ReplacingMergeTree
 ORDER BY (model_version, metric, window, measured_at);
+
+-- Market risk per portfolio, at most once per refresh interval (event time); VaR and ES are
+-- one-day losses (positive) from filtered historical simulation, NULL until 20 days of history.
+CREATE TABLE IF NOT EXISTS portfolio_risk (
+    portfolio_id  String,
+    desk          LowCardinality(String),
+    measured_at   DateTime64(3, 'UTC'),
+    value         Float64,
+    pnl_day       Float64,
+    drawdown      Float64,
+    gross         Float64,
+    net           Float64,
+    concentration Float64,                 -- largest single-name share of the gross
+    var_95        Nullable(Float64),
+    var_99        Nullable(Float64),
+    es_95         Nullable(Float64),
+    es_99         Nullable(Float64),
+    model         LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(measured_at)
+ORDER BY (portfolio_id, measured_at);
+
+-- Limit utilisation: a row when a limit's state changes (ok / near / breach / cleared).
+CREATE TABLE IF NOT EXISTS limit_utilisation (
+    entity_type    LowCardinality(String),  -- portfolio | desk | instrument
+    entity_id      String,
+    limit_id       String,
+    metric         LowCardinality(String),
+    value          Float64,
+    limit_value    Float64,
+    utilisation    Float64,
+    state          LowCardinality(String),
+    measured_at    DateTime64(3, 'UTC'),
+    limits_version String
+) ENGINE = ReplacingMergeTree
+ORDER BY (entity_type, entity_id, limit_id, measured_at);

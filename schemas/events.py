@@ -180,6 +180,7 @@ def position_row(obj: dict, now_ms: int) -> dict:
         "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
         "quantity": read_number(obj, "quantity", -1e15, 1e15),
         "price": _zero_nan(read_number(obj, "price", 0.0, 1e12, required=False)),
+        "desk": read_id(obj, "desk", required=False),
     }
 
 

@@ -90,11 +90,11 @@ STREAMS: dict[str, StreamSpec] = {
         name="positions",
         time_column="event_time",
         required=(("portfolio_id",), ("instrument",), ("event_time",), ("quantity",)),
-        optional=("price",),
+        optional=("price", "desk"),
         key=("portfolio_id",),
         table="positions",
         processor="market",
-        strings=("portfolio_id", "instrument"),
+        strings=("portfolio_id", "instrument", "desk"),
         validate_row=position_row,
     ),
     "loan_applications": StreamSpec(

@@ -210,6 +210,9 @@ class OutputPublisher:
         now = time.time()
         for lim in limits:
             key = f"{prefix}{lim['entity_type']}:{lim['entity_id']}"
+            if lim["action"] == "clear":  # the exposure is back under its limit
+                pipe.delete(key)
+                continue
             pipe.hset(key, mapping={
                 "action": lim["action"],
                 "max_amount": lim["max_amount"],

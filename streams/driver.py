@@ -40,7 +40,8 @@ from riskstream.settings import Settings
 from riskstream.sinks.publisher import Publisher
 from riskstream.streams.clock import LabelClock, Watermark
 from riskstream.streams.outputs import Outputs, publish
-from riskstream.streams.processors import LoanProcessor, MarketProcessor, TransactionProcessor
+from riskstream.streams.market import MarketRiskProcessor
+from riskstream.streams.processors import LoanProcessor, TransactionProcessor
 
 
 class Driver:
@@ -52,7 +53,7 @@ class Driver:
         self.tokenizer = PanTokenizer(settings.pan_key_bytes())
         self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models)
         self.loans = LoanProcessor(settings)
-        self.market = MarketProcessor({s.name: s.table for s in STREAMS.values() if s.processor == "market"})
+        self.market = MarketRiskProcessor(settings, {s.name: s.table for s in STREAMS.values() if s.processor == "market"})
         self.processors = {"transactions": self.transactions, "loans": self.loans, "market": self.market}
         self.watermarks = {name: Watermark() for name in LABELLED_STREAMS}
         self.clock = LabelClock()

@@ -10,6 +10,8 @@ Each processor owns its state and answers, on batches:
 * ``checkpoint() -> bytes | None`` / ``restore(blob)``: model state (per-partition feature
   state is the transaction processor's ``features``, saved by ``streams.state``).
 
+Market ticks and positions have theirs in ``streams.market``.
+
 Processors are plain objects: tests drive them without a broker.
 """
 
@@ -239,29 +241,3 @@ class LoanProcessor:
     @property
     def version(self) -> str:
         return self.model.version
-
-
-# --------------------------------------------------------------------------------------
-# Market ticks and positions: stored for the risk desk (market risk builds on them)
-# --------------------------------------------------------------------------------------
-class MarketProcessor:
-    """Market ticks and positions: validated and stored; no decisions yet."""
-
-    def __init__(self, tables: dict[str, str]):
-        self.tables = tables  # stream -> ClickHouse table
-
-    def process(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter]) -> Outputs:
-        return Outputs(stream, rows={self.tables[stream]: rows}, dead=dead)
-
-    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
-        pass
-
-    def learn(self, labels: list[dict[str, Any]]) -> int:
-        return 0
-
-    def checkpoint(self) -> None:
-        return None
-
-    def restore(self, blob: bytes) -> None:
-        pass
-

@@ -41,7 +41,10 @@ def test_an_unknown_stream_names_the_known_ones():
 
 
 @pytest.mark.parametrize("module", ["riskstream.schemas.registry", "riskstream.schemas.events", "riskstream.schemas.transactions",
-                                    "riskstream.streams.driver", "riskstream.rules.conditions"])
+                                    "riskstream.streams.driver", "riskstream.rules.conditions",
+                                    "riskstream.rules.limits", "riskstream.detectors.portfolio_kernels",
+                                    "riskstream.detectors.var_kernels", "riskstream.detectors.var_models",
+                                    "riskstream.detectors.var_backtest"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib

@@ -1,0 +1,315 @@
+"""Market risk on the streams: live P&L, VaR/ES and limits from ticks and positions.
+
+:class:`InstrumentBook` keeps, per instrument in numpy arrays, the last price, the previous
+day's close and a ring of daily log returns by UTC calendar day with the EWMA volatility
+forecast of each day. :class:`MarketRiskProcessor` keeps the positions of every portfolio and,
+when a batch moves prices or positions, refreshes the figures of the portfolios (and desks)
+it touches: value, P&L since the day's start, drawdown, gross and net exposure,
+concentration, and one-day VaR and ES at 95% and 99% from the joint history of the
+portfolio's instruments (filtered historical simulation: each past day's return rescaled by
+the instrument's volatility now over its volatility then; ``detectors.portfolio_kernels``).
+
+Limits (``rules.limits``) are checked at every refresh. A breach, or a near-breach at the
+limit's utilisation, raises an alert with severity; a breach also issues a control (Redis
+``rs:limit:<scope>:<id>`` and the ``limits`` topic), which is cleared, and the clearance
+published, when the figure comes back under the limit. Figures go to ``portfolio_risk`` at
+most once per ``risk_refresh_interval_s`` of event time per portfolio; limit states to
+``limit_utilisation`` when they change and with every figures row.
+
+State lives in one process: market ticks are keyed by instrument and positions by
+portfolio, so with several workers each sees only some instruments; run market risk on one
+worker (or read the market topic whole on each) until it is partitioned by portfolio.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from riskstream.detectors.portfolio_kernels import scenario_pnl, var_es_of_losses
+from riskstream.rules.limits import Limit, LimitSet, load_limits
+from riskstream.schemas.events import DAY_MS, DeadLetter
+from riskstream.settings import ConfigError, Settings
+from riskstream.streams.outputs import Outputs
+
+MIN_HISTORY_DAYS = 20  # scenario days before VaR and ES mean anything
+CONTROL_HOURS = 24.0  # a breach control lasts this long unless renewed or cleared
+
+
+class InstrumentBook:
+    def __init__(self, history_days: int = 250, lam: float = 0.94):
+        self.history_days = history_days
+        self.lam = lam
+        self.slots: dict[str, int] = {}
+        self._alloc(16)
+
+    def _alloc(self, capacity: int) -> None:
+        h, old = self.history_days, getattr(self, "last_price", None)
+        n = 0 if old is None else len(old)
+        grow = {
+            "last_price": np.full(capacity, np.nan), "prev_close": np.full(capacity, np.nan),
+            "last_day": np.full(capacity, -1, np.int64), "ewma_var": np.full(capacity, np.nan),
+            "ret": np.zeros((capacity, h)), "ret_day": np.full((capacity, h), -1, np.int64),
+            "sigma_at": np.full((capacity, h), np.nan),
+        }
+        for name, arr in grow.items():
+            if old is not None:
+                arr[:n] = getattr(self, name)
+            setattr(self, name, arr)
+
+    def slot(self, instrument: str) -> int:
+        i = self.slots.get(instrument)
+        if i is None:
+            i = self.slots[instrument] = len(self.slots)
+            if i >= len(self.last_price):
+                self._alloc(2 * len(self.last_price))
+        return i
+
+    def tick(self, instrument: str, day: int, price: float) -> int:
+        """A price; the first tick of a later day closes the instrument's previous day."""
+        i = self.slot(instrument)
+        last = self.last_day[i]
+        if last >= 0 and day > last:
+            close = self.last_price[i]
+            if not math.isnan(self.prev_close[i]):
+                self._record(i, int(last), math.log(close / self.prev_close[i]))
+            self.prev_close[i] = close
+        if day >= last:
+            self.last_price[i], self.last_day[i] = price, day
+        return i
+
+    def _record(self, i: int, day: int, r: float) -> None:
+        var = self.ewma_var[i]
+        h = day % self.history_days
+        self.ret[i, h], self.ret_day[i, h] = r, day
+        self.sigma_at[i, h] = math.sqrt(var) if var > 0 else np.nan
+        self.ewma_var[i] = r * r if math.isnan(var) else self.lam * var + (1 - self.lam) * r * r
+
+    def day_reference(self, slots: np.ndarray) -> np.ndarray:
+        """The price P&L of the day is measured from: the previous close, else the first price."""
+        ref = self.prev_close[slots]
+        return np.where(np.isnan(ref), self.last_price[slots], ref)
+
+    def window(self, today: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Daily returns of every instrument over the ``history_days`` calendar days before
+        ``today`` (column s = day ``today - 1 - s``; 0 where an instrument had none), the
+        filtered-HS scale of each, and how many of those days have any return."""
+        n, h = len(self.slots), self.history_days
+        days = today - 1 - np.arange(h)
+        cols = days % h
+        have = self.ret_day[:n, cols] == days[None, :]
+        returns = np.where(have, self.ret[:n, cols], 0.0)
+        sigma_now = np.sqrt(self.ewma_var[:n])[:, None]
+        sigma_then = self.sigma_at[:n, cols]
+        scale = np.where(have & (sigma_then > 0) & np.isfinite(sigma_now), sigma_now / sigma_then, 1.0)
+        return returns, scale, int(have.any(axis=0).sum())
+
+
+class MarketRiskProcessor:
+    """Market ticks and positions: stored, and turned into portfolio figures and limit controls."""
+
+    def __init__(self, settings: Settings, tables: dict[str, str]):
+        self.tables = tables  # stream -> ClickHouse table
+        self.book = InstrumentBook(settings.market_history_days, settings.market_ewma_lambda)
+        self.refresh_ms = int(settings.risk_refresh_interval_s * 1000)
+        self.limits = load_limits_file(settings.limits_file) if settings.limits_file else LimitSet("none", ())
+        self.positions: dict[str, dict[str, float]] = {}
+        self.desk_of: dict[str, str] = {}
+        self.holders: dict[str, set[str]] = {}
+        self.peak_value: dict[str, float] = {}
+        self.last_row_ms: dict[str, int] = {}
+        self.limit_state: dict[tuple[str, str], str] = {}  # (limit id, entity) -> ok | near | breach
+        self.figures: dict[tuple[str, str], dict[str, float]] = {}  # (scope, entity) -> latest figures
+
+    # ----- the processor contract --------------------------------------------------------
+    def process(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter]) -> Outputs:
+        out = Outputs(stream, rows={self.tables[stream]: rows}, dead=dead)
+        if not rows:
+            return out
+        touched: set[str] = set()
+        if stream == "market":
+            for row in rows:
+                self.book.tick(row["instrument"], row["event_time"] // DAY_MS, row["price"])
+                touched |= self.holders.get(row["instrument"], set())
+        else:
+            for row in rows:
+                touched.add(self._position(row))
+        if touched:
+            self.refresh(touched, max(r["event_time"] for r in rows), out)
+        return out
+
+    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
+        pass
+
+    def learn(self, labels: list[dict[str, Any]]) -> int:
+        return 0
+
+    def checkpoint(self) -> bytes:
+        keep = ("book", "positions", "desk_of", "holders", "peak_value", "last_row_ms", "limit_state")
+        return pickle.dumps({k: getattr(self, k) for k in keep}, protocol=5)
+
+    def restore(self, blob: bytes) -> None:
+        for k, v in pickle.loads(blob).items():  # our own checkpoints only (detectors.base)
+            setattr(self, k, v)
+
+    # ----- positions ---------------------------------------------------------------------
+    def _position(self, row: dict[str, Any]) -> str:
+        pf, instrument = row["portfolio_id"], row["instrument"]
+        if row.get("desk"):
+            self.desk_of[pf] = row["desk"]
+        book = self.positions.setdefault(pf, {})
+        if row["quantity"] == 0:
+            book.pop(instrument, None)
+            self.holders.get(instrument, set()).discard(pf)
+        else:
+            book[instrument] = float(row["quantity"])
+            self.holders.setdefault(instrument, set()).add(pf)
+        slot = self.book.slot(instrument)
+        if math.isnan(self.book.last_price[slot]) and row.get("price"):
+            self.book.tick(instrument, row["event_time"] // DAY_MS, row["price"])
+        return pf
+
+    # ----- figures -----------------------------------------------------------------------
+    def portfolio_exposures(self, pf: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slots, current values and day-reference values of a portfolio's priced positions."""
+        names = [i for i in self.positions.get(pf, {}) if not math.isnan(self.book.last_price[self.book.slots[i]])]
+        slots = np.fromiter((self.book.slots[i] for i in names), np.int64, len(names))
+        qty = np.fromiter((self.positions[pf][i] for i in names), np.float64, len(names))
+        return slots, qty * self.book.last_price[slots], qty * self.book.day_reference(slots)
+
+    def figures_of(self, slots: np.ndarray, values: np.ndarray, reference: np.ndarray, returns: np.ndarray,
+                   scale: np.ndarray, history: int) -> dict[str, float]:
+        value, gross = float(values.sum()), float(np.abs(values).sum())
+        pnl = np.empty(returns.shape[1])
+        scenario_pnl(values, slots, returns, scale, pnl)
+        var95, es95 = var_es_of_losses(-pnl, 0.95)
+        var99, es99 = var_es_of_losses(-pnl, 0.99)
+        known = history >= MIN_HISTORY_DAYS
+        by_name = np.bincount(slots, weights=values, minlength=int(slots.max()) + 1) if len(slots) else np.zeros(1)
+        return {
+            "value": value, "pnl_day": float(values.sum() - reference.sum()), "gross": gross, "net": value,
+            "concentration": float(np.abs(by_name).max() / gross) if gross else 0.0,
+            "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
+            "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan,
+        }
+
+    def refresh(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
+        today = now_ms // DAY_MS
+        returns, scale, history = self.book.window(today)
+        desks: set[str] = set()
+        for pf in sorted(portfolios):
+            slots, values, reference = self.portfolio_exposures(pf)
+            if not len(slots):
+                continue
+            fig = self.figures_of(slots, values, reference, returns, scale, history)
+            self.peak_value[pf] = max(self.peak_value.get(pf, fig["value"]), fig["value"])
+            fig["drawdown"] = self.peak_value[pf] - fig["value"]
+            fig["loss_day"] = max(0.0, -fig["pnl_day"])
+            self.figures[("portfolio", pf)] = fig
+            desk = self.desk_of.get(pf, "")
+            if desk:
+                desks.add(desk)
+            if now_ms - self.last_row_ms.get(pf, -self.refresh_ms) >= self.refresh_ms:
+                self.last_row_ms[pf] = now_ms
+                out.rows.setdefault("portfolio_risk", []).append({
+                    "portfolio_id": pf, "desk": desk, "measured_at": now_ms / 1000.0, "model": "fhs-ewma",
+                    **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fig.items()
+                       if k not in ("loss_day",)}})
+            self._check("portfolio", pf, fig, now_ms, out)
+        for desk in sorted(desks):  # every portfolio of a desk that moved
+            members = [p for p, d in self.desk_of.items() if d == desk]
+            parts = [self.portfolio_exposures(p) for p in members]
+            parts = [p for p in parts if len(p[0])]
+            slots, values, reference = (np.concatenate([p[k] for p in parts]) for k in range(3))
+            fig = self.figures_of(slots, values, reference, returns, scale, history)
+            key = f"desk:{desk}"
+            self.peak_value[key] = max(self.peak_value.get(key, fig["value"]), fig["value"])
+            fig["drawdown"] = self.peak_value[key] - fig["value"]
+            fig["loss_day"] = max(0.0, -fig["pnl_day"])
+            self.figures[("desk", desk)] = fig
+            self._check("desk", desk, fig, now_ms, out)
+        self._check_instruments(portfolios, now_ms, out)
+
+    def _check_instruments(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
+        if not any(lim.scope == "instrument" for lim in self.limits.limits):
+            return
+        names = {i for pf in portfolios for i in self.positions.get(pf, {})}
+        for name in sorted(names):
+            price = self.book.last_price[self.book.slots[name]]
+            qty = [q for pf, book in self.positions.items() for i, q in book.items() if i == name]
+            fig = {"position": abs(sum(qty)), "gross": float(np.nansum(np.abs(qty) * price))}
+            self._check("instrument", name, fig, now_ms, out)
+
+    # ----- limits ------------------------------------------------------------------------
+    def _check(self, scope: str, entity: str, fig: dict[str, float], now_ms: int, out: Outputs) -> None:
+        for lim in self.limits.for_entity(scope, entity):
+            value = fig.get(lim.metric, math.nan)
+            if math.isnan(value):
+                continue
+            utilisation = value / lim.limit
+            state = "breach" if utilisation >= 1.0 else "near" if utilisation >= lim.near else "ok"
+            key = (lim.id, entity)
+            before = self.limit_state.get(key, "ok")
+            if state == before:
+                continue
+            self.limit_state[key] = state
+            shown = "cleared" if state == "ok" and before == "breach" else state
+            out.rows.setdefault("limit_utilisation", []).append({
+                "entity_type": scope, "entity_id": entity, "limit_id": lim.id, "metric": lim.metric,
+                "value": value, "limit_value": lim.limit, "utilisation": utilisation, "state": shown,
+                "measured_at": now_ms / 1000.0, "limits_version": self.limits.version})
+            if state in ("near", "breach") and (state == "breach" or before == "ok"):
+                out.alerts.append(_limit_alert(lim, scope, entity, value, utilisation, state, fig, now_ms,
+                                               self.limits.version))
+            if lim.action == "alert_only":
+                continue
+            if state == "breach":
+                out.limits.append(_control(lim, scope, entity, value, now_ms, self.limits.version))
+            elif before == "breach":
+                out.limits.append(_control(lim, scope, entity, value, now_ms, self.limits.version, clear=True))
+
+
+def _limit_alert(lim: Limit, scope: str, entity: str, value: float, utilisation: float, state: str,
+                 fig: dict[str, float], now_ms: int, version: str) -> dict[str, Any]:
+    # Likelihood: how far into the limit; impact: the exposure at stake.
+    exposure = fig.get("gross", 0.0)
+    level = "critical" if utilisation >= 1.5 else "high" if state == "breach" else "medium"
+    return {
+        "alert_id": f"limit:{lim.id}:{entity}:{state}:{now_ms}", "event_id": "", "stream": "market",
+        "entity_id": f"{scope}:{entity}", "event_time": now_ms / 1000.0, "raised_at": time.time(),
+        "kind": f"limit_{state}", "severity": float(min(utilisation, 2.0) * exposure), "severity_level": level,
+        "score": float(min(utilisation, 1.0)), "amount_at_risk": float(exposure),
+        "reasons": [f"LIMIT_{state.upper()}: {lim.metric} {value:,.0f} is {utilisation:.0%} of the {lim.id} "
+                    f"limit {lim.limit:,.0f} ({scope} {entity})"],
+        "rules_version": version,
+    }
+
+
+def _control(lim: Limit, scope: str, entity: str, value: float, now_ms: int, version: str,
+             clear: bool = False) -> dict[str, Any]:
+    return {
+        "entity_type": scope, "entity_id": entity,
+        "action": "clear" if clear else lim.action,
+        "max_amount": 0.0 if lim.action == "block_new_risk" or clear else lim.limit,
+        "valid_until": now_ms / 1000.0 + (0.0 if clear else CONTROL_HOURS * 3600),
+        "reason": (f"{lim.id}: {lim.metric} {value:,.0f} back under {lim.limit:,.0f}" if clear
+                   else f"{lim.id}: {lim.metric} {value:,.0f} over {lim.limit:,.0f}")[:500],
+        "event_id": f"{lim.id}:{entity}:{now_ms}", "issued_at": time.time(), "rules_version": version,
+    }
+
+
+def load_limits_file(path: str) -> LimitSet:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"limits_file {p}: not found (RISKSTREAM_LIMITS_FILE).")
+    from riskstream.rules.limits import LimitSetError
+
+    try:
+        return load_limits(p.read_text(), str(p))
+    except LimitSetError as exc:
+        raise ConfigError(str(exc)) from None

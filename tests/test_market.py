@@ -1,0 +1,176 @@
+"""Market risk on the streams: kernel parity, streaming VaR equal to a batch recomputation of
+the same windows, limits that breach, control and clear, and state across a restart."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from riskstream.detectors import portfolio_kernels as pk
+from riskstream.schemas.events import DAY_MS
+from riskstream.settings import ConfigError, Settings
+from riskstream.sinks.publisher import RecordingPublisher
+from riskstream.streams.driver import Driver
+
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS  # a UTC midnight
+INSTRUMENTS = {"AAA": 100.0, "BBB": 40.0, "CCC": 2500.0}
+
+
+def _settings(tmp_path, **kw) -> Settings:
+    return Settings(data_dir=tmp_path / "rs", pan_key=SecretStr("k" * 32), risk_refresh_interval_s=0, **kw)
+
+
+def _ticks(days: int, seed: int = 2) -> list[dict]:
+    """Four ticks a day per instrument; BBB does not trade at weekends."""
+    rng = np.random.default_rng(seed)
+    price = dict(INSTRUMENTS)
+    out = []
+    for d in range(days):
+        for h in (1, 7, 13, 19):
+            for name in INSTRUMENTS:
+                if name == "BBB" and (d + 3) % 7 >= 5:
+                    continue
+                price[name] *= math.exp(rng.normal(0, 0.01 if name != "CCC" else 0.03))
+                out.append({"instrument": name, "event_time": T0 + d * DAY_MS + h * 3_600_000,
+                            "price": round(price[name], 6)})
+    return out
+
+
+def test_scenario_kernels_match_their_references():
+    rng = np.random.default_rng(1)
+    exposure, slot = rng.normal(0, 1e5, 7), rng.integers(0, 4, 7)
+    returns, scale = rng.normal(0, 0.02, (4, 250)), rng.uniform(0.5, 2, (4, 250))
+    got, want = np.empty(250), np.empty(250)
+    pk.scenario_pnl(exposure, slot, returns, scale, got)
+    pk.scenario_pnl_reference(exposure, slot, returns, scale, want)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert pk.var_es_of_losses(-got, 0.99) == pytest.approx(pk.var_es_of_losses_reference(-got, 0.99))
+
+
+def _batch_var_es(ticks: list[dict], holdings: dict[str, float], history: int, lam: float, c: float):
+    """The same windows from scratch: daily closes, returns of closed days, EWMA scales."""
+    today = max(t["event_time"] for t in ticks) // DAY_MS
+    values, returns, scales = [], [], []
+    for name, qty in holdings.items():
+        mine = [t for t in ticks if t["instrument"] == name]
+        closes: dict[int, float] = {}
+        for t in mine:
+            closes[t["event_time"] // DAY_MS] = t["price"]  # the last tick of each day
+        last_day = max(closes)
+        days = sorted(closes)
+        r_by_day, sigma_by_day, var = {}, {}, math.nan
+        for prev, day in zip(days, days[1:]):
+            if day >= last_day:  # a day closes at the first tick of a later day
+                break
+            r = math.log(closes[day] / closes[prev])
+            sigma_by_day[day] = math.sqrt(var) if var > 0 else math.nan
+            r_by_day[day] = r
+            var = r * r if math.isnan(var) else lam * var + (1 - lam) * r * r
+        sigma_now = math.sqrt(var)
+        window = [today - 1 - s for s in range(history)]
+        returns.append([r_by_day.get(d, 0.0) for d in window])
+        scales.append([sigma_now / sigma_by_day[d] if d in r_by_day and sigma_by_day[d] > 0 else 1.0
+                       for d in window])
+        values.append(qty * mine[-1]["price"])
+    pnl = sum(v * (np.exp(np.asarray(r) * np.asarray(s)) - 1) for v, r, s in zip(values, returns, scales))
+    losses = -pnl
+    var = np.quantile(losses, c)
+    return var, losses[losses >= var].mean(), sum(values)
+
+
+def test_streaming_var_equals_a_batch_recomputation_of_the_same_windows(tmp_path):
+    settings = _settings(tmp_path, market_history_days=60)
+    driver = Driver(settings, with_models=False)
+    holdings = {"AAA": 1000.0, "BBB": -2500.0, "CCC": 30.0}
+    driver.process("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": k, "event_time": T0, "quantity": q})
+                                 for k, q in holdings.items()])
+    ticks = _ticks(90)
+    for start in range(0, len(ticks), 37):  # batches of odd sizes, as a topic delivers them
+        driver.process("market", [orjson.dumps(t) for t in ticks[start:start + 37]])
+    fig = driver.market.figures[("portfolio", "PF1")]
+    for c, var_key, es_key in ((0.99, "var_99", "es_99"), (0.95, "var_95", "es_95")):
+        var, es, value = _batch_var_es(ticks, holdings, 60, 0.94, c)
+        assert fig[var_key] == pytest.approx(var, rel=1e-9) and fig[es_key] == pytest.approx(es, rel=1e-9)
+    assert fig["value"] == pytest.approx(value)
+    assert fig["gross"] > abs(fig["net"]) and 0 < fig["concentration"] <= 1
+
+
+LIMITS = """
+version: test
+limits:
+  - {id: pf-gross, scope: portfolio, entity: PF1, metric: gross, limit: 200000, action: block_new_risk}
+  - {id: pf-var, scope: portfolio, entity: "*", metric: var_99, limit: 1e9, action: cap_notional}
+"""
+
+
+def test_a_breach_alerts_controls_and_clears_when_the_position_is_reduced(tmp_path):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(LIMITS)
+    driver = Driver(_settings(tmp_path, limits_file=str(limits)), with_models=False)
+    rec = RecordingPublisher()
+    rec.publishes_topics = True  # as the worker's publisher: the limits topic too
+
+    def position(qty: float, t: int) -> None:
+        driver.run("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA", "event_time": t,
+                                               "quantity": qty, "price": 100.0, "desk": "equities"})], rec)
+
+    position(1000, T0)  # 100k of 200k: under the 80% near line
+    position(1700, T0 + 60_000)  # 170k: near
+    position(2500, T0 + 120_000)  # 250k: breach
+    position(500, T0 + 180_000)  # 50k: cleared
+    states = [orjson.loads(r)["state"] for r in rec.rows("limit_utilisation")]
+    assert states == ["near", "breach", "cleared"]
+    kinds = [orjson.loads(r)["kind"] for r in rec.rows("alerts")]
+    assert kinds == ["limit_near", "limit_breach"]
+    controls = [c for name, *args in rec.calls if name == "limits" for c in args[0]]
+    assert [(c["entity_type"], c["entity_id"], c["action"]) for c in controls] == [
+        ("portfolio", "PF1", "block_new_risk"), ("portfolio", "PF1", "clear")]
+    sent = [orjson.loads(v) for name, *args in rec.calls if name == "send" and args[0] == "limits" for _, v in args[1]]
+    assert [m["action"] for m in sent] == ["block_new_risk", "clear"]
+    rows = [orjson.loads(r) for r in rec.rows("portfolio_risk")]
+    assert rows[-1]["gross"] == 50_000 and rows[-1]["desk"] == "equities" and rows[-1]["var_99"] is None
+
+
+def test_a_limits_file_with_errors_is_refused_with_its_lines(tmp_path):
+    bad = tmp_path / "limits.yaml"
+    bad.write_text("limits:\n  - {id: a, scope: book, entity: x, metric: gross, limit: 1}\n"
+                   "  - {id: b, scope: instrument, entity: x, metric: var_99, limit: -5}\n")
+    with pytest.raises(ConfigError) as exc:
+        Driver(_settings(tmp_path, limits_file=str(bad)), with_models=False)
+    message = str(exc.value)
+    assert f"{bad}:2: limit 'a': unknown scope 'book'" in message
+    assert f"{bad}:3: limit 'b': metric 'var_99' has no meaning for a instrument" in message
+    assert f"{bad}:3: limit 'b': limit must be above 0" in message
+
+
+def test_market_state_survives_a_restart(tmp_path):
+    settings = _settings(tmp_path, market_history_days=40)
+    ticks = _ticks(45)
+    first = Driver(settings, with_models=False)
+    first.process("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA", "event_time": T0,
+                                              "quantity": 10.0})])
+    first.process("market", [orjson.dumps(t) for t in ticks[:-3]])
+    second = Driver(settings, with_models=False)
+    second.restore(first.checkpoint())
+    for d in (first, second):
+        d.process("market", [orjson.dumps(t) for t in ticks[-3:]])
+    assert second.market.figures[("portfolio", "PF1")] == first.market.figures[("portfolio", "PF1")]
+
+
+@pytest.mark.integration
+def test_a_cleared_control_leaves_redis(stack):
+    from riskstream.sinks.kafka import OutputPublisher, connect_redis
+
+    redis = connect_redis(stack)
+    publisher = OutputPublisher(stack, redis_client=redis)
+    control = {"entity_type": "portfolio", "entity_id": "PF9", "action": "block_new_risk", "max_amount": 0.0,
+               "valid_until": 4_000_000_000.0, "reason": "pf-gross", "event_id": "e1", "issued_at": 1.0,
+               "rules_version": "test"}
+    publisher.limits([control])
+    assert redis.hget("rs:limit:portfolio:PF9", "action") == b"block_new_risk"
+    publisher.limits([{**control, "action": "clear"}])
+    assert not redis.exists("rs:limit:portfolio:PF9")

@@ -1,16 +1,17 @@
 """Portfolio VaR and ES from the joint history of its instruments' daily returns.
 
 A portfolio's P&L under each past day's returns (a scenario) is the sum over its positions
-of the position's value times that day's simple return of its instrument, optionally each
-return rescaled by the instrument's volatility now over its volatility then (filtered
-historical simulation). VaR and ES at a level are the quantile of the scenario losses and
-the mean of those beyond it: never a sum of single-instrument VaRs.
+of the position's value times that day's simple return of its instrument (``growth``: the
+log return, rescaled by the instrument's volatility now over its volatility then for
+filtered historical simulation, made simple with ``expm1``; see :func:`scenario_growth`).
+VaR and ES at a level are the quantile of the scenario losses and the mean of those beyond
+it: never a sum of single-instrument VaRs.
 
 >>> import numpy as np
 >>> exposure = np.array([100.0, -50.0]); slot = np.array([0, 1])
->>> returns = np.array([[0.01, -0.02, 0.0], [0.01, 0.03, -0.01]])
+>>> growth = scenario_growth(np.array([[0.01, -0.02, 0.0], [0.01, 0.03, -0.01]]), np.ones((2, 3)))
 >>> out = np.empty(3)
->>> scenario_pnl(exposure, slot, returns, np.ones((2, 3)), out)
+>>> scenario_pnl(exposure, slot, growth, out)
 >>> [round(float(v), 4) for v in out]
 [0.5025, -3.5029, 0.4975]
 """
@@ -25,18 +26,25 @@ import numpy as np
 from riskstream.detectors.var_kernels import _quantile_sorted
 
 
+def scenario_growth(returns: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Per instrument and scenario day, the simple return: ``exp(log return * scale) - 1``.
+    Made once per window (a day close), not per refresh."""
+    return np.expm1(returns * scale)
+
+
 @numba.njit(cache=True)
-def scenario_pnl(exposure, slot, returns, scale, out):
-    """``out[s] = sum_j exposure[j] * (exp(returns[slot[j], s] * scale[slot[j], s]) - 1)``."""
-    for s in range(out.shape[0]):
-        total = 0.0
-        for j in range(exposure.shape[0]):
-            i = slot[j]
-            total += exposure[j] * (math.exp(returns[i, s] * scale[i, s]) - 1.0)
-        out[s] = total
+def scenario_pnl(exposure, slot, growth, out):
+    """``out[s] = sum_j exposure[j] * growth[slot[j], s]``."""
+    out[:] = 0.0
+    for j in range(exposure.shape[0]):
+        row = growth[slot[j]]
+        e = exposure[j]
+        for s in range(out.shape[0]):
+            out[s] += e * row[s]
 
 
 def scenario_pnl_reference(exposure, slot, returns, scale, out):
+    """From the log returns and scales themselves (the kernel takes their growth)."""
     for s in range(len(out)):
         out[s] = sum(float(e) * (math.exp(float(returns[i, s]) * float(scale[i, s])) - 1.0)
                      for e, i in zip(exposure, slot))

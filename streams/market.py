@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from riskstream.detectors.portfolio_kernels import scenario_pnl, var_es_of_losses
+from riskstream.detectors.portfolio_kernels import scenario_growth, scenario_pnl, var_es_of_losses
 from riskstream.rules.limits import Limit, LimitSet, load_limits
 from riskstream.schemas.events import DAY_MS, DeadLetter
 from riskstream.settings import ConfigError, Settings
@@ -46,6 +46,12 @@ class InstrumentBook:
         self.history_days = history_days
         self.lam = lam
         self.slots: dict[str, int] = {}
+        # The scenario window is rebuilt when the day changes; within a day, an instrument
+        # whose day closes (or that is new) has its row rebuilt alone.
+        self._window_day: int | None = None
+        self._growth = np.zeros((0, history_days))
+        self._have = np.zeros((0, history_days), bool)
+        self._stale: set[int] = set()
         self._alloc(16)
 
     def _alloc(self, capacity: int) -> None:
@@ -89,25 +95,38 @@ class InstrumentBook:
         self.ret[i, h], self.ret_day[i, h] = r, day
         self.sigma_at[i, h] = math.sqrt(var) if var > 0 else np.nan
         self.ewma_var[i] = r * r if math.isnan(var) else self.lam * var + (1 - self.lam) * r * r
+        self._stale.add(i)
 
     def day_reference(self, slots: np.ndarray) -> np.ndarray:
         """The price P&L of the day is measured from: the previous close, else the first price."""
         ref = self.prev_close[slots]
         return np.where(np.isnan(ref), self.last_price[slots], ref)
 
-    def window(self, today: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Daily returns of every instrument over the ``history_days`` calendar days before
-        ``today`` (column s = day ``today - 1 - s``; 0 where an instrument had none), the
-        filtered-HS scale of each, and how many of those days have any return."""
-        n, h = len(self.slots), self.history_days
+    def window(self, today: int) -> tuple[np.ndarray, int]:
+        """Scenario growth of every instrument over the ``history_days`` calendar days before
+        ``today`` (column s = day ``today - 1 - s``; 0 where an instrument had no return):
+        each daily log return rescaled by the instrument's volatility now over then (filtered
+        HS), as a simple return; and how many of those days have any return."""
+        n = len(self.slots)
+        if today != self._window_day or n != len(self._growth):
+            self._window_day, self._stale = today, set()
+            self._growth, self._have = self._rows(np.arange(n), today)
+        elif self._stale:
+            rows = np.fromiter(self._stale, np.int64, len(self._stale))
+            self._stale = set()
+            self._growth[rows], self._have[rows] = self._rows(rows, today)
+        return self._growth, int(self._have.any(axis=0).sum())
+
+    def _rows(self, rows: np.ndarray, today: int) -> tuple[np.ndarray, np.ndarray]:
+        h = self.history_days
         days = today - 1 - np.arange(h)
         cols = days % h
-        have = self.ret_day[:n, cols] == days[None, :]
-        returns = np.where(have, self.ret[:n, cols], 0.0)
-        sigma_now = np.sqrt(self.ewma_var[:n])[:, None]
-        sigma_then = self.sigma_at[:n, cols]
+        have = self.ret_day[rows][:, cols] == days[None, :]
+        returns = np.where(have, self.ret[rows][:, cols], 0.0)
+        sigma_now = np.sqrt(self.ewma_var[rows])[:, None]
+        sigma_then = self.sigma_at[rows][:, cols]
         scale = np.where(have & (sigma_then > 0) & np.isfinite(sigma_now), sigma_now / sigma_then, 1.0)
-        return returns, scale, int(have.any(axis=0).sum())
+        return scenario_growth(returns, scale), have
 
 
 class MarketRiskProcessor:
@@ -182,11 +201,11 @@ class MarketRiskProcessor:
         qty = np.fromiter((self.positions[pf][i] for i in names), np.float64, len(names))
         return slots, qty * self.book.last_price[slots], qty * self.book.day_reference(slots)
 
-    def figures_of(self, slots: np.ndarray, values: np.ndarray, reference: np.ndarray, returns: np.ndarray,
-                   scale: np.ndarray, history: int) -> dict[str, float]:
+    def figures_of(self, slots: np.ndarray, values: np.ndarray, reference: np.ndarray, growth: np.ndarray,
+                   history: int) -> dict[str, float]:
         value, gross = float(values.sum()), float(np.abs(values).sum())
-        pnl = np.empty(returns.shape[1])
-        scenario_pnl(values, slots, returns, scale, pnl)
+        pnl = np.empty(growth.shape[1])
+        scenario_pnl(values, slots, growth, pnl)
         var95, es95 = var_es_of_losses(-pnl, 0.95)
         var99, es99 = var_es_of_losses(-pnl, 0.99)
         known = history >= MIN_HISTORY_DAYS
@@ -200,13 +219,13 @@ class MarketRiskProcessor:
 
     def refresh(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
         today = now_ms // DAY_MS
-        returns, scale, history = self.book.window(today)
+        growth, history = self.book.window(today)
         desks: set[str] = set()
         for pf in sorted(portfolios):
             slots, values, reference = self.portfolio_exposures(pf)
             if not len(slots):
                 continue
-            fig = self.figures_of(slots, values, reference, returns, scale, history)
+            fig = self.figures_of(slots, values, reference, growth, history)
             self.peak_value[pf] = max(self.peak_value.get(pf, fig["value"]), fig["value"])
             fig["drawdown"] = self.peak_value[pf] - fig["value"]
             fig["loss_day"] = max(0.0, -fig["pnl_day"])
@@ -226,7 +245,7 @@ class MarketRiskProcessor:
             parts = [self.portfolio_exposures(p) for p in members]
             parts = [p for p in parts if len(p[0])]
             slots, values, reference = (np.concatenate([p[k] for p in parts]) for k in range(3))
-            fig = self.figures_of(slots, values, reference, returns, scale, history)
+            fig = self.figures_of(slots, values, reference, growth, history)
             key = f"desk:{desk}"
             self.peak_value[key] = max(self.peak_value.get(key, fig["value"]), fig["value"])
             fig["drawdown"] = self.peak_value[key] - fig["value"]

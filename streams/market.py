@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from riskstream.detectors.portfolio_kernels import scenario_growth, scenario_pnl, var_es_of_losses
+from riskstream.detectors.portfolio_kernels import portfolio_figures, scenario_growth, scenario_pnl, var_es_of_losses
 from riskstream.rules.limits import Limit, LimitSet, load_limits
 from riskstream.schemas.events import DAY_MS, DeadLetter
 from riskstream.settings import ConfigError, Settings
@@ -144,6 +144,7 @@ class MarketRiskProcessor:
         self.last_row_ms: dict[str, int] = {}
         self.limit_state: dict[tuple[str, str], str] = {}  # (limit id, entity) -> ok | near | breach
         self.figures: dict[tuple[str, str], dict[str, float]] = {}  # (scope, entity) -> latest figures
+        self._layout: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # portfolio -> (slots, qty), until it trades
 
     # ----- the processor contract --------------------------------------------------------
     def process(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter]) -> Outputs:
@@ -152,9 +153,11 @@ class MarketRiskProcessor:
             return out
         touched: set[str] = set()
         if stream == "market":
+            tick = self.book.tick
             for row in rows:
-                self.book.tick(row["instrument"], row["event_time"] // DAY_MS, row["price"])
-                touched |= self.holders.get(row["instrument"], set())
+                tick(row["instrument"], row["event_time"] // DAY_MS, row["price"])
+            for name in {row["instrument"] for row in rows}:
+                touched |= self.holders.get(name, set())
         else:
             for row in rows:
                 touched.add(self._position(row))
@@ -182,6 +185,7 @@ class MarketRiskProcessor:
         if row.get("desk"):
             self.desk_of[pf] = row["desk"]
         book = self.positions.setdefault(pf, {})
+        self._layout.pop(pf, None)
         if row["quantity"] == 0:
             book.pop(instrument, None)
             self.holders.get(instrument, set()).discard(pf)
@@ -217,15 +221,38 @@ class MarketRiskProcessor:
             "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan,
         }
 
+    def layout(self, pf: str) -> tuple[np.ndarray, np.ndarray]:
+        """A portfolio's instrument slots and quantities as arrays, kept until it trades."""
+        cached = self._layout.get(pf)
+        if cached is None:
+            book = self.positions.get(pf, {})
+            slots = np.fromiter((self.book.slot(i) for i in book), np.int64, len(book))
+            cached = self._layout[pf] = (slots, np.fromiter(book.values(), np.float64, len(book)))
+        return cached
+
     def refresh(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
         today = now_ms // DAY_MS
         growth, history = self.book.window(today)
+        n = len(self.book.slots)
+        last_price = self.book.last_price[:n]
+        reference = np.where(np.isnan(self.book.prev_close[:n]), last_price, self.book.prev_close[:n])
+        order = sorted(portfolios)
+        layouts = [self.layout(pf) for pf in order]
+        offsets = np.zeros(len(order) + 1, np.int64)
+        np.cumsum([len(s) for s, _ in layouts], out=offsets[1:])
+        slots = np.concatenate([s for s, _ in layouts]) if layouts else np.zeros(0, np.int64)
+        qty = np.concatenate([q for _, q in layouts]) if layouts else np.zeros(0)
+        table = np.empty((len(order), 9))
+        portfolio_figures(offsets, slots, qty, last_price, reference, growth, table)
+        known = history >= MIN_HISTORY_DAYS
         desks: set[str] = set()
-        for pf in sorted(portfolios):
-            slots, values, reference = self.portfolio_exposures(pf)
-            if not len(slots):
+        for pf, (value, ref_value, gross, largest, var95, es95, var99, es99, priced) in zip(order, table.tolist()):
+            if not priced:
                 continue
-            fig = self.figures_of(slots, values, reference, growth, history)
+            fig = {"value": value, "pnl_day": value - ref_value, "gross": gross, "net": value,
+                   "concentration": largest / gross if gross else 0.0,
+                   "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
+                   "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan}
             self.peak_value[pf] = max(self.peak_value.get(pf, fig["value"]), fig["value"])
             fig["drawdown"] = self.peak_value[pf] - fig["value"]
             fig["loss_day"] = max(0.0, -fig["pnl_day"])

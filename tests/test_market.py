@@ -51,6 +51,32 @@ def test_scenario_kernels_match_their_references():
     assert pk.var_es_of_losses(-got, 0.99) == pytest.approx(pk.var_es_of_losses_reference(-got, 0.99))
 
 
+def test_the_many_portfolio_kernel_matches_one_portfolio_at_a_time():
+    rng = np.random.default_rng(7)
+    n_instruments, h = 30, 250
+    growth = pk.scenario_growth(rng.normal(0, 0.02, (n_instruments, h)), np.ones((n_instruments, h)))
+    price = rng.uniform(10, 100, n_instruments)
+    price[3] = np.nan  # not priced yet: left out
+    reference = price * rng.uniform(0.97, 1.03, n_instruments)
+    sizes = rng.integers(1, 12, 40)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    slots = np.concatenate([rng.choice(n_instruments, k, replace=False) for k in sizes])
+    qty = rng.normal(0, 1000, len(slots))
+    out = np.empty((40, 9))
+    pk.portfolio_figures(offsets, slots, qty, price, reference, growth, out)
+    for k in range(40):
+        s_, q = slots[offsets[k]:offsets[k + 1]], qty[offsets[k]:offsets[k + 1]]
+        priced = ~np.isnan(price[s_])
+        s_, q = s_[priced], q[priced]
+        values = q * price[s_]
+        pnl = np.empty(h)
+        pk.scenario_pnl(values, s_, growth, pnl)
+        want = [values.sum(), (q * reference[s_]).sum(), np.abs(values).sum(),
+                np.abs(values).max() if len(values) else 0.0,
+                *pk.var_es_of_losses_reference(-pnl, 0.95), *pk.var_es_of_losses_reference(-pnl, 0.99), priced.sum()]
+        np.testing.assert_allclose(out[k], want, rtol=1e-9, atol=1e-9)
+
+
 def _batch_var_es(ticks: list[dict], holdings: dict[str, float], history: int, lam: float, c: float):
     """The same windows from scratch: daily closes, returns of closed days, EWMA scales."""
     today = max(t["event_time"] for t in ticks) // DAY_MS

@@ -208,3 +208,18 @@ def test_market_bench_measures_both_figures():
     res = run(days=40, say=lambda _: None)
     assert res["refresh_1000_positions_ms"]["p99"] >= res["refresh_1000_positions_ms"]["p50"] > 0
     assert res["ticks_per_s_1000_portfolios"] > 0
+
+
+def test_a_volatility_regime_change_raises_an_alert(tmp_path):
+    driver = Driver(_settings(tmp_path), with_models=False)
+    rng = np.random.default_rng(5)
+    price, alerts = 100.0, []
+    for day in range(400):
+        sigma = 0.005 if day < 250 else 0.03  # calm, then six times the volatility
+        price *= math.exp(rng.normal(0, sigma))
+        out = driver.process("market", [orjson.dumps({"instrument": "AAA", "event_time": T0 + day * DAY_MS,
+                                                      "price": price})])
+        alerts += [a for a in out.alerts if a["kind"] == "market_volatility_regime"]
+    assert alerts, "no regime alert after the volatility rose sixfold"
+    first_day = (alerts[0]["event_time"] * 1000 - T0) // DAY_MS
+    assert 250 <= first_day <= 320 and alerts[0]["reasons"][0].startswith("VOLATILITY_REGIME: AAA")

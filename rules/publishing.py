@@ -1,9 +1,10 @@
-"""Publishing rule sets to running workers, and the history of publications.
+"""Publishing rule sets and market-risk limit sets to running workers, and their history.
 
-Publishing goes through the compacted Kafka control topic ``rules`` under the key
-``ruleset``: the newest record is the rule set in force, and reading the topic from the
-beginning gives the history (until compaction drops old versions). Workers call
-:func:`latest_rule_set` at start-up and hot-reload on every new record.The command is ``riskstream rules`` (``riskstream.commands.rules``).
+Both go through the compacted Kafka control topic ``rules``, keyed by what they are
+(``ruleset`` or ``limits``): the newest record of a key is the set in force, and reading the
+topic from the beginning gives the history (until compaction drops old versions). Every
+worker reads the whole topic at start-up and hot-reloads on every new record; a set that
+does not validate is refused here, and a worker keeps its current set if one still fails.The command is ``riskstream rules`` (``riskstream.commands.rules``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from riskstream.rules.language import validate_rule_set
 
 RULES_TOPIC = "rules"
 RULESET_KEY = b"ruleset"
+LIMITS_KEY = b"limits"
 
 
 # ======================================================================================
@@ -65,33 +67,42 @@ def publish_rule_set(settings: Any, text: str, source: str, *, base_dir: str | P
     With ``available_columns`` the column names are checked too (the worker checks them
     again when it compiles, and keeps its current set if they do not fit). Raises :class:`RuleSetError` (nothing published) when the set does not validate, and
     ``RuntimeError`` when the broker did not confirm the write."""
-    from confluent_kafka import Producer
-
     base = Path(base_dir) if base_dir else None
     rule_set = validate_rule_set(text, source, available_columns=available_columns, base_dir=base)
-    list_files = _list_files_of(text, base)
-    record = {
-        "version": rule_set.version_tag,
-        "source_name": source,
-        "text": text,
-        "list_files": list_files,
-        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "published_by": getpass.getuser(),
-    }
+    return _publish(settings, RULESET_KEY, {"version": rule_set.version_tag, "source_name": source, "text": text,
+                                            "list_files": _list_files_of(text, base)}, timeout)
+
+
+def publish_limit_set(settings: Any, text: str, source: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Validate and publish a market-risk limit set (``rules.limits``); raises
+    ``LimitSetError`` (nothing published) when it does not validate."""
+    from riskstream.rules.limits import load_limits
+
+    limits = load_limits(text, source)
+    return _publish(settings, LIMITS_KEY, {"version": limits.version, "source_name": source, "text": text}, timeout)
+
+
+def _publish(settings: Any, key: bytes, record: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One control record, with who published it and when; waits for the broker's ack."""
+    from confluent_kafka import Producer
+
+    record = {**record, "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "published_by": getpass.getuser()}
     ensure_rules_topic(settings, timeout)
     producer = Producer({**settings.kafka_client_config(), "acks": "all", "enable.idempotence": False})
     delivered: list[Any] = []
-    producer.produce(settings.topic(RULES_TOPIC), key=RULESET_KEY, value=json.dumps(record).encode(),
+    producer.produce(settings.topic(RULES_TOPIC), key=key, value=json.dumps(record).encode(),
                      on_delivery=lambda err, msg: delivered.append(err))
     remaining = producer.flush(timeout)
     if remaining or not delivered or delivered[0] is not None:
-        raise RuntimeError(f"rule set {rule_set.version_tag} not confirmed by Kafka: "
+        raise RuntimeError(f"{key.decode()} {record['version']} not confirmed by Kafka: "
                            f"{delivered[0] if delivered else 'timed out'}")
     return record
 
 
-def rule_history(settings: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Every rule set record on the control topic, oldest first (read from the beginning)."""
+def rule_history(settings: Any, timeout: float = 10.0, key: bytes = RULESET_KEY) -> list[dict[str, Any]]:
+    """Every record of ``key`` (rule sets, or ``LIMITS_KEY`` for limit sets) on the control
+    topic, oldest first (read from the beginning)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     topic = settings.topic(RULES_TOPIC)
@@ -124,7 +135,7 @@ def rule_history(settings: Any, timeout: float = 10.0) -> list[dict[str, Any]]:
                     if msg.error().code() == KafkaError._PARTITION_EOF:
                         continue
                     raise RuntimeError(f"reading {topic}: {msg.error()}")
-                if msg.key() == RULESET_KEY and msg.value():
+                if msg.key() == key and msg.value():
                     try:
                         value = json.loads(msg.value())
                     except ValueError:
@@ -148,4 +159,5 @@ def latest_rule_set(settings: Any, timeout: float = 10.0) -> dict[str, Any] | No
 
 
 
-__all__ = ["publish_rule_set", "rule_history", "latest_rule_set", "ensure_rules_topic"]
+__all__ = ["publish_rule_set", "publish_limit_set", "rule_history", "latest_rule_set", "ensure_rules_topic",
+           "LIMITS_KEY", "RULESET_KEY"]

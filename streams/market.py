@@ -214,6 +214,12 @@ class MarketRiskProcessor:
         for k, v in pickle.loads(blob).items():  # our own checkpoints only (detectors.base)
             setattr(self, k, v)
 
+    def set_limits(self, limits: LimitSet) -> None:
+        """Swap the limit set in (a hot reload); states of limits that stay are kept."""
+        ids = {lim.id for lim in limits.limits}
+        self.limit_state = {k: v for k, v in self.limit_state.items() if k[0] in ids}
+        self.limits = limits
+
     # ----- positions ---------------------------------------------------------------------
     def _position(self, row: dict[str, Any]) -> str:
         pf, instrument = row["portfolio_id"], row["instrument"]

@@ -59,12 +59,14 @@ class TransactionPath:
 
 
 class RuleFeed:
-    """The whole ``rules`` topic, read without a group: the newest rule set published is
-    compiled in the background and swapped in; a set that fails leaves the old one in force."""
+    """The whole control topic (``rules``), read without a group. The newest rule set
+    published is compiled in the background and swapped in; the newest limit set goes to the
+    market processor. A set that fails leaves the old one in force."""
 
-    def __init__(self, settings: Settings, rules_holder):
+    def __init__(self, settings: Settings, rules_holder, market=None):
         self.settings = settings
         self.rules = rules_holder
+        self.market = market  # streams.market.MarketRiskProcessor
         self.consumer = None
 
     async def start(self) -> None:
@@ -83,14 +85,20 @@ class RuleFeed:
 
     async def poll(self) -> None:
         data = await self.consumer.getmany(timeout_ms=500)
-        latest = None
+        latest: dict[bytes, bytes] = {}
         for records in data.values():
-            if records:
-                latest = records[-1]
-        if latest is None:
+            for record in records:
+                latest[record.key or b"ruleset"] = record.value
+        for key, value in latest.items():
+            self.apply(key, value)
+
+    def apply(self, key: bytes, value: bytes) -> None:
+        """One control record: a limit set (key ``limits``) or a rule set."""
+        if key == b"limits":
+            self._apply_limits(value)
             return
         try:
-            published = orjson.loads(latest.value)
+            published = orjson.loads(value)
             source = published.get("source_name", "rules topic")
             future = self.rules.load_async(published["text"], source,
                                            list_files=published.get("list_files") or None)
@@ -98,6 +106,20 @@ class RuleFeed:
             future.add_done_callback(lambda f, src=source: _report_compile(f, src))
         except Exception as exc:
             log.error("ignoring unreadable rule set on the rules topic: %s", exc)
+
+    def _apply_limits(self, value: bytes) -> None:
+        from riskstream.rules.limits import load_limits
+
+        if self.market is None:
+            return
+        try:
+            published = orjson.loads(value)
+            limits = load_limits(published["text"], published.get("source_name", "rules topic"))
+        except Exception as exc:
+            log.error("limit set on the rules topic refused, the previous limits stay in force: %s", exc)
+            return
+        self.market.set_limits(limits)
+        log.warning("limit set %s in force (%d limits)", limits.version, len(limits.limits))
 
 
 def faust_app(settings: Settings):
@@ -155,7 +177,7 @@ def build_app(settings: Settings, driver=None):
         log.warning("restored model state from Redis: %s", driver.summary())
     path = TransactionPath(driver, publisher)
     reader = BatchReader(settings, driver, state_store)
-    rule_feed = RuleFeed(settings, driver.rules)
+    rule_feed = RuleFeed(settings, driver.rules, driver.market)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
 
     app = faust_app(settings)

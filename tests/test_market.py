@@ -223,3 +223,31 @@ def test_a_volatility_regime_change_raises_an_alert(tmp_path):
     assert alerts, "no regime alert after the volatility rose sixfold"
     first_day = (alerts[0]["event_time"] * 1000 - T0) // DAY_MS
     assert 250 <= first_day <= 320 and alerts[0]["reasons"][0].startswith("VOLATILITY_REGIME: AAA")
+
+
+def test_a_published_limit_set_is_swapped_in_and_a_bad_one_refused(tmp_path):
+    from riskstream.streams.worker import RuleFeed
+
+    driver = Driver(_settings(tmp_path), with_models=False)
+    feed = RuleFeed(driver.settings, driver.rules, driver.market)
+    feed.apply(b"limits", orjson.dumps({"text": LIMITS, "source_name": "limits.yaml"}))
+    assert [lim.id for lim in driver.market.limits.limits] == ["pf-gross", "pf-var"]
+    feed.apply(b"limits", orjson.dumps({"text": LIMITS.replace("gross", "grosss"), "source_name": "bad.yaml"}))
+    assert [lim.id for lim in driver.market.limits.limits] == ["pf-gross", "pf-var"]  # the old set stays
+
+
+@pytest.mark.integration
+def test_limits_publish_validates_then_publishes_to_the_control_topic(stack, tmp_path, capsys, monkeypatch):
+    from riskstream.cli import main
+    from riskstream.rules.publishing import LIMITS_KEY, rule_history
+
+    monkeypatch.setenv("RISKSTREAM_KAFKA_BOOTSTRAP", stack.kafka_bootstrap)
+    good, bad = tmp_path / "limits.yaml", tmp_path / "bad.yaml"
+    good.write_text(LIMITS)
+    bad.write_text(LIMITS.replace("metric: gross", "metric: grosss"))
+    assert main(["limits", "publish", str(bad)]) == 1
+    assert "unknown metric 'grosss' (did you mean 'gross'?)" in capsys.readouterr().err
+    assert main(["limits", "publish", str(good)]) == 0
+    history = rule_history(stack, key=LIMITS_KEY)
+    assert [h["source_name"] for h in history] == [str(good)] and history[0]["text"] == LIMITS
+    assert rule_history(stack) == []  # rule sets are a key of their own

@@ -58,6 +58,35 @@ def malformed_records(now_ms: int) -> list[bytes]:
     ]
 
 
+# Market ticks start this many days before the transactions, so that portfolio VaR has the
+# 20 days of history it needs from the first transaction on.
+MARKET_HISTORY_DAYS = 30
+DEMO_PORTFOLIO = "PF-DEMO"
+# The demo's limits: a stop on each portfolio's gross exposure and its 99% VaR, and the gross
+# of one demonstration portfolio that buys far too much mid-stream and sells it later.
+DEMO_LIMITS = """\
+version: demo
+near_utilisation: 0.8
+limits:
+  - {id: demo-gross, scope: portfolio, entity: PF-DEMO, metric: gross, limit: 5e6, action: block_new_risk}
+  - {id: portfolio-var, scope: portfolio, entity: "*", metric: var_99, limit: 1.5e5, action: alert_only}
+"""
+
+
+def demo_desk_trades(sim, start_ms: int, end_ms: int) -> list[dict]:
+    """A portfolio of the first instrument that trades over its limit a third of the way in
+    and back under it at two thirds: a breach, a control in Redis and its clearance."""
+    if not len(sim.market.get("event_time", ())):
+        return []
+    ticks = sim.market
+    name = ticks["instrument"][0]
+    price = float(ticks["price"][np.flatnonzero(ticks["instrument"] == name)[-1]])
+    span = end_ms - start_ms
+    return [{"portfolio_id": DEMO_PORTFOLIO, "instrument": name, "event_time": int(start_ms + f * span),
+             "quantity": round(value / price, 4), "price": price, "desk": "demo"}
+            for f, value in ((0.05, 2e6), (0.33, 8e6), (0.66, 1e6))]
+
+
 def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStream:
     from riskstream.simulate import simulate
 
@@ -68,13 +97,14 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     start_ms = now_ms - days * DAY_MS - 3_600_000
     progress(f"simulating {days} days of {customers:,} customers at {terminals:,} terminals ...")
     sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
-                   progress=lambda s: progress(f"  {s}"))
+                   market_history_days=MARKET_HISTORY_DAYS, progress=lambda s: progress(f"  {s}"))
     tx = sim.transactions
     # Top up with more days if the simulated volume fell short, then keep exactly n.
     while len(tx["amount"]) < n_transactions:
         days += 7
         start_ms = now_ms - days * DAY_MS - 3_600_000
-        sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms)
+        sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
+                       market_history_days=MARKET_HISTORY_DAYS)
         tx = sim.transactions
     keep = slice(0, n_transactions)
     tx = {k: v[keep] for k, v in tx.items()}
@@ -115,6 +145,9 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
             entries.append((rec["event_time"], name, str(rec[key_col]).encode(), rec))
             n += 1
         counts[name] = n
+    for rec in demo_desk_trades(sim, start_ms, end_ms):
+        entries.append((rec["event_time"], "positions", rec["portfolio_id"].encode(), rec))
+        counts["positions"] = counts.get("positions", 0) + 1
     counts["labels"] = sum(1 for e in entries if e[1] == "labels")
     values = json_documents(e[3] for e in entries)
     entries = [(t, topic, key, value) for (t, topic, key, _), value in zip(entries, values)]
@@ -174,6 +207,8 @@ def start_worker(settings: Settings, stack_state: dict, index: int = 0) -> subpr
     env.update({"RISKSTREAM_KAFKA_BOOTSTRAP": stack_state["kafka"],
                 "RISKSTREAM_REDIS_URL": stack_state["redis"],
                 "RISKSTREAM_DATA_DIR": str(settings.data_dir.resolve())})
+    if settings.limits_file:
+        env["RISKSTREAM_LIMITS_FILE"] = settings.limits_file
     log = settings.data_dir.resolve() / "logs" / f"worker-{index}.log"
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "riskstream", "worker"], env=env, stdout=out,
@@ -198,6 +233,10 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
     _say(f"stream ready: {stream.transactions:,} transactions ({stream.fraud:,} fraudulent), "
          + ", ".join(f"{v:,} {k}" for k, v in stream.counts.items() if k != "transactions")
          + f", {stream.malformed} malformed records")
+    limits_file = settings.data_dir.resolve() / "demo-limits.yaml"
+    limits_file.parent.mkdir(parents=True, exist_ok=True)
+    limits_file.write_text(DEMO_LIMITS)
+    settings = settings.model_copy(update={"limits_file": str(limits_file)})
     stack = EmbeddedStack(settings)
     _say("starting the embedded stack ...")
     stack.start(progress=lambda s: _say(f"  {s}"))
@@ -206,7 +245,8 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
         client_settings = settings.model_copy(update={"kafka_bootstrap": state["kafka"]})
         # The demo's tables hold this run only, so counts below mean this run.
         for table in ("decisions", "alerts", "limits", "dead_letters", "transactions", "labels",
-                      "market_ticks", "positions", "loan_applications", "model_quality"):
+                      "market_ticks", "positions", "loan_applications", "model_quality", "portfolio_risk",
+                      "limit_utilisation"):
             run_query(settings, f"TRUNCATE TABLE IF EXISTS {table}")
         procs = [start_worker(settings, state, i) for i in range(workers)]
         _say(f"started {workers} worker(s); logs in {settings.data_dir.resolve() / 'logs'}")
@@ -281,6 +321,7 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
         alerts = run_query(settings, "SELECT severity_level, count() AS n, round(sum(amount_at_risk)) AS amount "
                            "FROM alerts FINAL GROUP BY severity_level ORDER BY n DESC").decode()
         dead = int(run_query(settings, "SELECT count() FROM dead_letters FINAL", "tsv").split()[-1])
+        market = _market_summary(settings, stream.counts.get("market", 0))
     finally:
         stack.stop()
     decided = counter.counts["transactions"] + counter.counts["loan_applications"]
@@ -292,13 +333,38 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
     print(f"ClickHouse: {stored:,} decisions stored for {expected:,} decided events "
           f"({'exactly one each' if stored == expected else 'MISMATCH'}); {dead} dead letters "
           f"({stream.malformed} malformed records injected). Worker stopped in {stop_s:.1f}s.")
-    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts)
+    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts + market)
     print(f"Data: {settings.data_dir.resolve()}. Look further with, for example:\n"
           '  riskstream sql "SELECT decision, count() FROM decisions FINAL GROUP BY decision"\n'
           '  riskstream sql "SELECT event_id, score, reasons FROM decisions FINAL WHERE decision = \'decline\' LIMIT 5"\n'
           '  riskstream sql "SELECT error, payload FROM dead_letters FINAL"\n'
+          '  riskstream sql "SELECT portfolio_id, measured_at, value, var_99, es_99 FROM portfolio_risk FINAL '
+          'ORDER BY measured_at DESC LIMIT 10"\n'
           "  riskstream evaluate   (model quality against the labels)")
     return 0 if ok else 1
+
+
+def _market_summary(settings: Settings, ticks: int, timeout: float = 60.0) -> str:
+    """Once the market stream is in: the portfolios nearest their VaR limit, and the demo
+    portfolio's limit going to breach and back (with its control issued and cleared)."""
+    from riskstream.sinks.clickhouse import run_query
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if int(run_query(settings, "SELECT count() FROM market_ticks", "tsv").split()[-1]) >= ticks:
+            break
+        time.sleep(0.5)
+    top = run_query(settings, "SELECT portfolio_id, round(argMax(var_99, measured_at)) AS latest_var_99, "
+                    "round(argMax(gross, measured_at)) AS latest_gross, round(latest_var_99 / 150000, 2) "
+                    "AS var_utilisation FROM portfolio_risk FINAL WHERE isNotNull(var_99) GROUP BY portfolio_id "
+                    "ORDER BY var_utilisation DESC LIMIT 5").decode()
+    states = run_query(settings, "SELECT measured_at, entity_id, limit_id, state, round(utilisation, 2) AS utilisation "
+                       f"FROM limit_utilisation FINAL WHERE entity_id = '{DEMO_PORTFOLIO}' ORDER BY measured_at").decode()
+    controls = run_query(settings, "SELECT entity_id, action, reason FROM limits FINAL WHERE entity_type = 'portfolio' "
+                         "ORDER BY issued_at").decode()
+    return ("Market risk: portfolios nearest their 99% VaR limit (150,000):\n" + top
+            + f"{DEMO_PORTFOLIO}'s limits (it buys past its gross limit, then sells):\n" + states
+            + "Portfolio controls (Redis rs:limit:portfolio:<id> and the limits topic):\n" + controls)
 
 
 def _wait_stored(settings: Settings, expected: int, timeout: float = 60.0) -> int:

@@ -143,9 +143,11 @@ class Simulation:
 # ==========================================================================================
 def simulate(days: int = 7, customers: int = 2000, terminals: int = 500, seed: int = 7,
              start_ms: int | None = None, fraud_rate: float | None = None,
-             with_market: bool = True, with_credit: bool = True,
+             with_market: bool = True, with_credit: bool = True, market_history_days: int = 0,
              progress: Callable[[str], None] | None = None) -> Simulation:
     """Generate every input stream for ``days`` days from ``start_ms`` (default 2024-01-01 UTC).
+    ``market_history_days`` starts the market ticks that many days earlier (the daily history
+    that VaR is computed from); every other stream is the same with or without it.
 
     About 2.5 transactions per customer per day. ``fraud_rate`` (default 0.7%) is the target
     share of fraudulent transactions; at small sizes every scenario still gets at least one
@@ -215,7 +217,7 @@ def simulate(days: int = 7, customers: int = 2000, terminals: int = 500, seed: i
 
     market, positions = empty_columns(MARKET_COLUMNS), empty_columns(POSITION_COLUMNS)
     if with_market:
-        market, series = market_ticks(rng_market, start_ms, end_ms)
+        market, series = market_ticks(rng_market, start_ms - market_history_days * DAY_MS, end_ms)
         positions = trading_positions(rng_market, series, customers, days)
         say(f"{len(market['event_time']):,} market ticks, {len(positions['event_time']):,} position updates")
     return Simulation(transactions=transactions, labels=labels, market=market, positions=positions,

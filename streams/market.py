@@ -149,6 +149,8 @@ class MarketRiskProcessor:
         self.figures: dict[tuple[str, str], dict[str, float]] = {}  # (scope, entity) -> latest figures
         self._layout: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # portfolio -> (slots, qty), until it trades
         self.regimes: dict[int, Any] = {}  # instrument slot -> ADWIN over its absolute daily returns
+        self.market_ms = 0  # event time the prices have reached
+        self.waiting_positions: list[dict[str, Any]] = []  # positions later than the prices, until they catch up
 
     # ----- the processor contract --------------------------------------------------------
     def process(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter]) -> Outputs:
@@ -162,12 +164,27 @@ class MarketRiskProcessor:
                 tick(row["instrument"], row["event_time"] // DAY_MS, row["price"])
             for name in {row["instrument"] for row in rows}:
                 touched |= self.holders.get(name, set())
+            self.market_ms = max(self.market_ms, max(r["event_time"] for r in rows))
             self._watch_regimes(out)
         else:
-            for row in rows:
-                touched.add(self._position(row))
+            self.waiting_positions += rows
+        # A position counts from its time on: it waits until the prices reach that time (topics
+        # are read at their own pace, and a replayed backlog of positions would otherwise be
+        # applied all at once, ahead of the ticks that value it). With no prices at all, at once.
+        if self.waiting_positions:
+            due = [r for r in self.waiting_positions if r["event_time"] <= self.market_ms or not self.market_ms]
+            if due:
+                self.waiting_positions = [r for r in self.waiting_positions
+                                          if not (r["event_time"] <= self.market_ms or not self.market_ms)]
+                for row in sorted(due, key=lambda r: r["event_time"]):
+                    # Each update is checked on its own: a breach and its clearance read from
+                    # one batch both count.
+                    pf = self._position(row)
+                    self.refresh({pf}, max(self.market_ms, row["event_time"]), out)
+                    touched.discard(pf)
         if touched:
-            self.refresh(touched, max(r["event_time"] for r in rows), out)
+            now_ms = max(self.market_ms, max(r["event_time"] for r in rows) if stream == "market" else 0)
+            self.refresh(touched, now_ms or max(r["event_time"] for r in rows), out)
         return out
 
     def _watch_regimes(self, out: Outputs) -> None:
@@ -207,7 +224,8 @@ class MarketRiskProcessor:
         return 0
 
     def checkpoint(self) -> bytes:
-        keep = ("book", "positions", "desk_of", "holders", "peak_value", "last_row_ms", "limit_state", "regimes")
+        keep = ("book", "positions", "desk_of", "holders", "peak_value", "last_row_ms", "limit_state", "regimes",
+                "market_ms", "waiting_positions")
         return pickle.dumps({k: getattr(self, k) for k in keep}, protocol=5)
 
     def restore(self, blob: bytes) -> None:

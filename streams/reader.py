@@ -1,12 +1,13 @@
-"""The worker's batch source: transactions and labels read with aiokafka's batch API.
+"""The worker's batch source: every input stream read with aiokafka's batch API.
 
-Transactions do not go through Faust's per-event stream (~35 µs of framework per event caps a
-process near 10k events/s, FACTS.md). :class:`BatchReader` fetches with ``getmany``, hands one
-:class:`BatchEnvelope` per fetch to the scoring agent, and commits a batch's offsets only once
-its outputs are acknowledged, strictly in order. Transactions and labels share one consumer
-group with the range assignor, so partition *p* of both topics (keyed by card) lands on the
-same worker, where that card's features and decision-time snapshots live; feature state follows
-the partitions through :class:`FollowPartitions`.
+No stream goes through Faust's per-event stream (~35 µs of framework per event caps a process
+near 10k events/s, and market ticks through a per-event agent ran at hundreds a second;
+FACTS.md). :class:`BatchReader` fetches the topics of every registered stream with
+``getmany``, hands one :class:`BatchEnvelope` per fetch to the scoring agent, and commits a
+batch's offsets only once its outputs are acknowledged, strictly in order. The streams share
+one consumer group with the range assignor, so partition *p* of transactions and labels (both
+keyed by card) lands on the same worker, where that card's features and decision-time
+snapshots live; feature state follows the partitions through :class:`FollowPartitions`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
 
+from riskstream.schemas.registry import STREAMS
 from riskstream.settings import Settings
 from riskstream.streams.driver import Driver, batch_linger_s
 from riskstream.streams.state import StateStore
@@ -31,21 +33,25 @@ MAX_IN_FLIGHT = 3  # batches scored but not yet acknowledged by the broker
 
 @dataclass
 class BatchEnvelope:
-    """One fetched batch on its way through the scoring agent."""
+    """One fetched batch on its way through the scoring agent: records by stream."""
 
-    transactions: list[Any] = field(default_factory=list)  # aiokafka ConsumerRecords
-    labels: list[Any] = field(default_factory=list)
+    records: dict[str, list[Any]] = field(default_factory=dict)  # stream -> aiokafka ConsumerRecords
     done: asyncio.Future | None = None
+
+    @property
+    def transactions(self) -> list[Any]:
+        return self.records.get("transactions", [])
 
 
 class BatchReader:
-    """Fetches batches of transactions and labels and commits them in order once delivered."""
+    """Fetches batches of every stream and commits them in order once delivered."""
 
     def __init__(self, settings: Settings, driver: Driver, state_store: StateStore):
         self.settings = settings
         self.driver = driver
         self.state_store = state_store
         self.tx_topic = settings.topic("transactions")
+        self.stream_of = {settings.topic(name): name for name in STREAMS}
         self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
         self.uncommitted: dict = {}  # TopicPartition -> next offset, of finished batches
         self.committed_at = 0.0
@@ -70,7 +76,7 @@ class BatchReader:
             fetch_max_bytes=64 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self.consumer.subscribe([self.tx_topic, s.topic("labels")], listener=FollowPartitions(self))
+        self.consumer.subscribe(sorted(self.stream_of), listener=FollowPartitions(self))
         await self.consumer.start()
 
     def owned_partitions(self) -> set[int]:
@@ -158,10 +164,7 @@ class BatchReader:
         envelope = BatchEnvelope(done=asyncio.get_running_loop().create_future())
         commit: dict = {}
         for tp, records in data.items():
-            if tp.topic == self.tx_topic:
-                envelope.transactions.extend(records)
-            else:
-                envelope.labels.extend(records)
+            envelope.records.setdefault(self.stream_of[tp.topic], []).extend(records)
             commit[tp] = records[-1].offset + 1
         self.pending.append((envelope, commit))
         return envelope

@@ -1,12 +1,11 @@
 """The Faust worker: thin agents that move batches through :class:`~riskstream.streams.driver.Driver`.
 
-* Transactions and labels come in batches from :class:`~riskstream.streams.reader.BatchReader`
+* Every stream comes in batches from :class:`~riskstream.streams.reader.BatchReader`
   (aiokafka's ``getmany``) through an in-memory Faust channel to the ``score_transactions``
   agent, which runs the driver, publishes, and lets the reader commit once the broker has
   acknowledged the batch's outputs.
-* The row-shaped streams (market ticks, positions, loan applications) get one Faust agent
-  each, declared from the stream registry, over ``take_events`` batches; each hands its batch
-  to the same driver.
+* The row-shaped streams (market ticks, positions, loan applications) come in the same
+  batches, read by the same reader, and go through the same driver.
 * Rule sets arrive on the one-partition ``rules`` topic, which every worker reads whole (no
   group), and are swapped in without a restart (:class:`RuleFeed`).
 """
@@ -43,19 +42,22 @@ class TransactionPath:
         self.stats["dead_letters"] += len(out.dead)
         return len(records) - len(out.dead)
 
+    # Labels first (a label never waits behind the batch it came with); ticks before positions,
+    # which wait for the prices to reach their time (streams.market).
+    ORDER = ("labels", "market", "positions", "transactions", "loan_applications")
+
     def score(self, envelope) -> int:
-        if envelope.labels:  # first: a label never waits behind the batch it came with
-            self.stats["labels"] += self.run("labels", envelope.labels)
-        if envelope.transactions:
-            self.run("transactions", envelope.transactions)
-            self.stats["transactions"] += len(envelope.transactions)
+        for stream in self.ORDER:
+            records = envelope.records.get(stream)
+            if not records:
+                continue
+            good = self.run(stream, records)
+            if stream in ("labels", "transactions"):
+                self.stats[stream] += good if stream == "labels" else len(records)
+            else:
+                self.stats["rows"] += good
         self.stats["batches"] += 1
         return len(envelope.transactions)
-
-    def rows(self, stream: str, events) -> None:
-        """A Faust ``take_events`` batch of a row-shaped stream."""
-        good = self.run(stream, [e.message for e in events])
-        self.stats["rows"] += good
 
 
 class RuleFeed:
@@ -162,7 +164,6 @@ def build_app(settings: Settings, driver=None):
     """The Faust app with its agents, services and timers, all handing batches to one driver."""
     from mode import Service
 
-    from riskstream.schemas.registry import STREAMS
     from riskstream.sinks.kafka import OutputPublisher, connect_redis
     from riskstream.streams.driver import Driver
     from riskstream.streams.outputs import publish
@@ -268,19 +269,6 @@ def build_app(settings: Settings, driver=None):
         state_store.save_partitions(reader.owned_partitions())
         state_store.save_models()
 
-    # Row-shaped streams: one agent each, from the registry (labels ride with transactions).
-    # Faust acknowledges (and later commits) an agent's events when its loop moves on, so each
-    # agent waits for its own outputs to be acknowledged first.
-    def row_agent(stream: str):
-        async def process(events_stream):
-            async for events in events_stream.take_events(1000, within=0.2):
-                await delivered(path.rows, stream, events)
-
-        topic = app.topic(settings.topic(stream), value_serializer="raw", key_serializer="raw",
-                          partitions=settings.topic_partitions)
-        return app.agent(topic, name=f"riskstream.process_{stream}")(process)
-
-    app.row_agents = [row_agent(name) for name, spec in STREAMS.items() if not spec.columnar and name != "labels"]
     return app
 
 

@@ -251,3 +251,50 @@ def test_limits_publish_validates_then_publishes_to_the_control_topic(stack, tmp
     history = rule_history(stack, key=LIMITS_KEY)
     assert [h["source_name"] for h in history] == [str(good)] and history[0]["text"] == LIMITS
     assert rule_history(stack) == []  # rule sets are a key of their own
+
+
+def test_positions_read_ahead_of_the_prices_wait_for_their_time(tmp_path):
+    """A replayed backlog: every position update comes in one batch before the ticks of their
+    days; each still counts from its own time, so the breach and its clearance both show."""
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(LIMITS)
+    driver = Driver(_settings(tmp_path, limits_file=str(limits)), with_models=False)
+    rec = RecordingPublisher()
+    ticks = [t for t in _ticks(20) if t["instrument"] == "AAA"]
+    driver.run("market", [orjson.dumps(t) for t in ticks[:8]], rec)  # two days of prices
+    updates = [(5, 1000), (10, 2500), (15, 500)]  # around 100 each: 100k, 250k, 50k gross
+    driver.run("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA", "quantity": q,
+                                           "event_time": T0 + d * DAY_MS}) for d, q in updates], rec)
+    assert driver.market.positions.get("PF1") is None  # not yet: the prices are at day 2
+    for start in range(8, len(ticks), 8):  # then the prices, two days at a time
+        driver.run("market", [orjson.dumps(t) for t in ticks[start:start + 8]], rec)
+    states = [orjson.loads(r)["state"] for r in rec.rows("limit_utilisation") if b"pf-gross" in r]
+    assert states[-2:] == ["breach", "cleared"] and driver.market.positions["PF1"] == {"AAA": 500.0}
+
+
+def test_the_demo_stream_has_market_history_and_a_portfolio_that_breaches_and_clears(tmp_path):
+    from riskstream.demo import DEMO_LIMITS, DEMO_PORTFOLIO, MARKET_HISTORY_DAYS, build_stream
+
+    stream = build_stream(3000, progress=lambda _: None)
+    first_tx = None
+    for topic, key, value in stream.messages:  # in time order; the first well-formed transaction
+        if topic == "transactions" and not key.startswith(b"bad-"):
+            first_tx = orjson.loads(value)["event_time"]
+            break
+    market = [orjson.loads(v) for t, _, v in stream.messages if t == "market"]
+    assert first_tx - market[0]["event_time"] >= (MARKET_HISTORY_DAYS - 1) * DAY_MS
+    demo = [orjson.loads(v) for t, _, v in stream.messages if t == "positions" and DEMO_PORTFOLIO.encode() in v]
+    assert len(demo) == 3
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(DEMO_LIMITS)
+    driver = Driver(_settings(tmp_path, limits_file=str(limits)), with_models=False)
+    rec = RecordingPublisher()
+    batch, current = [], None  # consecutive messages of one topic, as a reader batches them
+    for topic, _, value in [m for m in stream.messages if m[0] in ("market", "positions")] + [(None, b"", b"")]:
+        if (topic != current or len(batch) == 1000) and batch:
+            driver.run(current, batch, rec)
+            batch = []
+        current = topic
+        batch.append(value)
+    states = [orjson.loads(r)["state"] for r in rec.rows("limit_utilisation") if DEMO_PORTFOLIO.encode() in r]
+    assert states == ["breach", "cleared"]

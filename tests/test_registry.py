@@ -51,3 +51,9 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_worker_runs_every_registered_stream():
+    from riskstream.streams.worker import TransactionPath
+
+    assert sorted(TransactionPath.ORDER) == sorted(STREAMS)

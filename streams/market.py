@@ -177,10 +177,11 @@ class MarketRiskProcessor:
                 self.waiting_positions = [r for r in self.waiting_positions
                                           if not (r["event_time"] <= self.market_ms or not self.market_ms)]
                 for row in sorted(due, key=lambda r: r["event_time"]):
-                    # Each update is checked on its own: a breach and its clearance read from
-                    # one batch both count.
+                    # Each update is checked on its own, at its own time (the figures' rows and
+                    # controls are keyed by it): a breach and its clearance read in one batch
+                    # both count.
                     pf = self._position(row)
-                    self.refresh({pf}, max(self.market_ms, row["event_time"]), out)
+                    self.refresh({pf}, row["event_time"], out)
                     touched.discard(pf)
         if touched:
             now_ms = max(self.market_ms, max(r["event_time"] for r in rows) if stream == "market" else 0)

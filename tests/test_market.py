@@ -296,5 +296,20 @@ def test_the_demo_stream_has_market_history_and_a_portfolio_that_breaches_and_cl
             batch = []
         current = topic
         batch.append(value)
-    states = [orjson.loads(r)["state"] for r in rec.rows("limit_utilisation") if DEMO_PORTFOLIO.encode() in r]
-    assert states == ["breach", "cleared"]
+    states = [orjson.loads(r) for r in rec.rows("limit_utilisation") if DEMO_PORTFOLIO.encode() in r]
+    assert [s["state"] for s in states] == ["breach", "cleared"]
+    assert states[0]["measured_at"] < states[1]["measured_at"]  # distinct keys in ClickHouse
+
+
+def test_updates_read_in_one_batch_after_the_prices_each_keep_their_time(tmp_path):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(LIMITS)
+    driver = Driver(_settings(tmp_path, limits_file=str(limits)), with_models=False)
+    rec = RecordingPublisher()
+    ticks = [t for t in _ticks(20) if t["instrument"] == "AAA"]
+    driver.run("market", [orjson.dumps(t) for t in ticks], rec)  # the prices first, all of them
+    driver.run("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA", "quantity": q,
+                                           "event_time": T0 + d * DAY_MS}) for d, q in ((5, 2500), (15, 500))], rec)
+    rows = [orjson.loads(r) for r in rec.rows("limit_utilisation") if b"pf-gross" in r]
+    assert [(r["state"], r["measured_at"]) for r in rows] == [
+        ("breach", (T0 + 5 * DAY_MS) / 1000), ("cleared", (T0 + 15 * DAY_MS) / 1000)]

@@ -96,6 +96,8 @@ def test_ids_are_read_without_a_json_parse_when_they_come_first():
 
 def test_in_process_figures(report):
     assert report["offline_replay_tps"] > 0
+    market = report["market_risk"]
+    assert market["refresh_1000_positions_ms"]["p99"] > 0 and market["ticks_per_s_1000_portfolios"] > 0
     # The simulator's labels went in with the transactions, so the model had a say for some of them.
     for processes, run in report["offline_replay"]["runs"].items():
         assert run["labels"] > 0

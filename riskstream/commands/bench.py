@@ -122,6 +122,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         res["state_bytes_per_card"] = mem["state_bytes_per_card"]
         _say(f"  {mem['state_bytes_per_card']:,.0f} feature-state bytes per card, peak RSS {mem['peak_rss_mb']:,.0f} MB")
 
+        from riskstream.bench import market_bench
+
+        _say("\n== market risk: portfolio refresh in process (bench/market_bench.py)")
+        res["market_risk"] = market_bench.run(days=60 if quick else 260, say=lambda s: _say(f"  {s}"))
+        market = res["market_risk"]
+        _say(f"  1,000-position refresh p50 {market['refresh_1000_positions_ms']['p50']:.2f} ms, p99 "
+             f"{market['refresh_1000_positions_ms']['p99']:.2f} ms; {market['ticks_per_s_1000_portfolios']:,.0f} "
+             "ticks/s across 1,000 portfolios")
+
         # Latency on a stack of its own: the embedded broker's cost per request grows with the
         # batches its topics hold (twice the CPU for the same rate after a 300k-message drain),
         # so a sweep after the drains would measure the broker's fill level.
@@ -280,6 +289,12 @@ def render(res: dict[str, Any]) -> str:
     lines.append(f"Memory at {mem['cards']:,} cards: {mem['state_bytes_per_card']:,.0f} feature-state bytes/card "
                  f"({mem['feature_state_bytes'] / 2**20:,.0f} MB over {mem['tracked_entities']}), model ring "
                  f"{mem['model_state_bytes'] / 2**20:,.0f} MB, peak RSS {mem['peak_rss_mb']:,.0f} MB")
+    market = res.get("market_risk")
+    if market:
+        refresh = market["refresh_1000_positions_ms"]
+        lines.append(f"Market risk (in process): a 1,000-position portfolio refreshed after a tick, p50 "
+                     f"{refresh['p50']:.2f} / p99 {refresh['p99']:.2f} ms; "
+                     f"{market['ticks_per_s_1000_portfolios']:,.0f} ticks/s across 1,000 portfolios")
     lines.append("")
     sp = res["stage_profile"]
     lines.append(f"Per-stage profile (µs per transaction, batches of {sp['batch_size']}; "

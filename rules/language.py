@@ -61,46 +61,24 @@ import json
 import re
 import string
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import yaml
 
 from riskstream.rules.conditions import (
-    COMPARISON_OPS,
-    All,
-    AnyOf,
-    Between,
-    Col,
-    Compare,
-    Condition,
-    ConditionSyntaxError,
-    Expr,
-    InList,
-    Not,
-    Num,
-    _Parser,
-    expr_columns_with_lines,
-    parse_expression,
-    walk,
+    COMPARISON_OPS, All, AnyOf, Between, Col, Compare, Condition, ConditionSyntaxError, Expr, InList, Not, Num,
+    _Parser, expr_columns_with_lines, parse_expression, walk,
 )
 from riskstream.rules.model import (
-    ACTION_PARAMS,
-    ACTIONS,
-    MODES,
-    SEVERITIES,
-    STRING_COLUMNS,
-    ReasonTemplate,
-    Rule,
-    RuleSet,
-    RuleSetError,
-    _Errors,
-    did_you_mean,
+    ACTION_PARAMS, ACTIONS, MODES, SEVERITIES, STRING_COLUMNS, ReasonTemplate, Rule, RuleSet, RuleSetError,
 )
+from riskstream.rules.yaml_nodes import (
+    Errors, did_you_mean, mapping, plain, scalar_text, string_line_of, unknown_keys,
+)
+from riskstream.rules.yaml_nodes import line as node_line
 from riskstream.schemas.pan import looks_like_pan
 
 STRUCTURED_OPS = COMPARISON_OPS + ("between", "in_list", "not_in_list")
-
-
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _REASON_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
 _LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -110,61 +88,6 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # ======================================================================================
 # Validation: YAML node tree -> RuleSet, all errors at once
 # ======================================================================================
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _plain(node: yaml.Node) -> Any:
-    """The Python value of a node (safe constructors only)."""
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _mapping(node: yaml.Node, err: _Errors, what: str, rule: str | None = None) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
-    if not isinstance(node, yaml.MappingNode):
-        err.add(_line(node), f"{what} must be a mapping", rule)
-        return None
-    out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-    for key, value in node.value:
-        name = str(key.value)
-        if name in out:
-            # PyYAML would silently keep the last one; a fraud rule must not change by accident.
-            err.add(_line(key), f"duplicate key '{name}' in {what}", rule)
-        out[name] = (key, value)
-    return out
-
-
-def _unknown_keys(m: dict[str, tuple[yaml.Node, yaml.Node]], allowed: Sequence[str], err: _Errors,
-                  what: str, rule: str | None = None) -> None:
-    for name, (key, _) in m.items():
-        if name not in allowed:
-            err.add(_line(key), f"unknown key '{name}' in {what}{did_you_mean(name, allowed)}; "
-                                f"allowed: {', '.join(allowed)}", rule)
-
-
-def _scalar_text(node: yaml.Node, err: _Errors, what: str, rule: str | None = None) -> str | None:
-    if not isinstance(node, yaml.ScalarNode) or node.tag == "tag:yaml.org,2002:null":
-        err.add(_line(node), f"{what} must be a text value", rule)
-        return None
-    return str(node.value)
-
-
-def _string_line_of(node: yaml.ScalarNode) -> Any:
-    """Map a char offset in a scalar's value to its file line. Exact for plain, quoted and
-    literal (``|``) scalars; folded (``>``) scalars point at their first line."""
-    first = _line(node) + (1 if node.style in ("|", ">") else 0)
-    text = str(node.value)
-    if node.style == ">":
-        return lambda pos: first
-    if node.style in ("|",):
-        return lambda pos: first + text.count("\n", 0, pos)
-    # Plain and quoted multi-line scalars fold newlines into spaces: use the first line.
-    return lambda pos: first
-
-
 _LIST_KEYS = ("values", "file", "description")
 _RULE_KEYS = ("id", "version", "description", "action", "params", "reason", "severity", "mode",
               "enabled", "when")
@@ -173,7 +96,7 @@ _COND_KEYS = ("all", "any", "not", "feature")
 
 
 class _Validator:
-    def __init__(self, source: str, err: _Errors, list_files: Mapping[str, str] | None,
+    def __init__(self, source: str, err: Errors, list_files: Mapping[str, str] | None,
                  base_dir: Path | None, available: set[str] | None):
         self.source = source
         self.available = available
@@ -187,11 +110,11 @@ class _Validator:
 
     # -- lists -----------------------------------------------------------------
     def lists_node(self, node: yaml.Node) -> None:
-        m = _mapping(node, self.err, "'lists'")
+        m = mapping(node, self.err, "'lists'")
         if m is None:
             return
         for name, (key, value) in m.items():
-            line = _line(key)
+            line = node_line(key)
             if not _LIST_NAME.match(name):
                 self.err.add(line, f"list name '{name}' must be letters, digits and _")
                 continue
@@ -204,23 +127,23 @@ class _Validator:
         where = f"list '{name}'"
         if isinstance(node, yaml.SequenceNode):
             return self.value_items(name, node)
-        m = _mapping(node, self.err, where)
+        m = mapping(node, self.err, where)
         if m is None:
             return None
-        _unknown_keys(m, _LIST_KEYS, self.err, where)
+        unknown_keys(m, _LIST_KEYS, self.err, where)
         if ("values" in m) == ("file" in m):
-            self.err.add(_line(node), f"{where} needs exactly one of 'values' or 'file'")
+            self.err.add(node_line(node), f"{where} needs exactly one of 'values' or 'file'")
             return None
         if "values" in m:
             value_node = m["values"][1]
             if not isinstance(value_node, yaml.SequenceNode):
-                self.err.add(_line(value_node), f"{where}: 'values' must be a sequence")
+                self.err.add(node_line(value_node), f"{where}: 'values' must be a sequence")
                 return None
             return self.value_items(name, value_node)
-        path = _scalar_text(m["file"][1], self.err, f"{where}: 'file'")
+        path = scalar_text(m["file"][1], self.err, f"{where}: 'file'")
         if path is None:
             return None
-        content = self.read_list_file(path, _line(m["file"][1]), where)
+        content = self.read_list_file(path, node_line(m["file"][1]), where)
         if content is None:
             return None
         values = []
@@ -229,7 +152,7 @@ class _Validator:
             if not value or value.startswith("#"):
                 continue
             if looks_like_pan(value):
-                self.err.add(_line(m["file"][1]), f"{where}: {path}:{lineno} looks like a card number; "
+                self.err.add(node_line(m["file"][1]), f"{where}: {path}:{lineno} looks like a card number; "
                                                   "lists hold card tokens as they appear in the stream, never PANs")
                 continue
             values.append(value)
@@ -252,11 +175,11 @@ class _Validator:
         values = []
         for item in node.value:
             if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
-                self.err.add(_line(item), f"list '{name}': values must be plain text")
+                self.err.add(node_line(item), f"list '{name}': values must be plain text")
                 continue
             value = str(item.value)
             if looks_like_pan(value):
-                self.err.add(_line(item), f"list '{name}': a value looks like a card number; lists hold "
+                self.err.add(node_line(item), f"list '{name}': a value looks like a card number; lists hold "
                                           "card tokens as they appear in the stream, never PANs")
                 continue
             values.append(value)
@@ -268,25 +191,25 @@ class _Validator:
         # Name the rule in errors about its own keys too, when its id can be read.
         peek = [v.value for k, v in getattr(node, "value", ()) if isinstance(node, yaml.MappingNode)
                 and getattr(k, "value", None) == "id" and isinstance(v, yaml.ScalarNode)]
-        m = _mapping(node, err, f"rule #{index + 1}", str(peek[0]) if peek else None)
+        m = mapping(node, err, f"rule #{index + 1}", str(peek[0]) if peek else None)
         if m is None:
             return None
         rid = None
         if "id" in m:
-            rid = _scalar_text(m["id"][1], err, "'id'")
+            rid = scalar_text(m["id"][1], err, "'id'")
             if rid is not None and not _RULE_ID.match(rid):
-                err.add(_line(m["id"][1]), f"rule id '{rid}' must start with a letter and hold only "
+                err.add(node_line(m["id"][1]), f"rule id '{rid}' must start with a letter and hold only "
                                            "letters, digits, '_', '.', '-' (at most 64)")
         else:
-            err.add(_line(node), f"rule #{index + 1} has no 'id'")
+            err.add(node_line(node), f"rule #{index + 1} has no 'id'")
         label = rid or f"#{index + 1}"
-        _unknown_keys(m, _RULE_KEYS, err, "a rule", label)
+        unknown_keys(m, _RULE_KEYS, err, "a rule", label)
         ok = True
 
         def required(key: str) -> yaml.Node | None:
             nonlocal ok
             if key not in m:
-                err.add(_line(node), f"missing '{key}'", label)
+                err.add(node_line(node), f"missing '{key}'", label)
                 ok = False
                 return None
             return m[key][1]
@@ -294,18 +217,18 @@ class _Validator:
         version = 0
         vnode = required("version")
         if vnode is not None:
-            v = _plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+            v = plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                err.add(_line(vnode), "'version' must be a whole number >= 1 (bump it on every change)", label)
+                err.add(node_line(vnode), "'version' must be a whole number >= 1 (bump it on every change)", label)
                 ok = False
             else:
                 version = v
         description = ""
         dnode = required("description")
         if dnode is not None:
-            description = (_scalar_text(dnode, err, "'description'", label) or "").strip()
+            description = (scalar_text(dnode, err, "'description'", label) or "").strip()
             if not description:
-                err.add(_line(dnode), "'description' must say what the rule catches and why", label)
+                err.add(node_line(dnode), "'description' must say what the rule catches and why", label)
                 ok = False
 
         action, params = self.action(m, node, label)
@@ -326,9 +249,9 @@ class _Validator:
             mode = "shadow"
         enabled = True
         if "enabled" in m:
-            e = _plain(m["enabled"][1]) if isinstance(m["enabled"][1], yaml.ScalarNode) else None
+            e = plain(m["enabled"][1]) if isinstance(m["enabled"][1], yaml.ScalarNode) else None
             if not isinstance(e, bool):
-                err.add(_line(m["enabled"][1]), "'enabled' must be true or false", label)
+                err.add(node_line(m["enabled"][1]), "'enabled' must be true or false", label)
             else:
                 enabled = e
 
@@ -347,28 +270,28 @@ class _Validator:
             self.err.items += _column_errors(refs, self.available, self.source, label)
         if rid is not None:
             if rid in self.rule_lines:
-                err.add(_line(node), f"duplicate rule id (first defined at line {self.rule_lines[rid]})", rid)
+                err.add(node_line(node), f"duplicate rule id (first defined at line {self.rule_lines[rid]})", rid)
                 return None
-            self.rule_lines[rid] = _line(node)
+            self.rule_lines[rid] = node_line(node)
         if not ok or rid is None or when is None or reason is None or action is None:
             return None
         return Rule(id=rid, version=version, description=description, action=action, reason=reason,
                     when=when, action_params=params, severity=severity, mode=mode, enabled=enabled,
-                    line=_line(node))
+                    line=node_line(node))
 
     def choice(self, node: yaml.Node, choices: Sequence[str], what: str, rule: str) -> str | None:
-        value = _scalar_text(node, self.err, f"'{what}'", rule)
+        value = scalar_text(node, self.err, f"'{what}'", rule)
         if value is None:
             return None
         if value not in choices:
-            self.err.add(_line(node), f"unknown {what} '{value}'{did_you_mean(value, choices)} "
+            self.err.add(node_line(node), f"unknown {what} '{value}'{did_you_mean(value, choices)} "
                                       f"(use one of {', '.join(choices)})", rule)
             return None
         return value
 
     def action(self, m: dict, node: yaml.Node, rule: str) -> tuple[str | None, dict[str, float]]:
         if "action" not in m:
-            self.err.add(_line(node), "missing 'action'", rule)
+            self.err.add(node_line(node), "missing 'action'", rule)
             return None, {}
         action = self.choice(m["action"][1], ACTIONS, "action", rule)
         params: dict[str, float] = {}
@@ -376,46 +299,46 @@ class _Validator:
         if "params" in m:
             pnode = m["params"][1]
             if action is not None and not spec:
-                self.err.add(_line(pnode), f"action '{action}' takes no params "
+                self.err.add(node_line(pnode), f"action '{action}' takes no params "
                                            f"(only {', '.join(ACTION_PARAMS)} do)", rule)
-            pm = _mapping(pnode, self.err, "'params'", rule)
+            pm = mapping(pnode, self.err, "'params'", rule)
             if pm is not None and spec:
-                _unknown_keys(pm, tuple(spec), self.err, f"params of '{action}'", rule)
+                unknown_keys(pm, tuple(spec), self.err, f"params of '{action}'", rule)
                 for name, (_, vnode) in pm.items():
                     if name not in spec:
                         continue
-                    v = _plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+                    v = plain(vnode) if isinstance(vnode, yaml.ScalarNode) else None
                     if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                        self.err.add(_line(vnode), f"param '{name}' must be a number >= 0", rule)
+                        self.err.add(node_line(vnode), f"param '{name}' must be a number >= 0", rule)
                     else:
                         params[name] = float(v)
         for name, (needed, default) in spec.items():
             if name not in params:
                 if needed:
-                    self.err.add(_line(m["action"][1]), f"action '{action}' needs params: {{{name}: ...}}", rule)
+                    self.err.add(node_line(m["action"][1]), f"action '{action}' needs params: {{{name}: ...}}", rule)
                     return None, {}
                 params[name] = default
         return action, params
 
     def reason(self, node: yaml.Node, rule: str) -> ReasonTemplate | None:
-        m = _mapping(node, self.err, "'reason' (write {code: CODE, text: \"...\"})", rule)
+        m = mapping(node, self.err, "'reason' (write {code: CODE, text: \"...\"})", rule)
         if m is None:
             return None
-        _unknown_keys(m, ("code", "text"), self.err, "'reason'", rule)
+        unknown_keys(m, ("code", "text"), self.err, "'reason'", rule)
         if "code" not in m or "text" not in m:
-            self.err.add(_line(node), "'reason' needs both 'code' and 'text'", rule)
+            self.err.add(node_line(node), "'reason' needs both 'code' and 'text'", rule)
             return None
-        code = _scalar_text(m["code"][1], self.err, "reason 'code'", rule)
-        text = _scalar_text(m["text"][1], self.err, "reason 'text'", rule)
+        code = scalar_text(m["code"][1], self.err, "reason 'code'", rule)
+        text = scalar_text(m["text"][1], self.err, "reason 'text'", rule)
         if code is None or text is None:
             return None
         if not _REASON_CODE.match(code):
-            self.err.add(_line(m["code"][1]), f"reason code '{code}' must be UPPER_SNAKE_CASE", rule)
+            self.err.add(node_line(m["code"][1]), f"reason code '{code}' must be UPPER_SNAKE_CASE", rule)
             return None
         try:
             raw = list(string.Formatter().parse(text))
         except ValueError as exc:
-            self.err.add(_line(m["text"][1]), f"reason text: {exc} (write {{{{ and }}}} for braces)", rule)
+            self.err.add(node_line(m["text"][1]), f"reason text: {exc} (write {{{{ and }}}} for braces)", rule)
             return None
         parts = []
         for literal, fname, spec, conversion in raw:
@@ -423,37 +346,37 @@ class _Validator:
                 parts.append((literal, None, ""))
                 continue
             if not _IDENT.match(fname) or conversion:
-                self.err.add(_line(m["text"][1]), f"reason text field '{{{fname}}}' must be a plain "
+                self.err.add(node_line(m["text"][1]), f"reason text field '{{{fname}}}' must be a plain "
                                                   "column name, e.g. {amount} or {amount:.2f}", rule)
                 return None
             try:
                 format(1.5, spec or "")
             except ValueError:
-                self.err.add(_line(m["text"][1]), f"reason text field '{{{fname}:{spec}}}' has a bad "
+                self.err.add(node_line(m["text"][1]), f"reason text field '{{{fname}:{spec}}}' has a bad "
                                                   "number format", rule)
                 return None
             parts.append((literal, fname, spec or ""))
-        return ReasonTemplate(code, text, tuple(parts), _line(m["text"][1]))
+        return ReasonTemplate(code, text, tuple(parts), node_line(m["text"][1]))
 
     # -- conditions ------------------------------------------------------------
     def condition(self, node: yaml.Node, rule: str) -> Condition | None:
         if isinstance(node, yaml.ScalarNode):
-            text = _scalar_text(node, self.err, "a condition", rule)
+            text = scalar_text(node, self.err, "a condition", rule)
             if text is None:
                 return None
-            line_of = _string_line_of(node)
+            line_of = string_line_of(node)
             try:
                 return _Parser(text, line_of).parse()
             except ConditionSyntaxError as exc:
                 self.err.add(line_of(exc.pos), f"{exc} in \"{text.strip()}\"", rule)
                 return None
         if isinstance(node, yaml.SequenceNode):
-            self.err.add(_line(node), "a list of conditions needs 'all:' or 'any:' in front", rule)
+            self.err.add(node_line(node), "a list of conditions needs 'all:' or 'any:' in front", rule)
             return None
-        m = _mapping(node, self.err, "a condition", rule)
+        m = mapping(node, self.err, "a condition", rule)
         if m is None:
             return None
-        line = _line(node)
+        line = node_line(node)
         kinds = [k for k in ("all", "any", "not", "feature") if k in m]
         if len(kinds) != 1:
             self.err.add(line, "a condition needs exactly one of 'all', 'any', 'not', 'feature' "
@@ -461,41 +384,41 @@ class _Validator:
             return None
         kind = kinds[0]
         if kind in ("all", "any"):
-            _unknown_keys(m, (kind,), self.err, f"'{kind}'", rule)
+            unknown_keys(m, (kind,), self.err, f"'{kind}'", rule)
             seq = m[kind][1]
             if not isinstance(seq, yaml.SequenceNode) or not seq.value:
-                self.err.add(_line(seq), f"'{kind}' needs a non-empty list of conditions", rule)
+                self.err.add(node_line(seq), f"'{kind}' needs a non-empty list of conditions", rule)
                 return None
             children = [self.condition(c, rule) for c in seq.value]
             if any(c is None for c in children):
                 return None
             return (All if kind == "all" else AnyOf)(tuple(children), line)  # type: ignore[arg-type]
         if kind == "not":
-            _unknown_keys(m, ("not",), self.err, "'not'", rule)
+            unknown_keys(m, ("not",), self.err, "'not'", rule)
             child = self.condition(m["not"][1], rule)
             return None if child is None else Not(child, line)
         return self.structured(m, line, rule)
 
     def structured(self, m: dict, line: int, rule: str) -> Condition | None:
         err = self.err
-        _unknown_keys(m, ("feature", "op", "value", "list"), err, "a comparison", rule)
-        feature = _scalar_text(m["feature"][1], err, "'feature'", rule)
+        unknown_keys(m, ("feature", "op", "value", "list"), err, "a comparison", rule)
+        feature = scalar_text(m["feature"][1], err, "'feature'", rule)
         if "op" not in m:
             err.add(line, "a comparison needs 'op'", rule)
             return None
         opnode = m["op"][1]
-        op = _scalar_text(opnode, err, "'op'", rule)
+        op = scalar_text(opnode, err, "'op'", rule)
         if feature is None or op is None:
             return None
-        fline = _line(m["feature"][1])
+        fline = node_line(m["feature"][1])
         if op not in STRUCTURED_OPS:
-            err.add(_line(opnode), f"unknown operator '{op}' (use one of {', '.join(STRUCTURED_OPS)})", rule)
+            err.add(node_line(opnode), f"unknown operator '{op}' (use one of {', '.join(STRUCTURED_OPS)})", rule)
             return None
         if op in ("in_list", "not_in_list"):
             if "list" not in m:
                 err.add(line, f"'{op}' needs 'list: NAME'", rule)
                 return None
-            name = _scalar_text(m["list"][1], err, "'list'", rule)
+            name = scalar_text(m["list"][1], err, "'list'", rule)
             return None if name is None else InList(feature, list_name=name, negate=op == "not_in_list", line=fline)
         if "value" not in m:
             err.add(line, f"'{op}' needs 'value'", rule)
@@ -503,7 +426,7 @@ class _Validator:
         vnode = m["value"][1]
         if op == "between":
             if not isinstance(vnode, yaml.SequenceNode) or len(vnode.value) != 2:
-                err.add(_line(vnode), "'between' needs value: [LOW, HIGH]", rule)
+                err.add(node_line(vnode), "'between' needs value: [LOW, HIGH]", rule)
                 return None
             low, high = (self.operand(v, rule) for v in vnode.value)
             if low is None or high is None:
@@ -517,18 +440,18 @@ class _Validator:
     def operand(self, node: yaml.Node, rule: str) -> Expr | None:
         """A number, or an arithmetic expression string such as '5 * card_amount_mean_30d'."""
         if not isinstance(node, yaml.ScalarNode):
-            self.err.add(_line(node), "a value must be a number or an expression", rule)
+            self.err.add(node_line(node), "a value must be a number or an expression", rule)
             return None
-        value = _plain(node)
+        value = plain(node)
         if isinstance(value, bool) or value is None:
-            self.err.add(_line(node), f"a value must be a number or an expression, got {node.value!r}", rule)
+            self.err.add(node_line(node), f"a value must be a number or an expression, got {node.value!r}", rule)
             return None
         if isinstance(value, (int, float)):
             if value != value or value in (float("inf"), float("-inf")):
-                self.err.add(_line(node), "a value must be a finite number", rule)
+                self.err.add(node_line(node), "a value must be a finite number", rule)
                 return None
-            return Num(float(value), _line(node))
-        line_of = _string_line_of(node)
+            return Num(float(value), node_line(node))
+        line_of = string_line_of(node)
         try:
             return parse_expression(str(value), line_of(0))
         except ConditionSyntaxError as exc:
@@ -557,7 +480,7 @@ class _Validator:
 
 
 def _column_errors(refs: Iterable[tuple[str, int]], available: set[str], source: str, rule: str) -> list[str]:
-    errors = _Errors(source)
+    errors = Errors(source)
     seen: set[tuple[str, int]] = set()
     for name, line in refs:
         if name in available or (name, line) in seen:
@@ -597,7 +520,7 @@ def validate_rule_set(
     list files this way); other paths are read relative to ``base_dir``. With
     ``available_columns`` the column names are checked too (the compiler always checks).
     """
-    err = _Errors(source_name)
+    err = Errors(source_name)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -606,36 +529,36 @@ def validate_rule_set(
         raise RuleSetError([f"{source_name}:{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
     if root is None:
         raise RuleSetError([f"{source_name}:1: empty rule set (needs 'version' and 'rules')"])
-    top = _mapping(root, err, "the rule set")
+    top = mapping(root, err, "the rule set")
     if top is None:
         raise RuleSetError(err.items)
-    _unknown_keys(top, _TOP_KEYS, err, "the rule set")
+    unknown_keys(top, _TOP_KEYS, err, "the rule set")
     validator = _Validator(source_name, err, list_files, Path(base_dir) if base_dir else None,
                            None if available_columns is None else set(available_columns))
 
     version = ""
     if "version" not in top:
-        err.add(_line(root), "missing 'version' (e.g. version: \"2024.06.1\")")
+        err.add(node_line(root), "missing 'version' (e.g. version: \"2024.06.1\")")
     else:
-        version = _scalar_text(top["version"][1], err, "'version'") or ""
+        version = scalar_text(top["version"][1], err, "'version'") or ""
         if version and not re.match(r"^[A-Za-z0-9_.+-]{1,40}$", version):
-            err.add(_line(top["version"][1]), "'version' must be short: letters, digits, '.', '_', '+', '-'")
+            err.add(node_line(top["version"][1]), "'version' must be short: letters, digits, '.', '_', '+', '-'")
     set_mode = "active"
     if "mode" in top:
         set_mode = validator.choice(top["mode"][1], MODES, "mode", None) or set_mode  # type: ignore[arg-type]
     description = ""
     if "description" in top:
-        description = _scalar_text(top["description"][1], err, "'description'") or ""
+        description = scalar_text(top["description"][1], err, "'description'") or ""
     if "lists" in top:
         validator.lists_node(top["lists"][1])
 
     rules: list[Rule] = []
     if "rules" not in top:
-        err.add(_line(root), "missing 'rules'")
+        err.add(node_line(root), "missing 'rules'")
     else:
         rnode = top["rules"][1]
         if not isinstance(rnode, yaml.SequenceNode) or not rnode.value:
-            err.add(_line(rnode), "'rules' must be a non-empty list of rules")
+            err.add(node_line(rnode), "'rules' must be a non-empty list of rules")
         else:
             for i, item in enumerate(rnode.value):
                 rule = validator.rule(item, i, set_mode)

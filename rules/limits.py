@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from riskstream.rules.model import did_you_mean
+from riskstream.rules.yaml_nodes import Errors, did_you_mean, mapping, unknown_keys
+from riskstream.rules.yaml_nodes import line as node_line
 
 SCOPES = ("portfolio", "desk", "instrument")
 # Metric -> scopes it exists for. loss_day is the day's loss (the stop-loss); gross is the
@@ -70,79 +71,68 @@ class LimitSet:
 
 def load_limits(text: str, source: str = "limits") -> LimitSet:
     """Parse and validate; every problem is reported at once, each with its line."""
-    errors: list[str] = []
+    err = Errors(source, noun="limit")
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise LimitSetError([f"{source}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}"]) from None
-    if not isinstance(root, yaml.MappingNode):
-        raise LimitSetError([f"{source}:1: expected a mapping with 'limits'"])
-    top = {k.value: v for k, v in root.value}
-    unknown = set(top) - {"version", "near_utilisation", "limits", "description"}
-    for k, _ in root.value:
-        if k.value in unknown:
-            errors.append(f"{source}:{k.start_mark.line + 1}: unknown key '{k.value}'")
-    default_near = _number(top.get("near_utilisation"), 0.8, source, errors, None)
-    items = top.get("limits")
+    top = mapping(root, err, "the limits file") if root is not None else None
+    if top is None:
+        raise LimitSetError(err.items or [f"{source}:1: expected a mapping with 'limits'"])
+    unknown_keys(top, ("version", "near_utilisation", "limits", "description"), err, "the limits file")
+    default_near = _number(top.get("near_utilisation", (None, None))[1], 0.8, err, None)
+    items = top.get("limits", (None, None))[1]
     if not isinstance(items, yaml.SequenceNode):
-        line = items.start_mark.line + 1 if items is not None else 1
-        raise LimitSetError(errors + [f"{source}:{line}: 'limits' must be a list"])
+        err.add(node_line(items) if items is not None else 1, "'limits' must be a list")
+        raise LimitSetError(err.items)
     limits: list[Limit] = []
     seen: set[str] = set()
     for node in items.value:
-        line = node.start_mark.line + 1
-        if not isinstance(node, yaml.MappingNode):
-            errors.append(f"{source}:{line}: each limit is a mapping")
+        fields = mapping(node, err, "a limit")
+        if fields is None:
             continue
-        fields = {k.value: v for k, v in node.value}
-        lid = fields["id"].value if "id" in fields else None
-
-        def err(msg: str, at=node) -> None:
-            errors.append(f"{source}:{at.start_mark.line + 1}: " + (f"limit '{lid}': " if lid else "") + msg)
-
-        for k, _ in node.value:
-            if k.value not in KEYS:
-                err(f"unknown key '{k.value}'{did_you_mean(k.value, KEYS)}", k)
+        lid = fields["id"][1].value if "id" in fields else None
+        unknown_keys(fields, KEYS, err, "a limit", lid)
         missing = [k for k in ("id", "scope", "entity", "metric", "limit") if k not in fields]
         if missing:
-            err(f"missing {', '.join(missing)}")
+            err.add(node_line(node), f"missing {', '.join(missing)}", lid)
             continue
         if lid in seen:
-            err("id used twice")
+            err.add(node_line(node), "id used twice", lid)
         seen.add(lid)
-        scope, metric = fields["scope"].value, fields["metric"].value
-        action = fields["action"].value if "action" in fields else "alert_only"
+        value_of = {k: v for k, (_, v) in fields.items()}
+        scope, metric = value_of["scope"].value, value_of["metric"].value
+        action = value_of["action"].value if "action" in value_of else "alert_only"
         if scope not in SCOPES:
-            err(f"unknown scope '{scope}' (one of {', '.join(SCOPES)})", fields["scope"])
+            err.add(node_line(value_of["scope"]), f"unknown scope '{scope}' (one of {', '.join(SCOPES)})", lid)
         if metric not in METRICS:
-            err(f"unknown metric '{metric}'{did_you_mean(metric, METRICS)}", fields["metric"])
+            err.add(node_line(value_of["metric"]), f"unknown metric '{metric}'{did_you_mean(metric, METRICS)}", lid)
         elif scope in SCOPES and scope not in METRICS[metric]:
-            err(f"metric '{metric}' has no meaning for a {scope} (it does for {', '.join(METRICS[metric])})",
-                fields["metric"])
+            err.add(node_line(value_of["metric"]), f"metric '{metric}' has no meaning for a {scope} "
+                                                   f"(it does for {', '.join(METRICS[metric])})", lid)
         if action not in ACTIONS:
-            err(f"unknown action '{action}' (one of {', '.join(ACTIONS)})", fields["action"])
-        value = _number(fields["limit"], None, source, errors, lid)
-        near = _number(fields.get("near"), default_near, source, errors, lid)
+            err.add(node_line(value_of["action"]), f"unknown action '{action}' (one of {', '.join(ACTIONS)})", lid)
+        value = _number(value_of["limit"], None, err, lid)
+        near = _number(value_of.get("near"), default_near, err, lid)
         if value is not None and value <= 0:
-            err("limit must be above 0", fields["limit"])
+            err.add(node_line(value_of["limit"]), "limit must be above 0", lid)
         if near is not None and not 0 < near < 1:
-            err("near must be between 0 and 1 (a share of the limit)", fields.get("near") or node)
+            err.add(node_line(value_of.get("near") or node), "near must be between 0 and 1 (a share of the limit)", lid)
         if value is not None and near is not None:
-            limits.append(Limit(lid, scope, str(fields["entity"].value), metric, float(value), action, float(near)))
-    if errors:
-        raise LimitSetError(errors)
-    version = top["version"].value if "version" in top else "limits"
+            limits.append(Limit(lid, scope, str(value_of["entity"].value), metric, float(value), action, float(near)))
+    if err.items:
+        raise LimitSetError(err.items)
+    version = top["version"][1].value if "version" in top else "limits"
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return LimitSet(f"{version}#{digest}", tuple(limits))
 
 
-def _number(node, default, source: str, errors: list[str], lid: str | None):
+def _number(node, default, err: Errors, lid: str | None):
     if node is None:
         return default
     try:
         return float(node.value)
     except (TypeError, ValueError):
-        who = f"limit '{lid}': " if lid else ""
-        errors.append(f"{source}:{node.start_mark.line + 1}: {who}expected a number, got {node.value!r}")
+        err.add(node_line(node), f"expected a number, got {node.value!r}", lid)
         return None

@@ -3,10 +3,9 @@ reason templates, and the errors a rule set can have. ``rules.language`` reads Y
 these; ``rules.compiler`` compiles them."""
 
 from __future__ import annotations
-import difflib
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 from riskstream.rules.conditions import Condition
 
 
@@ -57,22 +56,6 @@ class RuleSetError(Exception):
     def __init__(self, errors: Sequence[str]):
         self.errors = list(errors)
         super().__init__("\n".join(self.errors))
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-class _Errors:
-    def __init__(self, source: str):
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, line: int, message: str, rule: str | None = None) -> None:
-        where = f"{self.source}:{line}:"
-        who = f" rule '{rule}':" if rule else ""
-        self.items.append(f"{where}{who} {message}")
 
 
 # ======================================================================================

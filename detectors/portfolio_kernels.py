@@ -7,13 +7,16 @@ filtered historical simulation, made simple with ``expm1``; see :func:`scenario_
 VaR and ES at a level are the quantile of the scenario losses and the mean of those beyond
 it: never a sum of single-instrument VaRs.
 
+The plain references (``scenario_pnl_reference``, ``var_es_of_losses_reference``) compute
+the same from the definitions, for the parity tests.
+
 >>> import numpy as np
->>> exposure = np.array([100.0, -50.0]); slot = np.array([0, 1])
 >>> growth = scenario_growth(np.array([[0.01, -0.02, 0.0], [0.01, 0.03, -0.01]]), np.ones((2, 3)))
->>> out = np.empty(3)
->>> scenario_pnl(exposure, slot, growth, out)
->>> [round(float(v), 4) for v in out]
-[0.5025, -3.5029, 0.4975]
+>>> out = np.empty((1, 9))
+>>> portfolio_figures(np.array([0, 2]), np.array([0, 1]), np.array([100.0, -50.0]), np.ones(2), np.ones(2),
+...                   growth, out)
+>>> [round(float(v), 4) for v in out[0, [0, 2, 6]]]  # value, gross, 99% VaR (the -3.5 scenario)
+[50.0, 150.0, 3.4229]
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import math
 import numba
 import numpy as np
 
-from riskstream.detectors.var_kernels import _quantile_sorted
 
 
 def scenario_growth(returns: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -32,39 +34,15 @@ def scenario_growth(returns: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return np.expm1(returns * scale)
 
 
-@numba.njit(cache=True)
-def scenario_pnl(exposure, slot, growth, out):
-    """``out[s] = sum_j exposure[j] * growth[slot[j], s]``."""
-    out[:] = 0.0
-    for j in range(exposure.shape[0]):
-        row = growth[slot[j]]
-        e = exposure[j]
-        for s in range(out.shape[0]):
-            out[s] += e * row[s]
-
-
 def scenario_pnl_reference(exposure, slot, returns, scale, out):
-    """From the log returns and scales themselves (the kernel takes their growth)."""
+    """Each scenario's P&L from the log returns and scales themselves."""
     for s in range(len(out)):
         out[s] = sum(float(e) * (math.exp(float(returns[i, s]) * float(scale[i, s])) - 1.0)
                      for e, i in zip(exposure, slot))
 
 
-@numba.njit(cache=True)
-def var_es_of_losses(losses, confidence):
-    """(VaR, ES) of a sample of losses: the quantile (linear, as NumPy) and the mean beyond it."""
-    ordered = np.sort(losses)
-    var = _quantile_sorted(ordered, confidence)
-    total = 0.0
-    count = 0
-    for v in ordered:
-        if v >= var:
-            total += v
-            count += 1
-    return var, total / count
-
-
 def var_es_of_losses_reference(losses, confidence):
+    """(VaR, ES) of a sample of losses: NumPy's quantile, and the mean of those at or beyond it."""
     var = float(np.quantile(losses, confidence))
     tail = [float(v) for v in losses if v >= var]
     return var, sum(tail) / len(tail)
@@ -76,8 +54,7 @@ def portfolio_figures(offsets, slots, qty, last_price, day_reference, growth, ou
     ``offsets[k]:offsets[k + 1]`` (instrument ``slots``, signed ``qty``). ``out[k]`` gets:
     value, value at the day's reference prices, gross, the largest single position's absolute
     value, VaR 95%, ES 95%, VaR 99%, ES 99%, and the number of priced positions. Unpriced
-    positions (NaN price) are left out. The same arithmetic as :func:`scenario_pnl` and
-    :func:`var_es_of_losses`, portfolio by portfolio."""
+    positions (NaN price) are left out."""
     h = growth.shape[1]
     tail = h - int(math.floor(0.95 * (h - 1)))  # from the 95% quantile's lower neighbour up
     pnl = np.empty(h)

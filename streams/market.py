@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from riskstream.detectors.portfolio_kernels import portfolio_figures, scenario_growth, scenario_pnl, var_es_of_losses
+from riskstream.detectors.portfolio_kernels import portfolio_figures, scenario_growth
 from riskstream.rules.limits import Limit, LimitSet, load_limits
 from riskstream.schemas.events import DAY_MS, DeadLetter
 from riskstream.settings import ConfigError, Settings
@@ -99,11 +99,6 @@ class InstrumentBook:
         self.ewma_var[i] = r * r if math.isnan(var) else self.lam * var + (1 - self.lam) * r * r
         self._stale.add(i)
         self.closed.append((i, day, r))
-
-    def day_reference(self, slots: np.ndarray) -> np.ndarray:
-        """The price P&L of the day is measured from: the previous close, else the first price."""
-        ref = self.prev_close[slots]
-        return np.where(np.isnan(ref), self.last_price[slots], ref)
 
     def window(self, today: int) -> tuple[np.ndarray, int]:
         """Scenario growth of every instrument over the ``history_days`` calendar days before
@@ -258,29 +253,6 @@ class MarketRiskProcessor:
         return pf
 
     # ----- figures -----------------------------------------------------------------------
-    def portfolio_exposures(self, pf: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Slots, current values and day-reference values of a portfolio's priced positions."""
-        names = [i for i in self.positions.get(pf, {}) if not math.isnan(self.book.last_price[self.book.slots[i]])]
-        slots = np.fromiter((self.book.slots[i] for i in names), np.int64, len(names))
-        qty = np.fromiter((self.positions[pf][i] for i in names), np.float64, len(names))
-        return slots, qty * self.book.last_price[slots], qty * self.book.day_reference(slots)
-
-    def figures_of(self, slots: np.ndarray, values: np.ndarray, reference: np.ndarray, growth: np.ndarray,
-                   history: int) -> dict[str, float]:
-        value, gross = float(values.sum()), float(np.abs(values).sum())
-        pnl = np.empty(growth.shape[1])
-        scenario_pnl(values, slots, growth, pnl)
-        var95, es95 = var_es_of_losses(-pnl, 0.95)
-        var99, es99 = var_es_of_losses(-pnl, 0.99)
-        known = history >= MIN_HISTORY_DAYS
-        by_name = np.bincount(slots, weights=values, minlength=int(slots.max()) + 1) if len(slots) else np.zeros(1)
-        return {
-            "value": value, "pnl_day": float(values.sum() - reference.sum()), "gross": gross, "net": value,
-            "concentration": float(np.abs(by_name).max() / gross) if gross else 0.0,
-            "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
-            "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan,
-        }
-
     def layout(self, pf: str) -> tuple[np.ndarray, np.ndarray]:
         """A portfolio's instrument slots and quantities as arrays, kept until it trades."""
         cached = self._layout.get(pf)
@@ -291,31 +263,13 @@ class MarketRiskProcessor:
         return cached
 
     def refresh(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
-        today = now_ms // DAY_MS
-        growth, history = self.book.window(today)
-        n = len(self.book.slots)
-        last_price = self.book.last_price[:n]
-        reference = np.where(np.isnan(self.book.prev_close[:n]), last_price, self.book.prev_close[:n])
+        """Figures and limit checks of these portfolios, their desks and instruments."""
         order = sorted(portfolios)
-        layouts = [self.layout(pf) for pf in order]
-        offsets = np.zeros(len(order) + 1, np.int64)
-        np.cumsum([len(s) for s, _ in layouts], out=offsets[1:])
-        slots = np.concatenate([s for s, _ in layouts]) if layouts else np.zeros(0, np.int64)
-        qty = np.concatenate([q for _, q in layouts]) if layouts else np.zeros(0)
-        table = np.empty((len(order), 9))
-        portfolio_figures(offsets, slots, qty, last_price, reference, growth, table)
-        known = history >= MIN_HISTORY_DAYS
         desks: set[str] = set()
-        for pf, (value, ref_value, gross, largest, var95, es95, var99, es99, priced) in zip(order, table.tolist()):
-            if not priced:
+        for pf, fig in zip(order, self._figures([self.layout(pf) for pf in order], now_ms)):
+            if fig is None:
                 continue
-            fig = {"value": value, "pnl_day": value - ref_value, "gross": gross, "net": value,
-                   "concentration": largest / gross if gross else 0.0,
-                   "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
-                   "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan}
-            self.peak_value[pf] = max(self.peak_value.get(pf, fig["value"]), fig["value"])
-            fig["drawdown"] = self.peak_value[pf] - fig["value"]
-            fig["loss_day"] = max(0.0, -fig["pnl_day"])
+            self._finish(pf, fig)
             self.figures[("portfolio", pf)] = fig
             desk = self.desk_of.get(pf, "")
             if desk:
@@ -327,19 +281,54 @@ class MarketRiskProcessor:
                     **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fig.items()
                        if k not in ("loss_day",)}})
             self._check("portfolio", pf, fig, now_ms, out)
-        for desk in sorted(desks):  # every portfolio of a desk that moved
-            members = [p for p, d in self.desk_of.items() if d == desk]
-            parts = [self.portfolio_exposures(p) for p in members]
-            parts = [p for p in parts if len(p[0])]
-            slots, values, reference = (np.concatenate([p[k] for p in parts]) for k in range(3))
-            fig = self.figures_of(slots, values, reference, growth, history)
-            key = f"desk:{desk}"
-            self.peak_value[key] = max(self.peak_value.get(key, fig["value"]), fig["value"])
-            fig["drawdown"] = self.peak_value[key] - fig["value"]
-            fig["loss_day"] = max(0.0, -fig["pnl_day"])
+        desk_order = sorted(desks)  # every portfolio of a desk that moved
+        desk_layouts = []
+        for desk in desk_order:
+            members = [self.layout(p) for p, d in self.desk_of.items() if d == desk]
+            desk_layouts.append((np.concatenate([s for s, _ in members]), np.concatenate([q for _, q in members])))
+        for desk, fig in zip(desk_order, self._figures(desk_layouts, now_ms, by_name=True)):
+            if fig is None:
+                continue
+            self._finish(f"desk:{desk}", fig)
             self.figures[("desk", desk)] = fig
             self._check("desk", desk, fig, now_ms, out)
         self._check_instruments(portfolios, now_ms, out)
+
+    def _figures(self, layouts: list[tuple[np.ndarray, np.ndarray]], now_ms: int,
+                 by_name: bool = False) -> list[dict[str, float] | None]:
+        """Figures of each (slots, quantities) layout in one kernel pass (``portfolio_figures``);
+        None for one with nothing priced. ``by_name``: concentration over instruments summed
+        across the layout's positions (a desk holds the same name in several portfolios)."""
+        growth, history = self.book.window(now_ms // DAY_MS)
+        n = len(self.book.slots)
+        last_price = self.book.last_price[:n]
+        reference = np.where(np.isnan(self.book.prev_close[:n]), last_price, self.book.prev_close[:n])
+        offsets = np.zeros(len(layouts) + 1, np.int64)
+        np.cumsum([len(s) for s, _ in layouts], out=offsets[1:])
+        slots = np.concatenate([s for s, _ in layouts]) if layouts else np.zeros(0, np.int64)
+        qty = np.concatenate([q for _, q in layouts]) if layouts else np.zeros(0)
+        table = np.empty((len(layouts), 9))
+        portfolio_figures(offsets, slots, qty, last_price, reference, growth, table)
+        known = history >= MIN_HISTORY_DAYS
+        out: list[dict[str, float] | None] = []
+        for (s, q), (value, ref_value, gross, largest, var95, es95, var99, es99, priced) in zip(layouts, table.tolist()):
+            if not priced:
+                out.append(None)
+                continue
+            if by_name:
+                values = np.nan_to_num(q * last_price[s])
+                largest = float(np.abs(np.bincount(s, weights=values)).max())
+            out.append({"value": value, "pnl_day": value - ref_value, "gross": gross, "net": value,
+                        "concentration": largest / gross if gross else 0.0,
+                        "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
+                        "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan})
+        return out
+
+    def _finish(self, key: str, fig: dict[str, float]) -> None:
+        """Drawdown from the peak value, and the day's loss (the stop-loss metric)."""
+        self.peak_value[key] = max(self.peak_value.get(key, fig["value"]), fig["value"])
+        fig["drawdown"] = self.peak_value[key] - fig["value"]
+        fig["loss_day"] = max(0.0, -fig["pnl_day"])
 
     def _check_instruments(self, portfolios: set[str], now_ms: int, out: Outputs) -> None:
         if not any(lim.scope == "instrument" for lim in self.limits.limits):

@@ -52,10 +52,8 @@ class TransactionPath:
             if not records:
                 continue
             good = self.run(stream, records)
-            if stream in ("labels", "transactions"):
-                self.stats[stream] += good if stream == "labels" else len(records)
-            else:
-                self.stats["rows"] += good
+            counted = "rows" if stream not in ("labels", "transactions") else stream
+            self.stats[counted] += len(records) if stream == "transactions" else good
         self.stats["batches"] += 1
         return len(envelope.transactions)
 

@@ -9,6 +9,10 @@ processor the worker runs. Then measures:
 * ticks per second through the processor in batches of 1,000 ticks that touch all 1,000
   small portfolios (validated rows in; decoding is not included).
 
+The history asks for GJR-GARCH refits of the 100 instruments with a year of returns; they run
+in the helper process, and the bench waits for them before measuring, so the figures are
+those of the steady state (a refit comes every 20 days per instrument).
+
 A day's first tick of an instrument closes its previous day; the first ticks of the measured
 day are sent before timing, so the figures are intraday ones.
 """
@@ -42,6 +46,10 @@ def run(days: int = 260, seed: int = 0, say=lambda s: print(s, file=sys.stderr, 
         names = small + (large if day >= days - 30 else [])
         market.process("market", [{"instrument": n, "event_time": T0 + day * DAY_MS + 3_600_000,
                                    "price": float(100 * np.exp(rng.normal(0, 0.02)))} for n in names], [])
+    fits = market.book.fits
+    t = time.perf_counter()
+    asked = fits.wait() if fits is not None else 0  # the GJR-GARCH refits the history asked for
+    fit_wait_s = time.perf_counter() - t
     today = T0 + days * DAY_MS
     positions = [{"portfolio_id": f"P{p:04d}", "instrument": n, "event_time": today, "desk": "",
                   "quantity": float(rng.integers(1, 1000)), "price": 100.0}
@@ -63,7 +71,10 @@ def run(days: int = 260, seed: int = 0, say=lambda s: print(s, file=sys.stderr, 
     for a in range(0, len(ticks), 1000):
         market.process("market", ticks[a:a + 1000], [])
     rate = len(ticks) / (time.perf_counter() - t)
-    return {"refresh_1000_positions_ms": {"p50": round(float(np.percentile(ms, 50)), 3),
+    market.close()
+    return {"model": market.book.model, "gjr_fits": {"asked": asked, "in_force": int(market.book.gjr.sum()),
+                                                   "waited_s_after_history": round(fit_wait_s, 2)},
+            "refresh_1000_positions_ms": {"p50": round(float(np.percentile(ms, 50)), 3),
                                           "p99": round(float(np.percentile(ms, 99)), 3)},
             "ticks_per_s_1000_portfolios": round(rate, 1)}
 
@@ -80,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         r = res["refresh_1000_positions_ms"]
         print(f"1,000-position portfolio refreshed after one tick: p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms "
               f"(target p99 <= 1 ms)\n{res['ticks_per_s_1000_portfolios']:,.0f} ticks/s across 1,000 portfolios in "
-              f"batches of 1,000 (target >= 100,000)\nDone in {time.perf_counter() - t0:.1f}s.")
+              f"batches of 1,000 (target >= 100,000)\nVolatility filter {res['model']}: "
+              f"{res['gjr_fits']['in_force']} of {res['gjr_fits']['asked']} GJR-GARCH refits in force "
+              f"(fitted in a helper process; waited {res['gjr_fits']['waited_s_after_history']:.1f}s for them "
+              f"after the history was built)\nDone in {time.perf_counter() - t0:.1f}s.")
     return 0
 
 

@@ -120,6 +120,15 @@ class Settings(BaseSettings):
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")
     market_ewma_lambda: float = Field(
         0.94, gt=0, lt=1, description="Decay of the EWMA volatility that rescales past returns (filtered HS).")
+    market_volatility: Literal["gjr", "ewma"] = Field(
+        "gjr", description="Volatility filter of portfolio VaR/ES: GJR-GARCH once an instrument has "
+                           "market_fit_min_returns daily returns (EWMA before), or EWMA throughout.")
+    market_refit_days: int = Field(20, ge=1, le=500, description="Daily returns between two GJR-GARCH refits.")
+    market_fit_min_returns: int = Field(
+        250, ge=100, le=5000, description="Daily returns an instrument needs before GJR-GARCH is fitted.")
+    market_refit_background: bool = Field(
+        True, description="Fit GJR-GARCH in a helper process (the worker); false fits in line, "
+                          "deterministically (replays and backtests set this).")
     risk_refresh_interval_s: float = Field(
         60.0, ge=0, description="Event-time seconds between two portfolio_risk rows of a portfolio.")
     shutdown_timeout_s: float = Field(8.0, gt=0, description="Bound on a worker's graceful stop.")

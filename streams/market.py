@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from river import drift
 
-from riskstream.detectors.portfolio_kernels import portfolio_figures, scenario_growth
+from riskstream.detectors.portfolio_kernels import portfolio_figures
 from riskstream.rules.limits import Limit, LimitSet, load_limits
 from riskstream.schemas.events import DAY_MS, DeadLetter
 from riskstream.settings import ConfigError, Settings
+from riskstream.streams.instrument_book import InstrumentBook, VolatilityFits
 from riskstream.streams.outputs import Outputs
 
 MIN_HISTORY_DAYS = 20  # scenario days before VaR and ES mean anything
@@ -42,97 +44,16 @@ CONTROL_HOURS = 24.0
 REGIME_UNIT = 0.05  # a 5% daily move: the scale absolute returns are fed to ADWIN in  # a breach control lasts this long unless renewed or cleared
 
 
-class InstrumentBook:
-    def __init__(self, history_days: int = 250, lam: float = 0.94):
-        self.history_days = history_days
-        self.lam = lam
-        self.slots: dict[str, int] = {}
-        # The scenario window is rebuilt when the day changes; within a day, an instrument
-        # whose day closes (or that is new) has its row rebuilt alone.
-        self._window_day: int | None = None
-        self._growth = np.zeros((0, history_days))
-        self._have = np.zeros((0, history_days), bool)
-        self._stale: set[int] = set()
-        self.closed: list[tuple[int, int, float]] = []  # (slot, day, return) of days closed since asked
-        self._alloc(16)
-
-    def _alloc(self, capacity: int) -> None:
-        h, old = self.history_days, getattr(self, "last_price", None)
-        n = 0 if old is None else len(old)
-        grow = {
-            "last_price": np.full(capacity, np.nan), "prev_close": np.full(capacity, np.nan),
-            "last_day": np.full(capacity, -1, np.int64), "ewma_var": np.full(capacity, np.nan),
-            "ret": np.zeros((capacity, h)), "ret_day": np.full((capacity, h), -1, np.int64),
-            "sigma_at": np.full((capacity, h), np.nan),
-        }
-        for name, arr in grow.items():
-            if old is not None:
-                arr[:n] = getattr(self, name)
-            setattr(self, name, arr)
-
-    def slot(self, instrument: str) -> int:
-        i = self.slots.get(instrument)
-        if i is None:
-            i = self.slots[instrument] = len(self.slots)
-            if i >= len(self.last_price):
-                self._alloc(2 * len(self.last_price))
-        return i
-
-    def tick(self, instrument: str, day: int, price: float) -> int:
-        """A price; the first tick of a later day closes the instrument's previous day."""
-        i = self.slot(instrument)
-        last = self.last_day[i]
-        if last >= 0 and day > last:
-            close = self.last_price[i]
-            if not math.isnan(self.prev_close[i]):
-                self._record(i, int(last), math.log(close / self.prev_close[i]))
-            self.prev_close[i] = close
-        if day >= last:
-            self.last_price[i], self.last_day[i] = price, day
-        return i
-
-    def _record(self, i: int, day: int, r: float) -> None:
-        var = self.ewma_var[i]
-        h = day % self.history_days
-        self.ret[i, h], self.ret_day[i, h] = r, day
-        self.sigma_at[i, h] = math.sqrt(var) if var > 0 else np.nan
-        self.ewma_var[i] = r * r if math.isnan(var) else self.lam * var + (1 - self.lam) * r * r
-        self._stale.add(i)
-        self.closed.append((i, day, r))
-
-    def window(self, today: int) -> tuple[np.ndarray, int]:
-        """Scenario growth of every instrument over the ``history_days`` calendar days before
-        ``today`` (column s = day ``today - 1 - s``; 0 where an instrument had no return):
-        each daily log return rescaled by the instrument's volatility now over then (filtered
-        HS), as a simple return; and how many of those days have any return."""
-        n = len(self.slots)
-        if today != self._window_day or n != len(self._growth):
-            self._window_day, self._stale = today, set()
-            self._growth, self._have = self._rows(np.arange(n), today)
-        elif self._stale:
-            rows = np.fromiter(self._stale, np.int64, len(self._stale))
-            self._stale = set()
-            self._growth[rows], self._have[rows] = self._rows(rows, today)
-        return self._growth, int(self._have.any(axis=0).sum())
-
-    def _rows(self, rows: np.ndarray, today: int) -> tuple[np.ndarray, np.ndarray]:
-        h = self.history_days
-        days = today - 1 - np.arange(h)
-        cols = days % h
-        have = self.ret_day[rows][:, cols] == days[None, :]
-        returns = np.where(have, self.ret[rows][:, cols], 0.0)
-        sigma_now = np.sqrt(self.ewma_var[rows])[:, None]
-        sigma_then = self.sigma_at[rows][:, cols]
-        scale = np.where(have & (sigma_then > 0) & np.isfinite(sigma_now), sigma_now / sigma_then, 1.0)
-        return scenario_growth(returns, scale), have
-
-
 class MarketRiskProcessor:
     """Market ticks and positions: stored, and turned into portfolio figures and limit controls."""
 
     def __init__(self, settings: Settings, tables: dict[str, str]):
         self.tables = tables  # stream -> ClickHouse table
-        self.book = InstrumentBook(settings.market_history_days, settings.market_ewma_lambda)
+        fits = None
+        if settings.market_volatility == "gjr":
+            fits = VolatilityFits(settings.market_refit_days, settings.market_fit_min_returns,
+                                  background=settings.market_refit_background)
+        self.book = InstrumentBook(settings.market_history_days, settings.market_ewma_lambda, fits)
         self.refresh_ms = int(settings.risk_refresh_interval_s * 1000)
         self.limits = load_limits_file(settings.limits_file) if settings.limits_file else LimitSet("none", ())
         self.positions: dict[str, dict[str, float]] = {}
@@ -157,6 +78,7 @@ class MarketRiskProcessor:
             tick = self.book.tick
             for row in rows:
                 tick(row["instrument"], row["event_time"] // DAY_MS, row["price"])
+            self.book.apply_fits()  # refits that are ready (in line: those these ticks asked for)
             for name in {row["instrument"] for row in rows}:
                 touched |= self.holders.get(name, set())
             self.market_ms = max(self.market_ms, max(r["event_time"] for r in rows))
@@ -188,8 +110,6 @@ class MarketRiskProcessor:
         returns detects a shift in their mean; a shift up is an alert for the desk. ADWIN's
         bound assumes values in [0, 1], so a return is fed as a share of a 5% move (capped):
         fed raw, daily returns are too small for it ever to detect anything."""
-        from river import drift
-
         closed, self.book.closed = self.book.closed, []
         names = {slot: name for name, slot in self.book.slots.items()} if closed else {}
         for slot, day, r in closed:
@@ -227,6 +147,12 @@ class MarketRiskProcessor:
     def restore(self, blob: bytes) -> None:
         for k, v in pickle.loads(blob).items():  # our own checkpoints only (detectors.base)
             setattr(self, k, v)
+
+    def close(self) -> None:
+        """Stop the helper process of the volatility refits (fits in flight are asked again
+        after a restore)."""
+        if self.book.fits is not None:
+            self.book.fits.shutdown()
 
     def set_limits(self, limits: LimitSet) -> None:
         """Swap the limit set in (a hot reload); states of limits that stay are kept."""
@@ -277,7 +203,8 @@ class MarketRiskProcessor:
             if now_ms - self.last_row_ms.get(pf, -self.refresh_ms) >= self.refresh_ms:
                 self.last_row_ms[pf] = now_ms
                 out.rows.setdefault("portfolio_risk", []).append({
-                    "portfolio_id": pf, "desk": desk, "measured_at": now_ms / 1000.0, "model": "fhs-ewma",
+                    "portfolio_id": pf, "desk": desk, "measured_at": now_ms / 1000.0,
+                    "model": self._model_of(self.layout(pf)[0]),
                     **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fig.items()
                        if k not in ("loss_day",)}})
             self._check("portfolio", pf, fig, now_ms, out)
@@ -323,6 +250,12 @@ class MarketRiskProcessor:
                         "var_95": var95 if known else math.nan, "var_99": var99 if known else math.nan,
                         "es_95": es95 if known else math.nan, "es_99": es99 if known else math.nan})
         return out
+
+    def _model_of(self, slots: np.ndarray) -> str:
+        """The volatility filter behind a portfolio's scenarios: GJR-GARCH once every
+        instrument has its fit, EWMA before, both while some have."""
+        fitted = self.book.gjr[slots]
+        return "fhs-gjr" if fitted.all() and len(slots) else "fhs-ewma" if not fitted.any() else "fhs-gjr+ewma"
 
     def _finish(self, key: str, fig: dict[str, float]) -> None:
         """Drawdown from the peak value, and the day's loss (the stop-loss metric)."""

@@ -138,6 +138,8 @@ def replay_offline(data: ReplayInput, settings: Settings, driver: Driver | None 
     process is tuned for scoring (see :func:`_process_tuning_restored`)."""
     if processes > 1 and data.stream == "transactions" and driver is not None:
         raise ValueError("replay_offline: a driver lives in one process; pass driver=None with processes > 1")
+    # A replay of history gives the same figures every time: volatility refits happen in line.
+    settings = settings.model_copy(update={"market_refit_background": False})
     with _process_tuning_restored():
         # Before any driver is built or process forked (the processes inherit a frozen heap);
         # tuning after the build measured slower (bench/results).

@@ -229,6 +229,7 @@ def build_app(settings: Settings, driver=None):
         async def on_stop(self) -> None:
             watchdog.start()
             await reader.stop()
+            driver.market.close()
             try:
                 publisher.flush(timeout=settings.shutdown_timeout_s / 2)
             except Exception as exc:

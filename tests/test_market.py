@@ -115,6 +115,79 @@ def test_streaming_var_equals_a_batch_recomputation_of_the_same_windows(tmp_path
     assert fig["gross"] > abs(fig["net"]) and 0 < fig["concentration"] <= 1
 
 
+def _gjr_batch_var_es(ticks: list[dict], holdings: dict[str, float], history: int, min_fit: int, refit: int, c: float):
+    """GJR-filtered windows from scratch: each instrument's returns of closed days, its last
+    fit (due at ``min_fit`` returns, then every ``refit``) on the returns up to it, and the
+    GJR variance recursion from their sample variance through every return since."""
+    from riskstream.detectors.var_kernels import gjr_variance_reference
+    from riskstream.streams.instrument_book import fit_gjr
+
+    today = max(t["event_time"] for t in ticks) // DAY_MS
+    values, growth = [], []
+    for name, qty in holdings.items():
+        closes = {t["event_time"] // DAY_MS: t["price"] for t in ticks if t["instrument"] == name}
+        days = sorted(closes)[:-1]  # the last day is still open
+        r = np.array([math.log(closes[d] / closes[p]) for p, d in zip(days, days[1:])])
+        days = days[1:]
+        k = min_fit + (len(r) - min_fit) // refit * refit
+        p = fit_gjr(r[:k])
+        variance = np.empty(len(r) + 1)
+        gjr_variance_reference(np.append(r - p.mu, 0.0), p.omega, p.alpha, p.gamma, p.beta, float(np.var(r[:k])),
+                               variance)
+        sigma = dict(zip(days, np.sqrt(variance[:-1])))
+        r_by_day = dict(zip(days, r))
+        sigma_now = math.sqrt(variance[-1])
+        window = [today - 1 - s for s in range(history)]
+        growth.append([math.exp(p.mu + (r_by_day[d] - p.mu) * sigma_now / sigma[d]) - 1 if d in r_by_day else 0.0
+                       for d in window])
+        values.append(qty * [t for t in ticks if t["instrument"] == name][-1]["price"])
+    losses = -sum(v * np.asarray(g) for v, g in zip(values, growth))
+    var = np.quantile(losses, c)
+    return var, losses[losses >= var].mean()
+
+
+def test_streaming_gjr_filtered_var_equals_a_batch_recomputation_with_the_same_fits(tmp_path):
+    settings = _settings(tmp_path, market_history_days=60, market_volatility="gjr", market_fit_min_returns=100,
+                         market_refit_days=30, market_refit_background=False)
+    driver = Driver(settings, with_models=False)
+    holdings = {"AAA": 1000.0, "BBB": -2500.0, "CCC": 30.0}
+    driver.process("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": k, "event_time": T0, "quantity": q})
+                                 for k, q in holdings.items()])
+    ticks = _ticks(200)
+    for start in range(0, len(ticks), 53):
+        driver.process("market", [orjson.dumps(t) for t in ticks[start:start + 53]])
+    book = driver.market.book
+    assert book.gjr[[book.slots[n] for n in holdings]].all() and book.fits.fits_applied == 4 + 2 + 4  # AAA and CCC trade daily, BBB on weekdays
+    fig = driver.market.figures[("portfolio", "PF1")]
+    for c, var_key, es_key in ((0.99, "var_99", "es_99"), (0.95, "var_95", "es_95")):
+        var, es = _gjr_batch_var_es(ticks, holdings, 60, 100, 30, c)
+        assert fig[var_key] == pytest.approx(var, rel=1e-9) and fig[es_key] == pytest.approx(es, rel=1e-9)
+    out = RecordingPublisher()
+    driver.run("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA",
+                                           "event_time": ticks[-1]["event_time"], "quantity": 900.0})], out)
+    assert [orjson.loads(r)["model"] for r in out.rows("portfolio_risk")] == ["fhs-gjr"]
+
+
+def test_refits_in_the_helper_process_come_into_force_at_a_later_batch_and_survive_a_restart(tmp_path):
+    settings = _settings(tmp_path, market_history_days=60, market_fit_min_returns=100, market_refit_days=30)
+    driver = Driver(settings, with_models=False)
+    ticks = [t for t in _ticks(110) if t["instrument"] == "CCC"]
+    driver.process("market", [orjson.dumps(t) for t in ticks[:-4]])
+    book = driver.market.book
+    assert not book.gjr.any()  # asked for, not waited on
+    assert book.fits.wait() == 1
+    restarted = Driver(settings, with_models=False)
+    restarted.restore(driver.checkpoint())  # taken while the fit was in flight: asked again
+    driver.process("market", [orjson.dumps(t) for t in ticks[-4:]])
+    assert book.gjr[book.slots["CCC"]] and book.fits.fits_applied == 1
+    restarted.process("market", [orjson.dumps(ticks[-1])])
+    assert restarted.market.book.fits.wait() == 1
+    restarted.process("market", [orjson.dumps(ticks[-1])])
+    assert restarted.market.book.gjr[restarted.market.book.slots["CCC"]]
+    for d in (driver, restarted):
+        d.market.close()
+
+
 LIMITS = """
 version: test
 limits:

@@ -31,8 +31,11 @@ from riskstream.settings import ConfigError, Settings
 # partition so every worker reads rule sets in publication order.
 TOPICS: dict[str, int | None] = {
     "transactions": None,
-    "market": None,
-    "positions": None,
+    # One partition each: the range assignor gives partition 0 of both to the same worker,
+    # which holds every portfolio and instrument (a portfolio holds any instrument and a desk
+    # any portfolio); the state follows that partition (streams.reader).
+    "market": 1,
+    "positions": 1,
     "loan_applications": None,
     "labels": None,
     "decisions": None,

@@ -165,11 +165,12 @@ class Driver:
         """Periodic model upkeep (matured negatives, quality rows, drift alerts)."""
         return self.transactions.upkeep(self.rules.current.version)
 
-    def checkpoint(self) -> dict[str, Any]:
-        """Model state of every processor and the labels still waiting (feature state is
-        saved per partition apart: ``streams.state``)."""
+    def checkpoint(self, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Model state of every processor but ``skip`` and the labels still waiting (feature
+        state, and in a worker the market state, are saved per partition apart:
+        ``streams.state``)."""
         return {
-            "models": {name: p.checkpoint() for name, p in self.processors.items()},
+            "models": {name: p.checkpoint() for name, p in self.processors.items() if name not in skip},
             "labels": self.clock.state(),
             "watermarks": {name: w.ms for name, w in self.watermarks.items()},
         }

@@ -16,9 +16,9 @@ published, when the figure comes back under the limit. Figures go to ``portfolio
 most once per ``risk_refresh_interval_s`` of event time per portfolio; limit states to
 ``limit_utilisation`` when they change and with every figures row.
 
-State lives in one process: market ticks are keyed by instrument and positions by
-portfolio, so with several workers each sees only some instruments; run market risk on one
-worker (or read the market topic whole on each) until it is partitioned by portfolio.
+All of it lives with one worker: the ``market`` and ``positions`` topics have one partition
+each, which the range assignor gives to the same worker, and the state follows that
+partition on a rebalance (``streams.reader.FollowPartitions``, ``streams.state``).
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ from riskstream.streams.instrument_book import InstrumentBook, VolatilityFits
 from riskstream.streams.outputs import Outputs
 
 MIN_HISTORY_DAYS = 20  # scenario days before VaR and ES mean anything
-CONTROL_HOURS = 24.0
-REGIME_UNIT = 0.05  # a 5% daily move: the scale absolute returns are fed to ADWIN in  # a breach control lasts this long unless renewed or cleared
+CONTROL_HOURS = 24.0  # a breach control lasts this long unless renewed or cleared
+REGIME_UNIT = 0.05  # a 5% daily move: the scale absolute returns are fed to ADWIN in
+NEAR_REARM = 0.05  # utilisation must fall this far below the near line before near is left
 
 
 class MarketRiskProcessor:
     """Market ticks and positions: stored, and turned into portfolio figures and limit controls."""
 
     def __init__(self, settings: Settings, tables: dict[str, str]):
+        self.settings = settings
         self.tables = tables  # stream -> ClickHouse table
         fits = None
         if settings.market_volatility == "gjr":
@@ -58,6 +60,7 @@ class MarketRiskProcessor:
         self.limits = load_limits_file(settings.limits_file) if settings.limits_file else LimitSet("none", ())
         self.positions: dict[str, dict[str, float]] = {}
         self.desk_of: dict[str, str] = {}
+        self.desk_members: dict[str, set[str]] = {}
         self.holders: dict[str, set[str]] = {}
         self.peak_value: dict[str, float] = {}
         self.last_row_ms: dict[str, int] = {}
@@ -140,11 +143,12 @@ class MarketRiskProcessor:
         return 0
 
     def checkpoint(self) -> bytes:
-        keep = ("book", "positions", "desk_of", "holders", "peak_value", "last_row_ms", "limit_state", "regimes",
+        keep = ("book", "positions", "desk_of", "desk_members", "holders", "peak_value", "last_row_ms", "limit_state", "regimes",
                 "market_ms", "waiting_positions")
         return pickle.dumps({k: getattr(self, k) for k in keep}, protocol=5)
 
     def restore(self, blob: bytes) -> None:
+        self.close()
         for k, v in pickle.loads(blob).items():  # our own checkpoints only (detectors.base)
             setattr(self, k, v)
 
@@ -153,6 +157,14 @@ class MarketRiskProcessor:
         after a restore)."""
         if self.book.fits is not None:
             self.book.fits.shutdown()
+
+    def reset(self) -> None:
+        """Start empty, keeping the limit set in force: the market partition, and the state
+        with it, went to another worker."""
+        limits = self.limits
+        self.close()
+        self.__init__(self.settings, self.tables)
+        self.limits = limits
 
     def set_limits(self, limits: LimitSet) -> None:
         """Swap the limit set in (a hot reload); states of limits that stay are kept."""
@@ -163,8 +175,11 @@ class MarketRiskProcessor:
     # ----- positions ---------------------------------------------------------------------
     def _position(self, row: dict[str, Any]) -> str:
         pf, instrument = row["portfolio_id"], row["instrument"]
-        if row.get("desk"):
-            self.desk_of[pf] = row["desk"]
+        desk = row.get("desk")
+        if desk and self.desk_of.get(pf) != desk:
+            self.desk_members.get(self.desk_of.get(pf, ""), set()).discard(pf)
+            self.desk_of[pf] = desk
+            self.desk_members.setdefault(desk, set()).add(pf)
         book = self.positions.setdefault(pf, {})
         self._layout.pop(pf, None)
         if row["quantity"] == 0:
@@ -211,7 +226,7 @@ class MarketRiskProcessor:
         desk_order = sorted(desks)  # every portfolio of a desk that moved
         desk_layouts = []
         for desk in desk_order:
-            members = [self.layout(p) for p, d in self.desk_of.items() if d == desk]
+            members = [self.layout(p) for p in sorted(self.desk_members[desk])]
             desk_layouts.append((np.concatenate([s for s, _ in members]), np.concatenate([q for _, q in members])))
         for desk, fig in zip(desk_order, self._figures(desk_layouts, now_ms, by_name=True)):
             if fig is None:
@@ -269,7 +284,7 @@ class MarketRiskProcessor:
         names = {i for pf in portfolios for i in self.positions.get(pf, {})}
         for name in sorted(names):
             price = self.book.last_price[self.book.slots[name]]
-            qty = [q for pf, book in self.positions.items() for i, q in book.items() if i == name]
+            qty = [self.positions[pf][name] for pf in self.holders.get(name, ())]
             fig = {"position": abs(sum(qty)), "gross": float(np.nansum(np.abs(qty) * price))}
             self._check("instrument", name, fig, now_ms, out)
 
@@ -283,6 +298,8 @@ class MarketRiskProcessor:
             state = "breach" if utilisation >= 1.0 else "near" if utilisation >= lim.near else "ok"
             key = (lim.id, entity)
             before = self.limit_state.get(key, "ok")
+            if before == "near" and state == "ok" and utilisation >= lim.near - NEAR_REARM:
+                state = "near"  # a figure wavering at the near line is one warning, not one per tick
             if state == before:
                 continue
             self.limit_state[key] = state

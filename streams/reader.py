@@ -7,7 +7,9 @@ FACTS.md). :class:`BatchReader` fetches the topics of every registered stream wi
 batch's offsets only once its outputs are acknowledged, strictly in order. The streams share
 one consumer group with the range assignor, so partition *p* of transactions and labels (both
 keyed by card) lands on the same worker, where that card's features and decision-time
-snapshots live; feature state follows the partitions through :class:`FollowPartitions`.
+snapshots live; feature state follows the partitions through :class:`FollowPartitions`, and
+the market-risk state follows the one partition of the market topic (with the one of the
+positions topic, on the same worker).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class BatchReader:
         self.driver = driver
         self.state_store = state_store
         self.tx_topic = settings.topic("transactions")
+        self.market_topic = settings.topic("market")
         self.stream_of = {settings.topic(name): name for name in STREAMS}
         self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
         self.uncommitted: dict = {}  # TopicPartition -> next offset, of finished batches
@@ -85,6 +88,16 @@ class BatchReader:
             return set()
         return {tp.partition for tp in self.consumer.assignment() if tp.topic == self.tx_topic}
 
+    def owns_market(self) -> bool:
+        """This worker holds the market partition, and with it the market-risk state."""
+        return self.consumer is not None and any(tp.topic == self.market_topic for tp in self.consumer.assignment())
+
+    def save_state(self) -> None:
+        self.state_store.save_partitions(self.owned_partitions())
+        if self.owns_market():
+            self.state_store.save_market()
+        self.state_store.save_models()
+
     async def stop(self) -> None:
         """Commit what is scored and delivered, save state, leave the group; bounded."""
         timeout = self.settings.shutdown_timeout_s
@@ -94,8 +107,7 @@ class BatchReader:
             log.warning("settling in-flight batches at stop: %s", exc)
         log.warning("stopping: %s", self.driver.summary())
         try:
-            self.state_store.save_partitions(self.owned_partitions())
-            self.state_store.save_models()
+            self.save_state()
         except Exception as exc:  # state is an optimisation; outputs are already safe
             log.warning("saving state at shutdown: %s", exc)
         try:
@@ -185,6 +197,10 @@ class FollowPartitions(ConsumerRebalanceListener):
             reader.state_store.save_partitions(parts)
             reader.state_store.drop_partitions(parts)
             reader.driver.forget_partitions(parts)
+        if any(tp.topic == reader.market_topic for tp in revoked):
+            size = reader.state_store.save_market()
+            reader.driver.market.reset()
+            log.warning("market partition revoked: market-risk state handed over (%d bytes)", size)
 
     async def on_partitions_assigned(self, assigned) -> None:
         reader = self.reader
@@ -192,3 +208,14 @@ class FollowPartitions(ConsumerRebalanceListener):
         reader.driver.assign_partitions(parts)
         loaded = reader.state_store.load_partitions(parts)
         log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
+        if any(tp.topic == reader.market_topic for tp in assigned):
+            restored = reader.state_store.load_market()
+            market = reader.driver.market
+            log.warning("market partition assigned: market-risk state %s (%d portfolios, %d instruments)",
+                        "restored" if restored else "new", len(market.positions), len(market.book.slots))
+            for name in ("market", "positions"):
+                count = len(reader.consumer.partitions_for_topic(reader.settings.topic(name)) or ())
+                if count > 1:
+                    log.error("topic %s has %d partitions: market risk needs one (each worker would hold only "
+                              "part of the portfolios and instruments); recreate it with one partition",
+                              reader.settings.topic(name), count)

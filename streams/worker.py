@@ -265,8 +265,7 @@ def build_app(settings: Settings, driver=None):
     async def checkpoint_state() -> None:
         """State to Redis between batches. A snapshot blocks the loop (~0.4 s per 250k cards),
         so it runs minutes apart; revocation and shutdown save state too."""
-        state_store.save_partitions(reader.owned_partitions())
-        state_store.save_models()
+        reader.save_state()
 
     return app
 

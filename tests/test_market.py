@@ -224,6 +224,18 @@ def test_a_breach_alerts_controls_and_clears_when_the_position_is_reduced(tmp_pa
     assert rows[-1]["gross"] == 50_000 and rows[-1]["desk"] == "equities" and rows[-1]["var_99"] is None
 
 
+def test_a_figure_wavering_at_the_near_line_warns_once_until_it_falls_well_below(tmp_path):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(LIMITS)
+    driver = Driver(_settings(tmp_path, limits_file=str(limits)), with_models=False)
+    rec = RecordingPublisher()
+    for k, qty in enumerate((1620, 1580, 1620, 1590, 1400, 1620)):  # 81%, 79%, 81%, 79.5%, 70%, 81%
+        driver.run("positions", [orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA", "event_time": T0 + k,
+                                               "quantity": qty, "price": 100.0})], rec)
+    assert [orjson.loads(r)["kind"] for r in rec.rows("alerts")] == ["limit_near", "limit_near"]
+    assert [orjson.loads(r)["state"] for r in rec.rows("limit_utilisation")] == ["near", "ok", "near"]
+
+
 def test_a_limits_file_with_errors_is_refused_with_its_lines(tmp_path):
     bad = tmp_path / "limits.yaml"
     bad.write_text("limits:\n  - {id: a, scope: book, entity: x, metric: gross, limit: 1}\n"
@@ -376,3 +388,36 @@ def test_updates_read_in_one_batch_after_the_prices_each_keep_their_time(tmp_pat
     rows = [orjson.loads(r) for r in rec.rows("limit_utilisation") if b"pf-gross" in r]
     assert [(r["state"], r["measured_at"]) for r in rows] == [
         ("breach", (T0 + 5 * DAY_MS) / 1000), ("cleared", (T0 + 15 * DAY_MS) / 1000)]
+
+
+@pytest.mark.integration
+def test_market_state_follows_its_partition_to_another_worker(stack, worker_factory, tmp_path):
+    """A breach seen by one worker is cleared by another after a rebalance: the breach state,
+    positions and prices went over with the market partition (without them the second worker
+    would see nothing to clear and the control would stay in Redis)."""
+    import redis
+
+    from tests.conftest import produce, wait_for
+
+    limits = tmp_path / "limits.yaml"
+    limits.write_text(LIMITS)
+    env = {"RISKSTREAM_LIMITS_FILE": str(limits), "RISKSTREAM_RISK_REFRESH_INTERVAL_S": "0"}
+    r = redis.Redis.from_url(stack.redis_url.get_secret_value())
+
+    def position(qty: float, t: int) -> None:
+        produce(stack, "positions", [(b"PF1", orjson.dumps({"portfolio_id": "PF1", "instrument": "AAA",
+                                                             "event_time": t, "quantity": qty, "price": 100.0}))])
+
+    import time
+
+    now_ms = int(time.time() * 1000)  # a control lasts 24 h of event time from its breach
+    first = worker_factory(extra_env=env)
+    position(2500, now_ms)  # 250k of a 200k gross limit
+    wait_for(lambda: r.hget("rs:limit:portfolio:PF1", "action"), 90, "the breach control", first)
+    second = worker_factory(extra_env=env)
+    wait_for(lambda: "assigned transaction partitions" in second.log_text(), 90, "the second worker to join", second)
+    first.stop()
+    wait_for(lambda: "market-risk state restored (1 portfolios, 1 instruments)" in second.log_text(), 90,
+             "the market state on the second worker", second)
+    position(500, now_ms + 60_000)
+    wait_for(lambda: not r.exists("rs:limit:portfolio:PF1"), 90, "the control cleared by the second worker", second)

@@ -110,7 +110,6 @@ def detector_factories() -> dict[str, Callable[[], Detector]]:
     """Every detector riskstream has, by name: zero-argument factories, the list the shared
     checks run over. Built when asked (no import fills it); a name given twice raises, so two
     detectors cannot silently shadow each other."""
-    from riskstream.detectors.credit import CreditModel
     from riskstream.detectors.fraud import FraudModels
     from riskstream.detectors.fraud_detectors import LinearFraudDetector, RobustZAnomalyDetector, default_feature_names
 
@@ -119,7 +118,6 @@ def detector_factories() -> dict[str, Callable[[], Detector]]:
         ("fraud_robust_z", lambda: RobustZAnomalyDetector(default_feature_names())),
         # A small ring: the checks learn 20k rows; the worker's holds a million decisions.
         ("fraud_models", lambda: FraudModels(default_feature_names(), capacity=50_000, held_negatives=10_000)),
-        ("credit_logistic", CreditModel),
     ])
 
 

@@ -111,10 +111,9 @@ class Settings(BaseSettings):
     decline_score: float = Field(0.90, gt=0, le=1, description="Model score at or above which a transaction is declined.")
     review_score: float = Field(0.60, gt=0, le=1, description="Model score at or above which it goes to review.")
     step_up_score: float = Field(0.35, gt=0, le=1, description="Model score at or above which it needs step-up auth.")
-    credit_review_pd: float = Field(
-        0.25, gt=0, le=1, description="Probability of default at or above which a loan application is referred.")
-    credit_decline_pd: float = Field(
-        0.50, gt=0, le=1, description="Probability of default at or above which a loan application is declined.")
+    credit_file: str = Field(
+        "", description="Credit policy (YAML: rules, PD model, decision bands, limit; see rules/credit.yaml). "
+                        "Empty: the built-in one.")
     limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
     market_history_days: int = Field(
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")

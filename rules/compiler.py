@@ -295,7 +295,8 @@ class CompiledRuleSet:
 
     def evaluate_reference(self, columns: Mapping[str, np.ndarray]) -> RuleOutcome:
         """The same answer computed by the plain-Python interpreter (for parity tests)."""
-        return self._outcome(reference_hits(self.rules, self.rule_set.lists, columns), columns)
+        return self._outcome(reference_hits(self.rules, self.rule_set.lists, columns, self.rule_set.text_columns),
+                             columns)
 
     def _outcome(self, hits: np.ndarray, columns: Mapping[str, np.ndarray]) -> RuleOutcome:
         return RuleOutcome(
@@ -348,12 +349,13 @@ def compile_rule_set(
     mapping name -> numpy dtype. A rule naming a column outside it is rejected with
     ``file:line`` and a suggestion; ``order_by_cost=False`` keeps the written order of
     ``all``/``any`` children (parity tests)."""
+    text = rule_set.text_columns
     if isinstance(available_columns, Mapping):
-        dtypes = {c: (np.dtype(object) if c in STRING_COLUMNS else np.dtype(d)) for c, d in available_columns.items()}
+        dtypes = {c: (np.dtype(object) if c in text else np.dtype(d)) for c, d in available_columns.items()}
     else:
-        dtypes = {c: (np.dtype(object) if c in STRING_COLUMNS else np.dtype(np.float64)) for c in available_columns}
+        dtypes = {c: (np.dtype(object) if c in text else np.dtype(np.float64)) for c in available_columns}
     for name, dt in dtypes.items():
-        if name not in STRING_COLUMNS and dt not in (np.float32, np.float64):
+        if name not in text and dt not in (np.float32, np.float64):
             dtypes[name] = np.dtype(np.float64)  # ints and bools are compared as float64
     problems = check_columns(rule_set, dtypes)
     if problems:
@@ -413,11 +415,11 @@ def reference_condition(node: Condition, row: Mapping[str, Any], lists: Mapping[
 
 
 def reference_hits(rules: Sequence[Rule], lists: Mapping[str, frozenset[str]],
-                   columns: Mapping[str, np.ndarray]) -> np.ndarray:
+                   columns: Mapping[str, np.ndarray], text_columns: frozenset[str] = STRING_COLUMNS) -> np.ndarray:
     names = sorted(set().union(*(r.when.columns() for r in rules))) if rules else []
     n = _batch_length(columns, names)
     # Values go through float64 exactly as the kernel sees them (float32 widened, ints cast).
-    data = {c: (list(columns[c]) if c in STRING_COLUMNS else np.asarray(columns[c]).astype(np.float64).tolist())
+    data = {c: (list(columns[c]) if c in text_columns else np.asarray(columns[c]).astype(np.float64).tolist())
             for c in names}
     hits = np.zeros((len(rules), n), dtype=bool)
     for i in range(n):

@@ -97,8 +97,11 @@ _COND_KEYS = ("all", "any", "not", "feature")
 
 class _Validator:
     def __init__(self, source: str, err: Errors, list_files: Mapping[str, str] | None,
-                 base_dir: Path | None, available: set[str] | None):
+                 base_dir: Path | None, available: set[str] | None, text_columns: frozenset[str] = STRING_COLUMNS,
+                 actions: tuple[str, ...] = ACTIONS):
         self.source = source
+        self.text_columns = text_columns
+        self.actions = actions
         self.available = available
         self.rule_lines: dict[str, int] = {}
         self.err = err
@@ -293,7 +296,7 @@ class _Validator:
         if "action" not in m:
             self.err.add(node_line(node), "missing 'action'", rule)
             return None, {}
-        action = self.choice(m["action"][1], ACTIONS, "action", rule)
+        action = self.choice(m["action"][1], self.actions, "action", rule)
         params: dict[str, float] = {}
         spec = ACTION_PARAMS.get(action or "", {})
         if "params" in m:
@@ -432,7 +435,7 @@ class _Validator:
             if low is None or high is None:
                 return None
             return Between(Col(feature, fline), low, high, fline)
-        if feature in STRING_COLUMNS and isinstance(vnode, yaml.ScalarNode) and op in ("==", "!="):
+        if feature in self.text_columns and isinstance(vnode, yaml.ScalarNode) and op in ("==", "!="):
             return InList(feature, literal=str(vnode.value), negate=op == "!=", line=fline)
         right = self.operand(vnode, rule)
         return None if right is None else Compare(op, Col(feature, fline), right, fline)
@@ -462,10 +465,10 @@ class _Validator:
         """Text columns only with lists and text literals; numbers only with arithmetic."""
         for node in walk(when):
             if isinstance(node, InList):
-                if node.column not in STRING_COLUMNS:
+                if node.column not in self.text_columns:
                     how = "in/not in a list" if node.list_name else "== / != with text"
                     self.err.add(node.line, f"'{node.column}' is not a text column, so it cannot be used "
-                                            f"with {how} (text columns: {', '.join(sorted(STRING_COLUMNS))})", rule)
+                                            f"with {how} (text columns: {', '.join(sorted(self.text_columns))})", rule)
                 if node.list_name is not None and node.list_name not in self.lists:
                     known = sorted(self.lists)
                     if node.list_name not in self.list_lines:  # unreadable lists already reported
@@ -474,7 +477,7 @@ class _Validator:
                                                 f"(lists: {', '.join(known) or 'none defined'})", rule)
             elif isinstance(node, (Compare, Between)):
                 for name, line in expr_columns_with_lines(node):
-                    if name in STRING_COLUMNS:
+                    if name in self.text_columns:
                         self.err.add(line, f"'{name}' is a text column: compare it with == 'value', "
                                            "!= 'value', in LIST or not in LIST", rule)
 
@@ -513,12 +516,18 @@ def validate_rule_set(
     available_columns: Iterable[str] | None = None,
     list_files: Mapping[str, str] | None = None,
     base_dir: str | Path | None = None,
+    text_columns: frozenset[str] = STRING_COLUMNS,
+    extra_keys: tuple[str, ...] = (),
+    actions: tuple[str, ...] = ACTIONS,
 ) -> RuleSet:
     """Parse and check a rule set; raise :class:`RuleSetError` with every problem found.
 
     ``list_files`` maps ``file:`` paths to their content (a published rule set carries its
     list files this way); other paths are read relative to ``base_dir``. With
     ``available_columns`` the column names are checked too (the compiler always checks).
+    ``text_columns``: the batch's text columns (a transaction batch's by default);
+    ``extra_keys``: top-level sections a file that embeds a rule set adds (checked by its reader);
+    ``actions``: the actions its rules may take.
     """
     err = Errors(source_name)
     try:
@@ -532,9 +541,9 @@ def validate_rule_set(
     top = mapping(root, err, "the rule set")
     if top is None:
         raise RuleSetError(err.items)
-    unknown_keys(top, _TOP_KEYS, err, "the rule set")
+    unknown_keys(top, _TOP_KEYS + extra_keys, err, "the rule set")
     validator = _Validator(source_name, err, list_files, Path(base_dir) if base_dir else None,
-                           None if available_columns is None else set(available_columns))
+                           None if available_columns is None else set(available_columns), text_columns, actions)
 
     version = ""
     if "version" not in top:
@@ -575,7 +584,7 @@ def validate_rule_set(
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     rule_set = RuleSet(version=version, rules=tuple(rules), lists=validator.lists, source_name=source_name,
                        text=text, canonical=canonical, mode=set_mode, description=description,
-                       list_lines=validator.list_lines)
+                       list_lines=validator.list_lines, text_columns=text_columns)
     return rule_set
 
 

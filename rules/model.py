@@ -131,6 +131,7 @@ class RuleSet:
     mode: str = "active"
     description: str = ""
     list_lines: Mapping[str, int] = field(default_factory=dict)
+    text_columns: frozenset[str] = STRING_COLUMNS  # the batch's text columns (loan rules have their own)
 
     @property
     def version_tag(self) -> str:

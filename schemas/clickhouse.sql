@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     reasons       Array(String),           -- reason codes with readable text
     rules_version String,
     model_version String,
-    amount        Float64
+    amount        Float64,
+    granted       Nullable(Float64)         -- loan applications: the amount or limit offered
 ) ENGINE = ReplacingMergeTree(decided_at)
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (stream, event_id);
@@ -108,15 +109,17 @@ CREATE TABLE IF NOT EXISTS positions (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (portfolio_id, instrument, event_time);
 
+-- The amounts the engine knows (NULL when the lender did not send them), and every other
+-- attribute of the application as the lender sent it: a JSON object of numbers and texts.
 CREATE TABLE IF NOT EXISTS loan_applications (
     application_id String,
     event_time     DateTime64(3, 'UTC'),
     customer_id    String,
-    amount         Float64,
-    income         Float64,
-    term_months    Int32,
-    existing_debt  Float64,
-    credit_score   Float64
+    amount         Nullable(Float64),
+    income         Nullable(Float64),
+    term_months    Nullable(Float64),
+    existing_debt  Nullable(Float64),
+    attributes     String
 ) ENGINE = ReplacingMergeTree
 ORDER BY application_id;
 
@@ -140,6 +143,8 @@ ALTER TABLE labels ADD COLUMN IF NOT EXISTS merchant_id String;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS terminal_id String;
 ALTER TABLE labels ADD COLUMN IF NOT EXISTS event_time DateTime64(3, 'UTC');
 ALTER TABLE positions ADD COLUMN IF NOT EXISTS desk LowCardinality(String);
+ALTER TABLE loan_applications ADD COLUMN IF NOT EXISTS attributes String;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS granted Nullable(Float64);
 
 -- Rolling model quality from labels, and drift.
 CREATE TABLE IF NOT EXISTS model_quality (

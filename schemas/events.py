@@ -184,17 +184,45 @@ def position_row(obj: dict, now_ms: int) -> dict:
     }
 
 
+# The applicant and loan attributes the engine itself knows (policy, limits, derived ratios);
+# every other field of an application is an attribute it passes to the model as it comes.
+LOAN_KNOWN = {"amount": (1.0, 1e9), "income": (0.0, 1e10), "term_months": (1.0, 600.0), "existing_debt": (0.0, 1e10)}
+MAX_ATTRIBUTES = 200
+MAX_ATTRIBUTE_TEXT = 200
+
+
 def loan_application_row(obj: dict, now_ms: int) -> dict:
-    return {
+    """An application: its id, time and customer, the known amounts (NaN when absent) and
+    ``attributes``: every other field, a number or a short text (missing ones left out)."""
+    row = {
         "application_id": read_id(obj, "application_id"),
         "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
         "customer_id": read_id(obj, "customer_id"),
-        "amount": read_number(obj, "amount", 1.0, 1e9),
-        "income": read_number(obj, "income", 0.0, 1e10),
-        "term_months": int(read_number(obj, "term_months", 1, 600)),
-        "existing_debt": _zero_nan(read_number(obj, "existing_debt", 0.0, 1e10, required=False)),
-        "credit_score": _zero_nan(read_number(obj, "credit_score", 0.0, 1000.0, required=False)),
     }
+    for name, (lo, hi) in LOAN_KNOWN.items():
+        row[name] = read_number(obj, name, lo, hi, required=False)
+    attributes: dict[str, float | str] = {}
+    for name, value in obj.items():
+        if name in row or value is None or value == "":
+            continue
+        if len(name) > 64:
+            raise InvalidEvent(f"attribute name {name[:40]!r}... is longer than 64 characters")
+        if isinstance(value, bool):
+            attributes[name] = float(value)
+        elif isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                continue  # NaN is how a CSV says missing
+            attributes[name] = float(value)
+        elif isinstance(value, str):
+            if len(value) > MAX_ATTRIBUTE_TEXT:
+                raise InvalidEvent(f"attribute '{name}' is longer than {MAX_ATTRIBUTE_TEXT} characters")
+            attributes[name] = value
+        else:
+            raise InvalidEvent(f"attribute '{name}' must be a number or a text, got {type(value).__name__}")
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidEvent(f"{len(attributes)} attributes, more than {MAX_ATTRIBUTES}")
+    row["attributes"] = attributes
+    return row
 
 
 def label_row(obj: dict, now_ms: int) -> dict:

@@ -41,6 +41,10 @@ class StreamSpec:
     processor: str  # the driver's processor for it (streams.processors)
     strings: tuple[str, ...] = ()  # text columns (ids like mcc "0742" keep their zeros in a CSV)
     validate_row: Callable[[dict, int], dict] | None = None
+    # Outcomes on ``labels``: the column a label's event_id names, and the labels of a bad
+    # and of a good outcome ("" when only bad ones are ever reported, as with chargebacks).
+    outcome_id: str = ""
+    outcome_labels: tuple[str, str] = ("", "")
 
     @property
     def columnar(self) -> bool:
@@ -63,6 +67,8 @@ STREAMS: dict[str, StreamSpec] = {
         table="transactions",
         processor="transactions",
         strings=("transaction_id", "card_id", "merchant_id", *TRANSACTION_OPTIONAL),
+        outcome_id="transaction_id",
+        outcome_labels=("chargeback", ""),
     ),
     "labels": StreamSpec(
         name="labels",
@@ -100,14 +106,15 @@ STREAMS: dict[str, StreamSpec] = {
     "loan_applications": StreamSpec(
         name="loan_applications",
         time_column="event_time",
-        required=(("application_id",), ("event_time",), ("customer_id",), ("amount",), ("income",),
-                  ("term_months",)),
-        optional=("existing_debt", "credit_score"),
+        required=(("application_id",), ("event_time",), ("customer_id",)),
+        optional=("amount", "income", "term_months", "existing_debt"),  # and any attribute (schemas.events)
         key=("customer_id",),
         table="loan_applications",
         processor="loans",
         strings=("application_id", "customer_id"),
         validate_row=loan_application_row,
+        outcome_id="application_id",
+        outcome_labels=("default", "repaid"),
     ),
 }
 

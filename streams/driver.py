@@ -41,7 +41,8 @@ from riskstream.sinks.publisher import Publisher
 from riskstream.streams.clock import LabelClock, Watermark
 from riskstream.streams.outputs import Outputs, publish
 from riskstream.streams.market import MarketRiskProcessor
-from riskstream.streams.processors import LoanProcessor, TransactionProcessor
+from riskstream.streams.loans import LoanProcessor
+from riskstream.streams.processors import TransactionProcessor
 
 
 class Driver:
@@ -115,11 +116,14 @@ class Driver:
             out.learned = self.learn(rows)
             return out
         if spec.processor == "loans":
+            # Outcomes known by the first application's time are learned before it is decided
+            # (the events before that time came in earlier batches); the rest after the batch.
+            learned = self._learn_due(stream, min(r["event_time"] for r in rows)) if rows else 0
             out = self.loans.process(rows, dead, now_ms)
             if rows:
                 times = np.fromiter((r["event_time"] for r in rows), dtype=np.int64, count=len(rows))
                 self.watermarks[stream].advance(np.full(len(rows), -1), times)
-            out.learned = self._learn_due(stream)
+            out.learned = learned + self._learn_due(stream)
             return out
         return self.market.process(stream, rows, dead)
 
@@ -146,8 +150,8 @@ class Driver:
         self.clock.add(labels)
         return sum(self._learn_due(stream) for stream in by_stream)
 
-    def _learn_due(self, stream: str) -> int:
-        due = self.clock.due(stream, self.watermarks[stream].ms)
+    def _learn_due(self, stream: str, upto_ms: int | None = None) -> int:
+        due = self.clock.due(stream, max(self.watermarks[stream].ms, upto_ms or 0))
         if not due:
             return 0
         learned = self.processor_for(stream).learn(due)

@@ -36,7 +36,7 @@ from riskstream.sinks.publisher import Publisher, RecordingPublisher, make_calls
 from riskstream.streams.driver import Driver, tune_garbage_collector
 from riskstream.streams.outputs import publish
 from riskstream.streams.progress import Progress
-from riskstream.streams.reading import ReplayInput, chunk_batch, label_rows, transaction_chunks
+from riskstream.streams.reading import ReplayInput, chunk_batch, label_rows, row_chunks, transaction_chunks
 
 WRITER_SWITCH_INTERVAL_S = 0.001  # see _replay_in_process
 
@@ -194,9 +194,12 @@ def _replay_in_process(data: ReplayInput, settings: Settings, driver: Driver | N
             labels_fed = score_transaction_chunks(data, driver, writer, prof, chunk_done)
         else:
             now_ms = int(time.time() * 1000)
-            for start in range(0, data.n, chunk):
-                end = min(data.n, start + chunk)
+            for start, end, due in row_chunks(data, chunk):
                 t0, waited0 = time.perf_counter(), writer.waited_s
+                if len(due):  # outcomes (--label-column) known before these rows happened
+                    labels = label_rows(data.labels, due)
+                    publish(driver.process_rows("labels", labels), writer)
+                    labels_fed += len(labels)
                 rows, dead = validated_rows(data, start, end, settings, now_ms)
                 publish(driver.process_rows(data.stream, rows, dead), writer)
                 if data.stream == "labels":

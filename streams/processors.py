@@ -10,7 +10,8 @@ Each processor owns its state and answers, on batches:
 * ``checkpoint() -> bytes | None`` / ``restore(blob)``: model state (per-partition feature
   state is the transaction processor's ``features``, saved by ``streams.state``).
 
-Market ticks and positions have theirs in ``streams.market``.
+Market ticks and positions have theirs in ``streams.market``, loan applications in
+``streams.loans``.
 
 Processors are plain objects: tests drive them without a broker.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -179,65 +179,3 @@ def _original_bytes(one: TransactionBatch, values: Sequence[bytes] | None) -> by
            **{k: v[0] for k, v in one.optional.items() if v[0]}}
     return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)
 
-
-# --------------------------------------------------------------------------------------
-# Loan applications: PD model -> decision policy; outcomes teach the model
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CreditPolicy:
-    """Approve under ``review_pd``, refer to an underwriter up to ``decline_pd``, decline above."""
-
-    review_pd: float = 0.25
-    decline_pd: float = 0.50
-    version: str = "credit-policy-1"
-
-    def decide(self, pd_: float) -> str:
-        return "decline" if pd_ >= self.decline_pd else "review" if pd_ >= self.review_pd else "approve"
-
-
-class LoanProcessor:
-    """Loan applications: a probability of default, a decision with reasons, and learning from
-    the outcome (``default`` / ``repaid`` labels) on the features as they were at decision time."""
-
-    def __init__(self, settings: Settings):
-        from riskstream.detectors.credit import CreditModel
-
-        if not settings.credit_review_pd <= settings.credit_decline_pd:
-            raise ConfigError("credit cut-offs must rise: credit_review_pd <= credit_decline_pd "
-                              f"(got {settings.credit_review_pd}, {settings.credit_decline_pd})")
-        self.model = CreditModel()
-        self.policy = CreditPolicy(settings.credit_review_pd, settings.credit_decline_pd)
-
-    def process(self, rows: list[dict[str, Any]], dead: list[DeadLetter], now_ms: int | None = None) -> Outputs:
-        out = Outputs("loan_applications", rows={"loan_applications": rows}, dead=dead)
-        if not rows:
-            return out
-        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        prob, reasons = self.model.score_rows(rows)
-        version = self.model.version
-        for row, p, why in zip(rows, prob.tolist(), reasons):
-            out.decisions.append({
-                "event_id": row["application_id"], "stream": "loan_applications",
-                "entity_id": row["customer_id"], "event_time": row["event_time"] / 1000.0,
-                "decided_at": now_ms / 1000.0, "score": p, "decision": self.policy.decide(p),
-                "reasons": list(why), "rules_version": self.policy.version,
-                "model_version": version, "amount": row["amount"],
-            })
-        self.model.remember([r["application_id"] for r in rows], rows)
-        return out
-
-    def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
-        pass
-
-    def learn(self, labels: list[dict[str, Any]]) -> int:
-        return self.model.learn_from_labels([r["event_id"] for r in labels], [r["is_positive"] for r in labels])
-
-    def checkpoint(self) -> bytes:
-        return self.model.checkpoint()
-
-    def restore(self, blob: bytes) -> None:
-        self.model.restore(blob)
-
-    @property
-    def version(self) -> str:
-        return self.model.version

@@ -214,10 +214,14 @@ def _numbers(column) -> tuple[np.ndarray, np.ndarray]:
     return values, not_number
 
 
-def truthy(column) -> np.ndarray:
-    """Rows where a ground-truth column is set: non-zero numbers, true, or 1/true/yes text."""
+def truthy(column, positive: str | None = None) -> np.ndarray:
+    """Rows where a ground-truth column is set: non-zero numbers, true, or 1/true/yes text;
+    with ``positive``, the rows whose value is that text (any case)."""
     import pyarrow as pa
 
+    if positive is not None:
+        wanted = positive.strip().lower()
+        return np.asarray([str(v).strip().lower() == wanted for v in column.to_pylist()], dtype=bool)
     typ = column.type
     if pa.types.is_boolean(typ) or pa.types.is_integer(typ) or pa.types.is_floating(typ):
         values = column.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -289,15 +293,16 @@ def validate_transactions(table, times_ms: np.ndarray, time_ok: np.ndarray, max_
 
 def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None, *,
                settings: Settings, label_column: str | None = None, label_delay_ms: int = 0,
-               now_ms: int | None = None, validate: bool = True) -> ReplayInput:
+               now_ms: int | None = None, validate: bool = True, label_positive: str | None = None) -> ReplayInput:
     """Read, rename, check and sort a file; with ``validate`` (offline) bad transactions become
     dead letters here, as the decoder would make them."""
     if stream not in STREAMS:
         raise ReplayError(f"unknown --stream {stream!r}; choose one of: {', '.join(STREAMS)}.")
-    if label_column and stream != "transactions":
-        raise ReplayError("--label-column makes chargeback labels for transactions; "
-                          "use it with --stream transactions (replay a labels file with --stream labels).")
     spec = STREAMS[stream]
+    if label_column and not spec.outcome_id:
+        with_outcomes = ", ".join(name for name, s in STREAMS.items() if s.outcome_id)
+        raise ReplayError(f"--label-column: {stream} events have no outcomes ({with_outcomes} do; "
+                          "replay a labels file with --stream labels).")
     path = Path(path)
     maps = maps or {}
     table = read_table(path, spec, maps)
@@ -314,7 +319,7 @@ def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None
     n = table.num_rows
     flagged = None
     if label_column:
-        flagged = truthy(table.column(label_column))
+        flagged = truthy(table.column(label_column), label_positive)
         table = table.drop_columns([label_column])
     out = ReplayInput(stream=stream, path=path, columns={}, times_ms=times_ms, row_number=order.astype(np.int64),
                       label_column=label_column, file_rows=n)
@@ -337,7 +342,7 @@ def load_input(path: str | Path, stream: str, maps: dict[str, str] | None = None
         out.unreadable_times = {int(i): table.column(spec.time_column)[int(i)].as_py()
                                 for i in np.flatnonzero(~time_ok)}
     if flagged is not None:
-        out.labels = label_events(out.columns, out.times_ms, flagged, label_delay_ms)
+        out.labels = label_events(spec, out.columns, out.times_ms, flagged, label_delay_ms)
     return out
 
 
@@ -349,27 +354,32 @@ def _column_values(column) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
-def label_events(columns: dict[str, np.ndarray], times_ms: np.ndarray, flagged: np.ndarray,
+def label_events(spec, columns: dict[str, np.ndarray], times_ms: np.ndarray, flagged: np.ndarray,
                  delay_ms: int) -> dict[str, np.ndarray]:
-    """Chargeback labels for the flagged transactions, at ``event_time + delay``, by label time."""
-    rows = np.flatnonzero(flagged)
+    """Outcome labels at ``event_time + delay``, by label time: for the flagged rows (a
+    chargeback, a default), and for the others too where the stream reports good outcomes
+    (a repaid loan)."""
+    bad, good = spec.outcome_labels
+    rows = np.arange(len(times_ms)) if good else np.flatnonzero(flagged)
     label_time = times_ms[rows] + delay_ms
     order = np.argsort(label_time, kind="stable")
     rows, label_time = rows[order], label_time[order]
-    # Keyed like the transaction (card, else customer), so the label reaches the card's partition.
     m = len(rows)
-    card = np.full(len(times_ms), "", dtype=object)
-    for name in ("customer_id", "card_id"):
+    # Keyed like the event (a transaction by card, else customer), so the label reaches the
+    # partition that holds the event's state.
+    entity = np.full(len(times_ms), "", dtype=object)
+    for name in reversed(spec.key):
         if name in columns:
             values = np.asarray(columns[name], dtype=object)
-            card = np.where((values != "") & np.not_equal(values, None), values, card)
+            entity = np.where((values != "") & np.not_equal(values, None), values, entity)
+    positive = np.asarray(flagged, dtype=bool)[rows]
     return {
-        "event_id": np.asarray(columns["transaction_id"], dtype=object)[rows],
-        "stream": np.full(m, "transactions", dtype=object),
-        "label": np.full(m, "chargeback", dtype=object),
-        "is_positive": np.ones(m, dtype=np.int8),
+        "event_id": np.asarray(columns[spec.outcome_id], dtype=object)[rows].astype(str).astype(object),
+        "stream": np.full(m, spec.name, dtype=object),
+        "label": np.where(positive, bad, good).astype(object),
+        "is_positive": positive.astype(np.int8),
         "label_time": label_time.astype(np.int64),
-        "entity_id": card[rows].astype(object),
+        "entity_id": entity[rows].astype(object),
         "source": np.full(m, "replay", dtype=object),
         # Like a chargeback record: the merchant, terminal and date of the labelled payment.
         **{name: _text_or_empty(columns, name, len(times_ms))[rows] for name in ("merchant_id", "terminal_id")},
@@ -410,6 +420,26 @@ def transaction_chunks(data: ReplayInput, chunk_rows: int) -> Iterator[tuple[int
     n = data.n
     for start in range(0, n, chunk_rows):
         yield start, min(n, start + chunk_rows), labels.before(int(data.times_ms[start]))
+    rest = labels.rest()
+    if len(rest):
+        yield n, n, rest
+
+
+def row_chunks(data: ReplayInput, chunk_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, end, labels due) for a row-shaped stream: chunks of up to ``chunk_rows`` rows,
+    each ended early where an outcome label comes due, so that a label is learned before the
+    first row after its time is decided, as a worker reading both topics live would. Labels
+    after the last row come last, with ``start == end == n``."""
+    labels = DueLabels(data.labels.get("label_time", np.zeros(0, dtype=np.int64)))
+    n, start = data.n, 0
+    while start < n:
+        due = labels.before(int(data.times_ms[start]))
+        end = min(n, start + chunk_rows)
+        if labels.handed < len(labels.label_time):  # the next label ends the chunk at its time
+            cut = int(np.searchsorted(data.times_ms, labels.label_time[labels.handed], side="right"))
+            end = max(start + 1, min(end, cut))
+        yield start, end, due
+        start = end
     rest = labels.rest()
     if len(rest):
         yield n, n, rest

@@ -11,7 +11,6 @@ import pytest
 
 from riskstream.detectors.base import DetectorError, check_detector, detector_factories, named_factories
 from riskstream.detectors.evaluate import roc_auc
-from riskstream.detectors.credit import CreditModel
 from riskstream.detectors.fraud import FraudModels
 from riskstream.detectors.fraud_detectors import (
     LinearFraudDetector, RobustZAnomalyDetector, hash_ids, quartiles, signed_log1p,
@@ -27,8 +26,8 @@ def test_every_registered_detector_meets_the_contract(name):
     check_detector(DETECTORS[name])
 
 
-def test_registry_has_the_fraud_and_credit_detectors():
-    assert {"fraud_linear", "fraud_robust_z", "fraud_models", "credit_logistic"} <= set(DETECTORS)
+def test_registry_has_the_fraud_detectors():
+    assert {"fraud_linear", "fraud_robust_z", "fraud_models"} <= set(DETECTORS)
 
 
 def test_registering_a_name_twice_fails_loudly():
@@ -355,21 +354,6 @@ def test_hash_ids_is_stable_across_calls_and_types():
     assert a.dtype == np.uint64 and a[0] != a[1]
     np.testing.assert_array_equal(a, hash_ids(["x", "y"]))
     np.testing.assert_array_equal(hash_ids(np.array([12])), hash_ids(["12"]))
-
-
-def test_credit_prior_is_sensible_before_any_label_and_learns_from_outcomes():
-    model = CreditModel()
-    base = {"amount": 10_000, "income": 50_000, "term_months": 36, "existing_debt": 10_000, "credit_score": 700}
-    worse = [dict(base, existing_debt=30_000), dict(base, credit_score=560), dict(base, amount=40_000, term_months=12)]
-    p, reasons = model.score_rows([base] + worse)
-    assert 0.01 < p[0] < 0.15 and all(p[1:] > p[0])
-    assert reasons[0] == [] and reasons[1] == ["debt-to-income 0.60 above 0.45"]
-    assert reasons[2] == ["credit score 560 below 620"]
-    # Outcomes months later: learned from the application as decided.
-    model.remember(["a1", "a2"], [base, base])
-    assert model.learn_from_labels(["a1", "a2", "unknown"], [1, 1, 0]) == 2
-    assert model.score_rows([base])[0][0] > p[0]
-    assert model.version == "credit_logistic-2"
 
 
 def test_refresh_survives_a_constant_feature_without_invalid_sqrt():

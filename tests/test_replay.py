@@ -30,7 +30,7 @@ def sim():
 def args(file, stream="transactions", maps=(), label_column=None, label_delay=None, offline=True, rate=None,
          processes=1):
     return argparse.Namespace(file=str(file), stream=stream, map=list(maps), label_column=label_column,
-                              label_delay=label_delay, offline=offline, rate=rate, config=None,
+                              label_delay=label_delay, offline=offline, rate=rate, config=None, label_positive=None,
                               processes=processes if offline else None)
 
 

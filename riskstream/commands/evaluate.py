@@ -1,10 +1,12 @@
-"""`riskstream evaluate`: model quality from the decisions table and the labels."""
+"""`riskstream evaluate`: model quality from the decisions table and the labels (fraud or credit)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from datetime import date
+
+import orjson
 
 from riskstream.detectors.evaluate import evaluate
 
@@ -15,21 +17,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     if args.start is None or args.to is None:
-        # Default: every decided transaction (first to last event day).
+        # Default: every decision of the stream (first to last event day).
         from riskstream.sinks.clickhouse import run_query
 
         lo, hi = run_query(settings, "SELECT toDate(min(event_time)), toDate(max(event_time)) FROM decisions "
-                                     "FINAL WHERE stream = 'transactions'", "tsv").decode().split()[-2:]
+                                     f"FINAL WHERE stream = '{args.stream}'", "tsv").decode().split()[-2:]
         args.start = args.start or date.fromisoformat(lo)
         args.to = args.to or date.fromisoformat(hi)
     if args.to < args.start:
         print("riskstream evaluate: --to is before --from", file=sys.stderr)
         return 2
     try:
+        if args.stream == "loan_applications":
+            return _credit(settings, args)
         r = evaluate(settings, args.start, args.to)
     except QueryError as exc:
         print(f"riskstream evaluate: ClickHouse said:\n{str(exc)[:2000]}", file=sys.stderr)
         return 1
+    if args.json:
+        print(orjson.dumps(r).decode())
+        return 0 if r["decisions"] else 1
     print(f"Decisions {r['from']} .. {r['to']} (stream 'transactions'): {r['decisions']:,}")
     if r["decisions"] == 0:
         print("Nothing to evaluate. Next: run the worker (`riskstream demo`) or widen --from/--to.")
@@ -49,10 +56,52 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _credit(settings, args: argparse.Namespace) -> int:
+    from riskstream.detectors.credit_evaluation import evaluate_credit
+    from riskstream.rules.credit_policy import load_credit_policy_file
+
+    policy = load_credit_policy_file(settings.credit_file)
+    r = evaluate_credit(settings, args.start, args.to, policy.refer_pd)
+    if args.json:
+        print(orjson.dumps(r).decode())
+        return 0 if r["decisions"] else 1
+    print(f"Loan decisions {r['from']} .. {r['to']}: {r['decisions']:,}")
+    if not r["decisions"]:
+        print("Nothing to evaluate. Next: replay loan applications (`riskstream replay FILE --stream "
+              "loan_applications --label-column COL --label-delay 180d --offline`) or run `riskstream demo`.")
+        return 1
+    counts = ", ".join(f"{k} {v:,}" for k, v in sorted(r["decision_counts"].items()))
+    print(f"  decisions: {counts}   model versions: {r['model_versions']}")
+    print(f"  approval rate                       {r['approval_rate']:.1%} (PD under the refer line "
+          f"{policy.refer_pd:.0%}: {r['approval_rate_at_refer_pd']:.1%})")
+    rate = r["default_rate_approved"]
+    print(f"  default rate among approved         " + (f"{rate:.1%} of {r['approved_with_outcome']:,} with an outcome"
+                                                     if rate is not None else "no outcome known yet"))
+    print(f"  outcomes known: {r['labelled']:,} ({r['defaults']:,} defaults)")
+    if "roc_auc" in r:
+        print(f"  ROC AUC (prequential)               {r['roc_auc']:.3f}")
+    if "brier" in r:
+        print(f"  Brier score                         {r['brier']:.4f}")
+        gap = r["max_calibration_gap"]
+        print("  calibration: PD decile      cases   mean PD   defaulted   gap"
+              + (f"   (largest judged gap {gap:.1%})" if gap is not None else ""))
+        for k, row in enumerate(r["calibration"], 1):
+            thin = "" if row["judged"] else f"  (observed rate +/-{row['rate_se']:.1%}: too few cases to judge)"
+            print(f"    {k:2d}  {row['pd_from']:6.1%}-{row['pd_to']:6.1%}  {row['n']:7,}  {row['mean_pd']:7.1%}  "
+                  f"{row['default_rate']:9.1%}  {row['gap']:+6.1%}{thin}")
+    print("Next: the declines and their reasons: riskstream sql \"SELECT reasons, count() FROM decisions FINAL "
+          "WHERE stream = 'loan_applications' AND decision = 'decline' GROUP BY reasons ORDER BY count() DESC LIMIT 10\"")
+    return 0
+
+
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="Model quality (ROC AUC, AP, Card Precision@100) from decisions and labels.")
+    p = sub.add_parser("evaluate", help="Model quality from decisions and labels: fraud (ROC AUC, AP, Card "
+                                        "Precision@100) or credit (AUC, Brier, calibration, approval rates).")
+    p.add_argument("--stream", choices=("transactions", "loan_applications"), default="transactions",
+                   help="whose decisions: transactions (fraud, the default) or loan_applications (credit)")
     p.add_argument("--from", dest="start", type=_day, help="First day, YYYY-MM-DD (UTC); default: the first decided.")
     p.add_argument("--to", type=_day, help="Last day, inclusive, YYYY-MM-DD (UTC); default: the last decided.")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(run=_cmd_evaluate)
 
 

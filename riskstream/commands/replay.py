@@ -9,6 +9,8 @@ Example (offline, on a simulated file)::
     riskstream simulate --days 7 --out /tmp/tx.parquet
     riskstream replay /tmp/tx.parquet --stream transactions --label-column is_fraud \\
         --label-delay 7d --offline
+    riskstream replay loans.csv --stream loan_applications --label-column outcome \\
+        --label-positive bad --label-delay 180d --offline
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
     settings = settings or load_settings(getattr(args, "config", None))
     if args.stream not in STREAMS:
         raise ReplayError(f"unknown --stream {args.stream!r}; choose one of: {', '.join(STREAMS)}.")
-    if args.label_delay and not args.label_column:
-        raise ReplayError("--label-delay needs --label-column (the column that says which rows are fraud).")
+    if (args.label_delay or args.label_positive) and not args.label_column:
+        raise ReplayError("--label-delay and --label-positive need --label-column (the column that says "
+                          "which rows turned out bad: fraud, a default).")
     delay_ms = parse_duration(args.label_delay) if args.label_column else 0
     if args.label_column and not args.label_delay:
-        raise ReplayError("--label-column needs --label-delay, e.g. --label-delay 7d "
-                          "(chargebacks take days; a zero delay would leak the outcome).")
+        raise ReplayError("--label-column needs --label-delay, e.g. --label-delay 7d for chargebacks or 180d "
+                          "for loan outcomes (a zero delay would leak the outcome).")
     if args.rate is not None and args.rate <= 0:
         raise ReplayError(f"--rate {args.rate}: expected events per second > 0.")
     if args.offline and args.rate:
@@ -53,11 +56,12 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
         settings.kafka_client_config()  # fail before reading a big file when there is no broker
     t0 = time.perf_counter()
     data = load_input(args.file, args.stream, parse_maps(args.map), settings=settings,
-                      label_column=args.label_column, label_delay_ms=delay_ms, validate=args.offline)
+                      label_column=args.label_column, label_delay_ms=delay_ms, validate=args.offline,
+                      label_positive=args.label_positive)
     n_labels = len(data.labels.get("label_time", ()))
     late = int((data.labels["label_time"] > data.times_ms[-1]).sum()) if n_labels and data.n else 0
     _say(f"replay: {data.file_rows:,} rows of {data.path.name} as {args.stream}"
-         + (f", {n_labels:,} chargeback labels {args.label_delay} later"
+         + (f", {n_labels:,} outcome labels {args.label_delay} later"
             f" ({late:,} fall after the last row and are emitted at the end)" if args.label_column else "")
          + (f", {len(data.dead):,} invalid rows dead-lettered" if data.dead else "")
          + f" (read in {time.perf_counter() - t0:.1f}s)")
@@ -115,8 +119,12 @@ def register(sub) -> None:
     p.add_argument("--map", action="append", default=[], metavar="SRC=DEST",
                    help="rename a column, e.g. --map TX_AMOUNT=amount --map CUSTOMER_ID=card_id (repeatable)")
     p.add_argument("--label-column", metavar="COL",
-                   help="ground-truth column (1/true = fraud): each such row yields a chargeback label "
-                        "--label-delay after it; COL is dropped from the transaction")
+                   help="ground-truth column (1/true/yes = bad: a fraud, a default), for any stream with outcomes "
+                        "(transactions, loan_applications): each bad row yields a chargeback or default label "
+                        "--label-delay after it, and for loans each other row a repaid label; COL is dropped "
+                        "from the event")
+    p.add_argument("--label-positive", metavar="VALUE",
+                   help="the --label-column value that means bad, when it is a word like 'bad' (any case)")
     p.add_argument("--label-delay", metavar="DURATION",
                    help="how long until the label is known, e.g. 30m, 12h, 7d. Labels that fall after the "
                         "last row are still emitted, at the end")

@@ -322,6 +322,7 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
                            "FROM alerts FINAL GROUP BY severity_level ORDER BY n DESC").decode()
         dead = int(run_query(settings, "SELECT count() FROM dead_letters FINAL", "tsv").split()[-1])
         market = _market_summary(settings, stream.counts.get("market", 0))
+        credit = _credit_summary(settings)
     finally:
         stack.stop()
     decided = counter.counts["transactions"] + counter.counts["loan_applications"]
@@ -333,14 +334,14 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
     print(f"ClickHouse: {stored:,} decisions stored for {expected:,} decided events "
           f"({'exactly one each' if stored == expected else 'MISMATCH'}); {dead} dead letters "
           f"({stream.malformed} malformed records injected). Worker stopped in {stop_s:.1f}s.")
-    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts + market)
+    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts + credit + market)
     print(f"Data: {settings.data_dir.resolve()}. Look further with, for example:\n"
           '  riskstream sql "SELECT decision, count() FROM decisions FINAL GROUP BY decision"\n'
           '  riskstream sql "SELECT event_id, score, reasons FROM decisions FINAL WHERE decision = \'decline\' LIMIT 5"\n'
           '  riskstream sql "SELECT error, payload FROM dead_letters FINAL"\n'
           '  riskstream sql "SELECT portfolio_id, measured_at, value, var_99, es_99 FROM portfolio_risk FINAL '
           'ORDER BY measured_at DESC LIMIT 10"\n'
-          "  riskstream evaluate   (model quality against the labels)")
+          "  riskstream evaluate   (fraud model quality against the labels; --stream loan_applications for credit)")
     return 0 if ok else 1
 
 
@@ -365,6 +366,35 @@ def _market_summary(settings: Settings, ticks: int, timeout: float = 60.0) -> st
     return ("Market risk: portfolios nearest their 99% VaR limit (150,000):\n" + top
             + f"{DEMO_PORTFOLIO}'s limits (it buys past its gross limit, then sells):\n" + states
             + "Portfolio controls (Redis rs:limit:portfolio:<id> and the limits topic):\n" + controls)
+
+
+def _credit_summary(settings: Settings) -> str:
+    """The loan decisions: approval rate, the PD against the outcomes known so far, and what
+    the declines were for."""
+    from datetime import date
+
+    from riskstream.detectors.credit_evaluation import evaluate_credit
+    from riskstream.sinks.clickhouse import run_query
+
+    r = evaluate_credit(settings, date(2000, 1, 1), date(2100, 1, 1))
+    if not r["decisions"]:
+        return ""
+    counts = ", ".join(f"{k} {v:,}" for k, v in sorted(r["decision_counts"].items()))
+    lines = [f"Credit: {r['decisions']:,} loan applications ({counts}); approval rate {r['approval_rate']:.1%}."]
+    if r.get("calibration"):
+        lines.append(f"  PD against the {r['labelled']:,} outcomes known so far ({r['defaults']:,} defaults"
+                     + (f", ROC AUC {r['roc_auc']:.3f}" if "roc_auc" in r else "") + "), by PD decile:")
+        lines += [f"    PD {row['pd_from']:5.1%}-{row['pd_to']:5.1%}: predicted {row['mean_pd']:5.1%}, defaulted "
+                  f"{row['default_rate']:5.1%} of {row['n']:,}" for row in r["calibration"]]
+    import orjson
+
+    declines = run_query(settings, "SELECT splitByString(':', reason)[1] AS why, count() AS n FROM decisions FINAL "
+                         "ARRAY JOIN reasons AS reason WHERE stream = 'loan_applications' AND decision = 'decline' "
+                         "AND NOT startsWith(reason, 'PD') AND position(reason, ':') > 0 GROUP BY why ORDER BY n DESC "
+                         "LIMIT 5", "json")
+    rules = ", ".join(f"{row['why']} {int(row['n']):,}" for row in map(orjson.loads, declines.splitlines()) if row)
+    lines.append(f"  declines by policy rule: {rules or 'none'}; the rest by PD over the decline line.")
+    return "\n".join(lines) + "\n"
 
 
 def _wait_stored(settings: Settings, expected: int, timeout: float = 60.0) -> int:

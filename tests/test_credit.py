@@ -186,3 +186,14 @@ def test_a_loan_book_replayed_with_late_outcomes_learns_and_is_evaluated_from_cl
     assert evaluate._cmd_evaluate(ns) == 0
     printed = orjson.loads(capsys.readouterr().out)
     assert printed["roc_auc"] == pytest.approx(r["roc_auc"]) and printed["decisions"] == 1500
+
+
+def test_rules_validate_checks_a_credit_policy_file(tmp_path, capsys):
+    from riskstream.cli import main
+
+    assert main(["rules", "validate", "--credit", "rules/credit.yaml"]) == 0
+    assert "4 rules" in capsys.readouterr().out
+    bad = tmp_path / "credit.yaml"
+    bad.write_text("version: x\nfields: {salary: s}\n")
+    assert main(["rules", "validate", "--credit", str(bad)]) == 1
+    assert f"{bad}:2: 'fields': 'salary' is not a field the engine knows" in capsys.readouterr().err

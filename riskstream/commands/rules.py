@@ -39,6 +39,8 @@ def _columns_arg(value: str | None) -> set[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.credit:
+        return _validate_credit(args.file)
     text = _read(args.file)
     try:
         rule_set = validate_rule_set(text, args.file, available_columns=_columns_arg(args.columns),
@@ -54,6 +56,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         compiled = compile_rule_set(rule_set, sorted(_columns_arg(args.columns)))
         print(f"compiled in {compiled.compile_seconds:.2f} s")
+    return 0
+
+
+def _validate_credit(path: str) -> int:
+    """A credit policy file: its rules compiled over a loan batch, its settings checked."""
+    from riskstream.rules.credit_policy import CreditPolicyError, load_credit_policy
+
+    try:
+        policy = load_credit_policy(_read(path), path)
+    except CreditPolicyError as exc:
+        print(f"{len(exc.errors)} error(s):", file=sys.stderr)
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    rules = policy.rule_set.summary() if policy.rule_set is not None else "no policy rules"
+    print(f"credit policy {policy.version}: {rules}; approve under PD {policy.refer_pd:.0%}, refer up to "
+          f"{policy.decline_pd:.0%}, decline from there; offered at most {policy.income_share:g} x income and "
+          f"{policy.max_amount:,.0f}")
+    print("Next: RISKSTREAM_CREDIT_FILE=" + path + " riskstream worker (workers read it at start-up)")
     return 0
 
 
@@ -147,6 +168,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("file")
     p.add_argument("--columns", help="Comma-separated columns the batch will have (default: the known features).")
     p.add_argument("--compile", action="store_true", help="Also compile the kernel and show how long it took.")
+    p.add_argument("--credit", action="store_true",
+                   help="The file is a credit policy (rules/credit.yaml): check its rules over loan applications "
+                        "and its model, band and limit settings.")
     p.set_defaults(run=cmd_validate)
 
     p = sub.add_parser("publish", help="Validate and publish a rule set to the `rules` control topic.")

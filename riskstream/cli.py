@@ -12,7 +12,8 @@ from riskstream.settings import ConfigError
 
 # Modules that add subcommands; imported lazily so that `riskstream --help` stays fast.
 COMMAND_MODULES = [f"riskstream.commands.{name}" for name in (
-    "stack", "demo", "worker", "replay", "sql", "grafana", "simulate", "rules", "limits", "evaluate", "var_backtest",
+    "stack", "demo", "worker", "replay", "sql", "grafana", "simulate", "rules", "limits", "credit_line", "evaluate",
+    "var_backtest",
     "bench",
 )]
 

@@ -87,6 +87,21 @@ def demo_desk_trades(sim, start_ms: int, end_ms: int) -> list[dict]:
             for f, value in ((0.05, 2e6), (0.33, 8e6), (0.66, 1e6))]
 
 
+def demo_credit_line(tx: dict, start_ms: int, end_ms: int) -> list[dict]:
+    """The busiest customer gets a credit line worth 40% of what their cards will spend, and
+    repays a third of it half-way: near-limit reviews, over-limit declines, then room again."""
+    customers, counts = np.unique(tx["customer_id"], return_counts=True)
+    if not len(customers):
+        return []
+    who = str(customers[np.argmax(counts)])
+    limit = round(0.4 * float(tx["amount"][tx["customer_id"] == who].sum()), 2)
+    mid = int(start_ms + (end_ms - start_ms) / 2)
+    return [{"event_id": "demo-line-open", "event_time": start_ms, "account_id": who, "kind": "limit_change",
+             "amount": limit, "source": "riskstream demo"},
+            {"event_id": "demo-line-repay", "event_time": mid, "account_id": who, "kind": "repayment",
+             "amount": round(limit / 3, 2), "source": "riskstream demo"}]
+
+
 def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStream:
     from riskstream.simulate import simulate
 
@@ -148,6 +163,9 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     for rec in demo_desk_trades(sim, start_ms, end_ms):
         entries.append((rec["event_time"], "positions", rec["portfolio_id"].encode(), rec))
         counts["positions"] = counts.get("positions", 0) + 1
+    for rec in demo_credit_line(tx, int(tx["event_time"][0]), end_ms):
+        entries.append((rec["event_time"], "account_events", rec["account_id"].encode(), rec))
+        counts["account_events"] = counts.get("account_events", 0) + 1
     counts["labels"] = sum(1 for e in entries if e[1] == "labels")
     values = json_documents(e[3] for e in entries)
     entries = [(t, topic, key, value) for (t, topic, key, _), value in zip(entries, values)]
@@ -394,6 +412,17 @@ def _credit_summary(settings: Settings) -> str:
                          "LIMIT 5", "json")
     rules = ", ".join(f"{row['why']} {int(row['n']):,}" for row in map(orjson.loads, declines.splitlines()) if row)
     lines.append(f"  declines by policy rule: {rules or 'none'}; the rest by PD over the decline line.")
+    used = orjson.loads(run_query(
+        settings, "SELECT countIf(startsWith(r, 'OVER_LIMIT')) AS over, countIf(startsWith(r, 'NEAR_LIMIT')) AS near "
+        "FROM decisions FINAL ARRAY JOIN reasons AS r WHERE stream = 'transactions'", "json").splitlines()[0])
+    opened = int(run_query(settings, "SELECT count() FROM account_events FINAL WHERE kind = 'limit_change'",
+                           "tsv").split()[-1])
+    demo_line = [orjson.loads(r)["account_id"] for r in run_query(
+        settings, "SELECT account_id FROM account_events FINAL WHERE event_id = 'demo-line-open'", "json").splitlines() if r]
+    lines.append(f"  credit lines: {opened:,} opened or changed (approvals and the demo's line); card authorisations "
+                 f"declined over their line: {int(used['over']):,}, sent to review near it: {int(used['near']):,}.")
+    if demo_line:
+        lines.append(f"  the demo's line, event by event: riskstream credit-line history {demo_line[-1]}")
     return "\n".join(lines) + "\n"
 
 

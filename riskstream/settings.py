@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     credit_file: str = Field(
         "", description="Credit policy (YAML: rules, PD model, decision bands, limit; see rules/credit.yaml). "
                         "Empty: the built-in one.")
+    credit_near_utilisation: float = Field(
+        0.9, gt=0, le=1, description="Share of a credit line used at which an authorisation goes to review "
+                                     "(and crossing it raises an alert).")
     limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
     market_history_days: int = Field(
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")

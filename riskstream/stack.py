@@ -37,6 +37,7 @@ TOPICS: dict[str, int | None] = {
     "market": 1,
     "positions": 1,
     "loan_applications": None,
+    "account_events": None,
     "labels": None,
     "decisions": None,
     "alerts": None,

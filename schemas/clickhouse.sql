@@ -123,6 +123,24 @@ CREATE TABLE IF NOT EXISTS loan_applications (
 ) ENGINE = ReplacingMergeTree
 ORDER BY application_id;
 
+-- Credit-line events and what each did: settlements, reversals, repayments and limit changes
+-- (from the account_events stream, approved loan applications and `riskstream credit-line set`:
+-- the audit trail of every limit), with the line after the event, in the line's currency.
+CREATE TABLE IF NOT EXISTS account_events (
+    event_id       String,
+    event_time     DateTime64(3, 'UTC'),
+    account_id     String,
+    kind           LowCardinality(String),   -- settlement | reversal | repayment | limit_change
+    amount         Float64,
+    auth_id        String,
+    source         String,
+    status         LowCardinality(String),   -- ok | none (no such line)
+    limit_after    Float64,
+    balance_after  Float64,
+    reserved_after Float64
+) ENGINE = ReplacingMergeTree
+ORDER BY (account_id, event_id, kind);
+
 -- Late outcomes: chargebacks, analyst verdicts, defaults, repayments.
 CREATE TABLE IF NOT EXISTS labels (
     event_id    String,

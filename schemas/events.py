@@ -225,6 +225,27 @@ def loan_application_row(obj: dict, now_ms: int) -> dict:
     return row
 
 
+ACCOUNT_EVENT_KINDS = ("settlement", "reversal", "repayment", "limit_change")
+
+
+def account_event_row(obj: dict, now_ms: int) -> dict:
+    """A credit line's event: a settlement or reversal of an authorisation (``auth_id``), a
+    repayment, or a new limit (``amount``)."""
+    kind = read_id(obj, "kind")
+    if kind not in ACCOUNT_EVENT_KINDS:
+        raise InvalidEvent(f"'kind' must be one of {', '.join(ACCOUNT_EVENT_KINDS)}, got {kind!r}")
+    auth_id = read_id(obj, "auth_id", required=kind in ("settlement", "reversal"))
+    return {
+        "event_id": read_id(obj, "event_id"),
+        "event_time": parse_event_time(obj.get("event_time") if "event_time" in obj else missing_field("event_time"), now_ms),
+        "account_id": read_id(obj, "account_id"),
+        "kind": kind,
+        "amount": read_number(obj, "amount", 0.0, 1e10),  # kept in cents, exact in the ledger's doubles
+        "auth_id": auth_id,
+        "source": read_id(obj, "source", required=False),
+    }
+
+
 def label_row(obj: dict, now_ms: int) -> dict:
     label = read_id(obj, "label")
     if label not in LABEL_VALUES:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from riskstream.schemas.events import LABELLED_STREAMS, label_row, loan_application_row, market_tick_row, position_row
+from riskstream.schemas.events import (
+    LABELLED_STREAMS, account_event_row, label_row, loan_application_row, market_tick_row, position_row,
+)
 from riskstream.schemas.transactions import TRANSACTION_OPTIONAL
 
 
@@ -115,6 +117,17 @@ STREAMS: dict[str, StreamSpec] = {
         validate_row=loan_application_row,
         outcome_id="application_id",
         outcome_labels=("default", "repaid"),
+    ),
+    "account_events": StreamSpec(
+        name="account_events",
+        time_column="event_time",
+        required=(("event_id",), ("event_time",), ("account_id",), ("kind",), ("amount",)),
+        optional=("auth_id", "source"),
+        key=("account_id",),
+        table="account_events",
+        processor="ledger",
+        strings=("event_id", "account_id", "kind", "auth_id", "source"),
+        validate_row=account_event_row,
     ),
 }
 

@@ -41,6 +41,7 @@ from riskstream.sinks.publisher import Publisher
 from riskstream.streams.clock import LabelClock, Watermark
 from riskstream.streams.outputs import Outputs, publish
 from riskstream.streams.market import MarketRiskProcessor
+from riskstream.streams.ledger import LedgerProcessor, LocalLedger
 from riskstream.streams.loans import LoanProcessor
 from riskstream.streams.processors import TransactionProcessor
 
@@ -49,13 +50,17 @@ class Driver:
     """Decode, process and publish batches of any registered stream; hand due labels to the
     processors in event time; checkpoint and restore their models."""
 
-    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True):
+    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None):
         self.settings = settings
         self.tokenizer = PanTokenizer(settings.pan_key_bytes())
-        self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models)
-        self.loans = LoanProcessor(settings)
+        # Credit lines: in Redis for workers (shared, atomic), in memory for a replay or a test.
+        self.ledger = ledger if ledger is not None else LocalLedger()
+        self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger)
+        self.loans = LoanProcessor(settings, ledger=self.ledger)
         self.market = MarketRiskProcessor(settings, {s.name: s.table for s in STREAMS.values() if s.processor == "market"})
-        self.processors = {"transactions": self.transactions, "loans": self.loans, "market": self.market}
+        self.accounts = LedgerProcessor(self.ledger)
+        self.processors = {"transactions": self.transactions, "loans": self.loans, "market": self.market,
+                           "ledger": self.accounts}
         self.watermarks = {name: Watermark() for name in LABELLED_STREAMS}
         self.clock = LabelClock()
         self.labels_learned = 0
@@ -125,6 +130,8 @@ class Driver:
                 self.watermarks[stream].advance(np.full(len(rows), -1), times)
             out.learned = learned + self._learn_due(stream)
             return out
+        if spec.processor == "ledger":
+            return self.accounts.process(rows, dead)
         return self.market.process(stream, rows, dead)
 
     def run(self, stream: str, values: Sequence[bytes | None], publisher: Publisher,

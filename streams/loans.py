@@ -31,12 +31,14 @@ from riskstream.rules.compiler import compile_rule_set
 from riskstream.rules.credit_policy import RATIOS, CreditPolicy, load_credit_policy_file
 from riskstream.schemas.events import LOAN_KNOWN, DeadLetter
 from riskstream.settings import Settings
+from riskstream.streams.ledger import LedgerOp, cents
 from riskstream.streams.outputs import Outputs
 
 
 class LoanProcessor:
-    def __init__(self, settings: Settings, policy: CreditPolicy | None = None):
+    def __init__(self, settings: Settings, policy: CreditPolicy | None = None, ledger=None):
         self.policy = policy or load_credit_policy_file(settings.credit_file)
+        self.ledger = ledger  # streams.ledger: an approval opens (or resets) the customer's credit line
         self.model = PdModel(**self.policy.model)
         self.compiled = None
         if self.policy.rule_set is not None:
@@ -76,7 +78,23 @@ class LoanProcessor:
                 "amount": row["amount"] if row["amount"] == row["amount"] else 0.0, "granted": granted,
             })
         self.model.remember([r["application_id"] for r in rows], rows)
+        self._open_lines(out)
         return out
+
+    def _open_lines(self, out: Outputs) -> None:
+        """Each approval sets its customer's credit line to the amount granted, recorded in
+        ``account_events`` like every other limit change."""
+        approved = [d for d in out.decisions if d["decision"] == "approve" and d["granted"] > 0]
+        if self.ledger is None or not approved:
+            return
+        ops = [LedgerOp("set_limit", d["entity_id"], f"application:{d['event_id']}", cents(d["granted"]))
+               for d in approved]
+        out.rows["account_events"] = [
+            {"event_id": op.event_id, "event_time": int(d["event_time"] * 1000), "account_id": op.line,
+             "kind": "limit_change", "amount": d["granted"], "auth_id": "", "source": f"loan application {d['event_id']}",
+             "status": st.status, "limit_after": st.limit / 100, "balance_after": st.balance / 100,
+             "reserved_after": st.reserved / 100}
+            for d, op, st in zip(approved, ops, self.ledger.apply(ops))]
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
         pass

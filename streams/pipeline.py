@@ -29,7 +29,7 @@ import orjson
 
 from riskstream.schemas.transactions import TransactionBatch, constant_column
 
-SCORER_STAGES = ("features", "models_score", "models_remember", "rules", "decide", "alerts")
+SCORER_STAGES = ("features", "models_score", "models_remember", "rules", "decide", "alerts", "credit")
 NO_REASONS: tuple[str, ...] = ()  # shared by every clean row: most rows have no reasons
 
 

@@ -31,6 +31,7 @@ from riskstream.schemas.events import DeadLetter
 from riskstream.schemas.pan import PanTokenizer
 from riskstream.schemas.transactions import TransactionBatch
 from riskstream.settings import ConfigError, Settings
+from riskstream.streams.ledger import authorise
 from riskstream.streams.outputs import Outputs
 from riskstream.streams.pipeline import DecisionPolicy, ScoredBatch, TransactionScorer, concat_scored
 
@@ -65,7 +66,8 @@ def transaction_rule_columns() -> list[str]:
 class TransactionProcessor:
     """Card transactions: fraud scoring and decisions, on columnar batches."""
 
-    def __init__(self, settings: Settings, tokenizer: PanTokenizer, rules_holder=None, with_models: bool = True):
+    def __init__(self, settings: Settings, tokenizer: PanTokenizer, rules_holder=None, with_models: bool = True,
+                 ledger=None):
         from riskstream.detectors.features import FeatureEngine
         from riskstream.rules.compiler import RuleSetHolder
 
@@ -87,6 +89,8 @@ class TransactionProcessor:
         policy = DecisionPolicy(decline_score=settings.decline_score, review_score=settings.review_score,
                                 step_up_score=settings.step_up_score)
         self.scorer = TransactionScorer(self.features, self.rules, models, policy)
+        self.ledger = ledger  # streams.ledger: credit lines the transactions draw on
+        self.near_utilisation = settings.credit_near_utilisation
 
     @property
     def models(self):
@@ -99,9 +103,12 @@ class TransactionProcessor:
         messages the batch was decoded from), the rest are decided."""
         dead = dead if dead is not None else []
         try:
-            return Outputs("transactions", scored=self.scorer.process(batch), dead=dead)
+            scored = self.scorer.process(batch)
         except Exception:
             log.exception("scoring a batch of %d failed; retrying row by row", batch.n)
+        else:
+            self._credit_check(scored)
+            return Outputs("transactions", scored=scored, dead=dead)
         good: list[ScoredBatch] = []
         for i in range(batch.n):
             one = batch.take(np.asarray([i]))
@@ -111,7 +118,19 @@ class TransactionProcessor:
                 dead.append(DeadLetter(topic, int(one.partition[0]), int(one.offset[0]),
                                        f"processing failed: {type(row_exc).__name__}: {row_exc}",
                                        self.tokenizer.mask(_original_bytes(one, values))))
-        return Outputs("transactions", scored=concat_scored(good) if good else None, dead=dead)
+        scored = concat_scored(good) if good else None
+        if scored is not None:
+            self._credit_check(scored)
+        return Outputs("transactions", scored=scored, dead=dead)
+
+    def _credit_check(self, scored: ScoredBatch) -> None:
+        """Authorisations on credit lines reserve credit (``streams.ledger``). A ledger that
+        cannot be reached fails the batch, which is then retried: no authorisation is decided
+        without its credit check."""
+        if self.ledger is not None and scored.n:
+            t = time.perf_counter()
+            authorise(scored, self.ledger, self.near_utilisation)
+            self.scorer.stage_seconds["credit"] += time.perf_counter() - t
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
         """Confirmed frauds count for the card's, merchant's and terminal's fraud-rate features

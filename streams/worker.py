@@ -42,9 +42,10 @@ class TransactionPath:
         self.stats["dead_letters"] += len(out.dead)
         return len(records) - len(out.dead)
 
-    # Labels first (a label never waits behind the batch it came with); ticks before positions,
-    # which wait for the prices to reach their time (streams.market).
-    ORDER = ("labels", "market", "positions", "transactions", "loan_applications")
+    # Every registered stream (a test checks). Labels first (a label never waits behind the
+    # batch it came with); ticks before positions, which wait for the prices to reach their
+    # time (streams.market); credit-line events before the authorisations they settle.
+    ORDER = ("labels", "market", "positions", "account_events", "transactions", "loan_applications")
 
     def score(self, envelope) -> int:
         for stream in self.ORDER:
@@ -164,12 +165,14 @@ def build_app(settings: Settings, driver=None):
 
     from riskstream.sinks.kafka import OutputPublisher, connect_redis
     from riskstream.streams.driver import Driver
+    from riskstream.streams.ledger import RedisLedger
     from riskstream.streams.outputs import publish
     from riskstream.streams.reader import BatchReader
     from riskstream.streams.state import StateStore
 
-    driver = driver or Driver(settings)
     redis_client = connect_redis(settings)
+    # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
+    driver = driver or Driver(settings, ledger=RedisLedger(redis_client))
     publisher = OutputPublisher(settings, redis_client=redis_client)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():

@@ -75,7 +75,7 @@ def _credit(settings, args: argparse.Namespace) -> int:
     print(f"  approval rate                       {r['approval_rate']:.1%} (PD under the refer line "
           f"{policy.refer_pd:.0%}: {r['approval_rate_at_refer_pd']:.1%})")
     rate = r["default_rate_approved"]
-    print(f"  default rate among approved         " + (f"{rate:.1%} of {r['approved_with_outcome']:,} with an outcome"
+    print("  default rate among approved         " + (f"{rate:.1%} of {r['approved_with_outcome']:,} with an outcome"
                                                      if rate is not None else "no outcome known yet"))
     print(f"  outcomes known: {r['labelled']:,} ({r['defaults']:,} defaults)")
     if "roc_auc" in r:

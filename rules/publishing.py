@@ -22,6 +22,7 @@ from riskstream.rules.language import validate_rule_set
 RULES_TOPIC = "rules"
 RULESET_KEY = b"ruleset"
 LIMITS_KEY = b"limits"
+CREDIT_KEY = b"credit_policy"
 
 
 # ======================================================================================
@@ -80,6 +81,15 @@ def publish_limit_set(settings: Any, text: str, source: str, timeout: float = 10
 
     limits = load_limits(text, source)
     return _publish(settings, LIMITS_KEY, {"version": limits.version, "source_name": source, "text": text}, timeout)
+
+
+def publish_credit_policy(settings: Any, text: str, source: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Validate and publish a credit policy (``rules.credit_policy``); raises
+    ``CreditPolicyError`` (nothing published) when it does not validate."""
+    from riskstream.rules.credit_policy import load_credit_policy
+
+    policy = load_credit_policy(text, source)
+    return _publish(settings, CREDIT_KEY, {"version": policy.version, "source_name": source, "text": text}, timeout)
 
 
 def _publish(settings: Any, key: bytes, record: dict[str, Any], timeout: float) -> dict[str, Any]:

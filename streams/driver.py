@@ -41,6 +41,7 @@ from riskstream.sinks.publisher import Publisher
 from riskstream.streams.clock import LabelClock, Watermark
 from riskstream.streams.outputs import Outputs, publish
 from riskstream.streams.market import MarketRiskProcessor
+from riskstream.streams.early_warning import EarlyWarning, LocalWatch
 from riskstream.streams.ledger import LedgerProcessor, LocalLedger
 from riskstream.streams.loans import LoanProcessor
 from riskstream.streams.processors import TransactionProcessor
@@ -50,15 +51,18 @@ class Driver:
     """Decode, process and publish batches of any registered stream; hand due labels to the
     processors in event time; checkpoint and restore their models."""
 
-    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None):
+    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None, watch=None):
         self.settings = settings
         self.tokenizer = PanTokenizer(settings.pan_key_bytes())
-        # Credit lines: in Redis for workers (shared, atomic), in memory for a replay or a test.
+        # Credit lines and their early-warning state: in Redis for workers (shared by all), in
+        # memory for a replay or a test.
         self.ledger = ledger if ledger is not None else LocalLedger()
-        self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger)
-        self.loans = LoanProcessor(settings, ledger=self.ledger)
+        self.warning = EarlyWarning(watch if watch is not None else LocalWatch())
+        self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger,
+                                                 self.warning)
+        self.loans = LoanProcessor(settings, ledger=self.ledger, warning=self.warning)
         self.market = MarketRiskProcessor(settings, {s.name: s.table for s in STREAMS.values() if s.processor == "market"})
-        self.accounts = LedgerProcessor(self.ledger)
+        self.accounts = LedgerProcessor(self.ledger, self.warning)
         self.processors = {"transactions": self.transactions, "loans": self.loans, "market": self.market,
                            "ledger": self.accounts}
         self.watermarks = {name: Watermark() for name in LABELLED_STREAMS}

@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from riskstream.streams.early_warning import CASH_MCC, Observation
 from riskstream.streams.outputs import Outputs
 
 OPS = ("auth", "settle", "reverse", "repay", "set_limit")
@@ -212,13 +213,14 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def authorise(scored, ledger, near_utilisation: float) -> int:
+def authorise(scored, ledger, near_utilisation: float, warning=None) -> int:
     """The credit check of a scored transaction batch (``streams.pipeline.ScoredBatch``), in
     place: every transaction not declined for fraud and charged to a credit line (its
     ``account_id``, else its ``customer_id``) reserves its amount. Refused for want of credit:
     declined, with an alert and a ``cap_amount`` control at the credit left. Left at or above
     ``near_utilisation`` of the limit: an approval goes to review, and the authorisation that
-    crosses that line raises an alert. Returns how many went through the ledger."""
+    crosses that line raises an alert. ``warning`` (``streams.early_warning``) watches the
+    lines for signs of trouble. Returns how many went through the ledger."""
     b = scored.batch
     account, customer = b.optional.get("account_id"), b.optional.get("customer_id")
     n = b.n
@@ -233,7 +235,16 @@ def authorise(scored, ledger, near_utilisation: float) -> int:
     ops = [LedgerOp("auth", lines[i], b.transaction_id[i], cents(float(b.amount[i]))) for i in rows]
     if not ops:
         return 0
-    for i, op, st in zip(rows, ops, ledger.apply(ops)):
+    states = ledger.apply(ops)
+    if warning is not None:
+        mcc = b.optional.get("mcc")
+        scored.alerts += warning.observe([
+            Observation(op.line, int(b.event_time_ms[i]), "auth", op.amount / 100, st.utilisation,
+                        (st.balance + st.reserved) / 100, st.balance / 100,
+                        is_cash=mcc is not None and mcc[i] in CASH_MCC, score=float(scored.score[i]),
+                        event_id=op.event_id)
+            for i, op, st in zip(rows, ops, states) if st.status != "none"])
+    for i, op, st in zip(rows, ops, states):
         if st.status == "none":
             continue
         limit, available = st.limit / 100, st.available / 100
@@ -278,15 +289,23 @@ class LedgerProcessor:
 
     KIND_OPS = {"settlement": "settle", "reversal": "reverse", "repayment": "repay", "limit_change": "set_limit"}
 
-    def __init__(self, ledger):
+    def __init__(self, ledger, warning=None):
         self.ledger = ledger
+        self.warning = warning  # streams.early_warning: repayments reset the overdue clock
 
     def process(self, rows: list[dict], dead: list) -> Outputs:
         ops = [LedgerOp(self.KIND_OPS[r["kind"]], r["account_id"], r["event_id"], cents(r["amount"]), r["auth_id"])
                for r in rows]
+        states = self.ledger.apply(ops)
         stored = [dict(r, status=st.status, limit_after=st.limit / 100, balance_after=st.balance / 100,
-                       reserved_after=st.reserved / 100) for r, st in zip(rows, self.ledger.apply(ops))]
-        return Outputs("account_events", rows={"account_events": stored}, dead=dead)
+                       reserved_after=st.reserved / 100) for r, st in zip(rows, states)]
+        out = Outputs("account_events", rows={"account_events": stored}, dead=dead)
+        if self.warning is not None:
+            out.alerts += self.warning.observe([
+                Observation(op.line, r["event_time"], op.op, op.amount / 100, st.utilisation,
+                            (st.balance + st.reserved) / 100, st.balance / 100, event_id=op.event_id)
+                for r, op, st in zip(rows, ops, states) if st.status == "ok" and op.op != "set_limit"])
+        return out
 
     def labels_arrived(self, labels: list[dict]) -> None:
         pass

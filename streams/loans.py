@@ -31,20 +31,27 @@ from riskstream.rules.compiler import compile_rule_set
 from riskstream.rules.credit_policy import RATIOS, CreditPolicy, load_credit_policy_file
 from riskstream.schemas.events import LOAN_KNOWN, DeadLetter
 from riskstream.settings import Settings
+from riskstream.streams.early_warning import Observation
 from riskstream.streams.ledger import LedgerOp, cents
 from riskstream.streams.outputs import Outputs
 
 
 class LoanProcessor:
-    def __init__(self, settings: Settings, policy: CreditPolicy | None = None, ledger=None):
+    def __init__(self, settings: Settings, policy: CreditPolicy | None = None, ledger=None, warning=None):
         self.policy = policy or load_credit_policy_file(settings.credit_file)
         self.ledger = ledger  # streams.ledger: an approval opens (or resets) the customer's credit line
+        self.warning = warning  # streams.early_warning: a customer's PD rising between applications
         self.model = PdModel(**self.policy.model)
-        self.compiled = None
-        if self.policy.rule_set is not None:
-            dtypes = {c: np.float64 for c in self.policy.numeric_columns}
-            dtypes.update({c: object for c in self.policy.text_columns})
-            self.compiled = compile_rule_set(self.policy.rule_set, dtypes)
+        self.compiled = _compiled(self.policy)
+
+    def set_policy(self, policy: CreditPolicy) -> None:
+        """A new policy without a restart (published on the control topic): its rules are
+        compiled first, then rules, bands, limit and field names swap in together. The model
+        keeps what it learned and takes the new settings from its next fit."""
+        compiled = _compiled(policy)
+        for name, value in policy.model.items():
+            setattr(self.model, name, value)
+        self.policy, self.compiled = policy, compiled
 
     # ----- the processor contract ------------------------------------------------------------
     def process(self, rows: list[dict[str, Any]], dead: list[DeadLetter], now_ms: int | None = None) -> Outputs:
@@ -79,6 +86,11 @@ class LoanProcessor:
             })
         self.model.remember([r["application_id"] for r in rows], rows)
         self._open_lines(out)
+        if self.warning is not None:
+            out.alerts += self.warning.observe([
+                Observation(d["entity_id"], int(d["event_time"] * 1000), "application", d["amount"], 0.0,
+                            max(d["amount"], d["granted"]), 0.0, score=d["score"], event_id=d["event_id"])
+                for d in out.decisions])
         return out
 
     def _open_lines(self, out: Outputs) -> None:
@@ -149,6 +161,14 @@ class LoanProcessor:
         if p >= pol.refer_pd:
             return f"PD: {p:.1%}, in the refer band {pol.refer_pd:.0%}-{pol.decline_pd:.0%}"
         return f"PD: {p:.1%}, under the refer line {pol.refer_pd:.0%}"
+
+
+def _compiled(policy: CreditPolicy):
+    if policy.rule_set is None:
+        return None
+    dtypes: dict[str, Any] = {c: np.float64 for c in policy.numeric_columns}
+    dtypes.update({c: object for c in policy.text_columns})
+    return compile_rule_set(policy.rule_set, dtypes)
 
 
 def _number(value: Any) -> float:

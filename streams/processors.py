@@ -67,7 +67,7 @@ class TransactionProcessor:
     """Card transactions: fraud scoring and decisions, on columnar batches."""
 
     def __init__(self, settings: Settings, tokenizer: PanTokenizer, rules_holder=None, with_models: bool = True,
-                 ledger=None):
+                 ledger=None, warning=None):
         from riskstream.detectors.features import FeatureEngine
         from riskstream.rules.compiler import RuleSetHolder
 
@@ -90,6 +90,7 @@ class TransactionProcessor:
                                 step_up_score=settings.step_up_score)
         self.scorer = TransactionScorer(self.features, self.rules, models, policy)
         self.ledger = ledger  # streams.ledger: credit lines the transactions draw on
+        self.warning = warning  # streams.early_warning: signs of trouble on those lines
         self.near_utilisation = settings.credit_near_utilisation
 
     @property
@@ -129,7 +130,7 @@ class TransactionProcessor:
         without its credit check."""
         if self.ledger is not None and scored.n:
             t = time.perf_counter()
-            authorise(scored, self.ledger, self.near_utilisation)
+            authorise(scored, self.ledger, self.near_utilisation, self.warning)
             self.scorer.stage_seconds["credit"] += time.perf_counter() - t
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:

@@ -64,10 +64,11 @@ class RuleFeed:
     published is compiled in the background and swapped in; the newest limit set goes to the
     market processor. A set that fails leaves the old one in force."""
 
-    def __init__(self, settings: Settings, rules_holder, market=None):
+    def __init__(self, settings: Settings, rules_holder, market=None, loans=None):
         self.settings = settings
         self.rules = rules_holder
         self.market = market  # streams.market.MarketRiskProcessor
+        self.loans = loans  # streams.loans.LoanProcessor
         self.consumer = None
 
     async def start(self) -> None:
@@ -94,9 +95,13 @@ class RuleFeed:
             self.apply(key, value)
 
     def apply(self, key: bytes, value: bytes) -> None:
-        """One control record: a limit set (key ``limits``) or a rule set."""
+        """One control record: a limit set (key ``limits``), a credit policy (key
+        ``credit_policy``) or a rule set."""
         if key == b"limits":
             self._apply_limits(value)
+            return
+        if key == b"credit_policy":
+            self._apply_credit_policy(value)
             return
         try:
             published = orjson.loads(value)
@@ -121,6 +126,21 @@ class RuleFeed:
             return
         self.market.set_limits(limits)
         log.warning("limit set %s in force (%d limits)", limits.version, len(limits.limits))
+
+
+    def _apply_credit_policy(self, value: bytes) -> None:
+        from riskstream.rules.credit_policy import load_credit_policy
+
+        if self.loans is None:
+            return
+        try:
+            published = orjson.loads(value)
+            policy = load_credit_policy(published["text"], published.get("source_name", "rules topic"))
+            self.loans.set_policy(policy)
+        except Exception as exc:
+            log.error("credit policy on the rules topic refused, the previous one stays in force: %s", exc)
+            return
+        log.warning("credit policy %s in force", policy.version)
 
 
 def faust_app(settings: Settings):
@@ -165,6 +185,7 @@ def build_app(settings: Settings, driver=None):
 
     from riskstream.sinks.kafka import OutputPublisher, connect_redis
     from riskstream.streams.driver import Driver
+    from riskstream.streams.early_warning import RedisWatch
     from riskstream.streams.ledger import RedisLedger
     from riskstream.streams.outputs import publish
     from riskstream.streams.reader import BatchReader
@@ -172,14 +193,14 @@ def build_app(settings: Settings, driver=None):
 
     redis_client = connect_redis(settings)
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
-    driver = driver or Driver(settings, ledger=RedisLedger(redis_client))
+    driver = driver or Driver(settings, ledger=RedisLedger(redis_client), watch=RedisWatch(redis_client))
     publisher = OutputPublisher(settings, redis_client=redis_client)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():
         log.warning("restored model state from Redis: %s", driver.summary())
     path = TransactionPath(driver, publisher)
     reader = BatchReader(settings, driver, state_store)
-    rule_feed = RuleFeed(settings, driver.rules, driver.market)
+    rule_feed = RuleFeed(settings, driver.rules, driver.market, driver.loans)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
 
     app = faust_app(settings)

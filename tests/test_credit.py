@@ -197,3 +197,20 @@ def test_rules_validate_checks_a_credit_policy_file(tmp_path, capsys):
     bad.write_text("version: x\nfields: {salary: s}\n")
     assert main(["rules", "validate", "--credit", str(bad)]) == 1
     assert f"{bad}:2: 'fields': 'salary' is not a field the engine knows" in capsys.readouterr().err
+
+
+def test_a_published_credit_policy_swaps_in_without_a_restart_and_a_bad_one_is_refused(tmp_path):
+    from riskstream.streams.worker import RuleFeed
+
+    settings = _settings(tmp_path)
+    driver = Driver(settings, with_models=False)
+    feed = RuleFeed(settings, driver.rules, driver.market, driver.loans)
+    app = orjson.dumps({"application_id": "a1", "event_time": T0, "customer_id": "c1", "amount": 8000,
+                        "income": 60000, "term_months": 36, "existing_debt": 5000})
+    assert driver.process("loan_applications", [app]).decisions[0]["decision"] == "approve"
+    strict = "version: strict\ndecision: {refer_pd: 0.001, decline_pd: 0.002}\n"
+    feed.apply(b"credit_policy", orjson.dumps({"text": strict, "source_name": "strict.yaml"}))
+    assert driver.loans.policy.version.startswith("strict#")
+    assert driver.process("loan_applications", [app]).decisions[0]["decision"] == "decline"
+    feed.apply(b"credit_policy", orjson.dumps({"text": "version: x\ndecision: {refer_pd: 2}\n", "source_name": "b"}))
+    assert driver.loans.policy.version.startswith("strict#")  # the refused one changed nothing

@@ -1,4 +1,5 @@
-"""`riskstream rules validate|publish|history|backtest`: the rule language from the command line.
+"""`riskstream rules validate|publish|history|backtest`: the rule language from the command line
+(fraud rule sets, and with ``--credit`` credit policies).
 
     riskstream rules validate rules/default.yaml
     riskstream rules publish my_rules.yaml
@@ -84,14 +85,19 @@ def cmd_publish(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     text = _read(args.file)
     try:
-        record = publish_rule_set(settings, text, args.file, base_dir=Path(args.file).parent,
-                                  available_columns=_columns_arg(args.columns))
+        if args.credit:
+            from riskstream.rules.publishing import publish_credit_policy
+
+            record = publish_credit_policy(settings, text, args.file)
+        else:
+            record = publish_rule_set(settings, text, args.file, base_dir=Path(args.file).parent,
+                                      available_columns=_columns_arg(args.columns))
     except RuleSetError as exc:
         print(f"not published, {len(exc.errors)} error(s):", file=sys.stderr)
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    print(f"published rule set {record['version']} from {args.file} to topic "
+    print(f"published {'credit policy' if args.credit else 'rule set'} {record['version']} from {args.file} to topic "
           f"{settings.topic(RULES_TOPIC)} as {record['published_by']}")
     return 0
 
@@ -100,7 +106,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     from riskstream.settings import load_settings
 
     settings = load_settings(args.config)
-    history = rule_history(settings)
+    from riskstream.rules.publishing import CREDIT_KEY, RULESET_KEY
+
+    history = rule_history(settings, key=CREDIT_KEY if args.credit else RULESET_KEY)
     if not history:
         print(f"no rule set published yet on {settings.topic(RULES_TOPIC)}")
         return 0
@@ -176,9 +184,12 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("publish", help="Validate and publish a rule set to the `rules` control topic.")
     p.add_argument("file")
     p.add_argument("--columns", help="Comma-separated columns the workers have (default: the known features).")
+    p.add_argument("--credit", action="store_true",
+                   help="The file is a credit policy: validated, then swapped in by every worker without a restart.")
     p.set_defaults(run=cmd_publish)
 
-    p = sub.add_parser("history", help="List every published rule set, oldest first.")
+    p = sub.add_parser("history", help="List every published rule set (or --credit policy), oldest first.")
+    p.add_argument("--credit", action="store_true", help="The credit policies published instead.")
     p.set_defaults(run=cmd_history)
 
     p = sub.add_parser("backtest", help="Replay stored history through a rule set: hits, precision, recall.")

@@ -6,7 +6,8 @@ a severity of likelihood (how strong the signal is, 0-1) times impact (the line'
 
 * ``credit_utilisation_rising``: the line's utilisation has climbed at least 30 points above
   its average of the past month (an event-time EWMA, half-life 30 days) and stands at 70% or
-  more. Re-armed once it is back within 10 points of that average.
+  more, on a line watched for a week at least. Re-armed once it is back within 10 points of
+  that average.
 * ``credit_cash_advance_share``: cash withdrawals (MCC 6010/6011) make up 30% or more of the
   line's spending over the past month (EWMAs of amounts), against a usual share under 10%.
 * ``credit_payment_overdue``: the line has owed money for over ``OVERDUE_DAYS`` (a statement
@@ -116,7 +117,11 @@ class EarlyWarning:
         avg = s.get("util_avg", o.utilisation)
         if s.get("util_warned") and o.utilisation < avg + 0.10:
             s["util_warned"] = 0.0
-        if not s.get("util_warned") and o.utilisation >= 0.7 and o.utilisation - avg >= 0.30:
+        if not s.get("first_t"):
+            s["first_t"] = float(o.time_ms)
+        known_for = o.time_ms - s["first_t"]  # a month average needs a week of history at least
+        if (not s.get("util_warned") and known_for >= 7 * DAY_MS and o.utilisation >= 0.7
+                and o.utilisation - avg >= 0.30):
             s["util_warned"] = 1.0
             out.append(self._alert(o, "credit_utilisation_rising", min(1.0, o.utilisation - avg),
                                    f"UTILISATION_RISING: line {o.line} is {o.utilisation:.0%} used, up from a "

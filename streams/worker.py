@@ -97,11 +97,8 @@ class RuleFeed:
     def apply(self, key: bytes, value: bytes) -> None:
         """One control record: a limit set (key ``limits``), a credit policy (key
         ``credit_policy``) or a rule set."""
-        if key == b"limits":
-            self._apply_limits(value)
-            return
-        if key == b"credit_policy":
-            self._apply_credit_policy(value)
+        if key in (b"limits", b"credit_policy"):
+            self._swap(key, value)
             return
         try:
             published = orjson.loads(value)
@@ -113,34 +110,25 @@ class RuleFeed:
         except Exception as exc:
             log.error("ignoring unreadable rule set on the rules topic: %s", exc)
 
-    def _apply_limits(self, value: bytes) -> None:
+    def _swap(self, key: bytes, value: bytes) -> None:
+        """A limit set for the market processor, or a credit policy for the loan processor:
+        validated, then swapped in; one that fails leaves the one in force."""
+        from riskstream.rules.credit_policy import load_credit_policy
         from riskstream.rules.limits import load_limits
 
-        if self.market is None:
+        noun, load, target = {b"limits": ("limit set", load_limits, self.market and self.market.set_limits),
+                              b"credit_policy": ("credit policy", load_credit_policy,
+                                                 self.loans and self.loans.set_policy)}[key]
+        if target is None:
             return
         try:
             published = orjson.loads(value)
-            limits = load_limits(published["text"], published.get("source_name", "rules topic"))
+            loaded = load(published["text"], published.get("source_name", "rules topic"))
+            target(loaded)
         except Exception as exc:
-            log.error("limit set on the rules topic refused, the previous limits stay in force: %s", exc)
+            log.error("%s on the rules topic refused, the previous one stays in force: %s", noun, exc)
             return
-        self.market.set_limits(limits)
-        log.warning("limit set %s in force (%d limits)", limits.version, len(limits.limits))
-
-
-    def _apply_credit_policy(self, value: bytes) -> None:
-        from riskstream.rules.credit_policy import load_credit_policy
-
-        if self.loans is None:
-            return
-        try:
-            published = orjson.loads(value)
-            policy = load_credit_policy(published["text"], published.get("source_name", "rules topic"))
-            self.loans.set_policy(policy)
-        except Exception as exc:
-            log.error("credit policy on the rules topic refused, the previous one stays in force: %s", exc)
-            return
-        log.warning("credit policy %s in force", policy.version)
+        log.warning("%s %s in force", noun, loaded.version)
 
 
 def faust_app(settings: Settings):

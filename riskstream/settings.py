@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     credit_near_utilisation: float = Field(
         0.9, gt=0, le=1, description="Share of a credit line used at which an authorisation goes to review "
                                      "(and crossing it raises an alert).")
+    credit_dedup_days: float = Field(
+        7.0, gt=0, le=400, description="How long the credit ledger remembers an event's answer, so that a "
+                                       "repeat (restart, replay) changes nothing; ~100 bytes of Redis per event.")
     limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
     market_history_days: int = Field(
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")

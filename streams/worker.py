@@ -181,7 +181,8 @@ def build_app(settings: Settings, driver=None):
 
     redis_client = connect_redis(settings)
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
-    driver = driver or Driver(settings, ledger=RedisLedger(redis_client), watch=RedisWatch(redis_client))
+    ledger = RedisLedger(redis_client, int(settings.credit_dedup_days * 86_400))
+    driver = driver or Driver(settings, ledger=ledger, watch=RedisWatch(redis_client))
     publisher = OutputPublisher(settings, redis_client=redis_client)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():

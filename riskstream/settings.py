@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "", description="Kafka bootstrap servers, e.g. 'kafka1:9092,kafka2:9092'. Empty: embedded broker."
     )
+    broker: Literal["tansu", "kafka"] = Field(
+        "tansu", description="The embedded broker: tansu (pip-only, memory storage) or kafka (Apache Kafka "
+                             "from Maven Central; needs Java 17+ and Maven).")
+    kafka_heap_mb: int = Field(512, ge=128, le=16384, description="Heap of the embedded Apache Kafka broker.")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol."
     )

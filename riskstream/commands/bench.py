@@ -62,13 +62,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from riskstream.bench import broker_runs, engine_runs, harness, workload
 
     base = load_settings(args.config).model_copy(update={"session_timeout_ms": 6000})
+    if getattr(args, "broker", None):
+        base = base.model_copy(update={"broker": args.broker})
     quick = args.quick
     n = args.transactions or (20_000 if quick else 200_000)
     rates = args.rates or ([500, 1000] if quick else [2000, 5000, 10000, 20000])
     worker_counts = args.workers or ([1] if quick else [1, 2])
     seconds = args.latency_seconds or (2.0 if quick else 10.0)
     cards = args.cards or (20_000 if quick else 1_000_000)
-    res: dict[str, Any] = {"machine": harness.machine_info(), "quick": quick,
+    res: dict[str, Any] = {"machine": harness.machine_info(), "quick": quick, "broker": base.broker,
                            "config": {"transactions": n, "rates": rates, "workers": worker_counts,
                                       "latency_seconds": seconds, "memory_cards": cards,
                                       "batch_max_events": base.batch_max_events,
@@ -236,7 +238,7 @@ def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [f"riskstream bench ({'quick' if res['quick'] else 'full'}) - {m['cores']} cores, {m['cpu_model']}, "
-             f"{m['ram_gb']} GB, Python {m['python']}; {res['elapsed_s']:.0f}s", ""]
+             f"{m['ram_gb']} GB, Python {m['python']}; broker {res.get('broker', 'tansu')}; {res['elapsed_s']:.0f}s", ""]
     lines.append(f"Throughput (drain of {res['config']['transactions']:,} preloaded transactions, all detectors and sinks on)")
     for w, run in res["throughput_runs"].items():
         cpu = run["cpu_us_per_txn"]
@@ -342,4 +344,6 @@ def register(sub) -> None:
     p.add_argument("--latency-seconds", type=float, default=0.0, help="Seconds per offered rate (default 10).")
     p.add_argument("--cards", type=int, default=0, help="Distinct cards for the memory figure (default 1,000,000).")
     p.add_argument("--quick", action="store_true", help="Small sizes everywhere (smoke check, tests).")
+    p.add_argument("--broker", choices=("tansu", "kafka"),
+                   help="the embedded broker every stack of the run uses (default: RISKSTREAM_BROKER, else tansu)")
     p.set_defaults(run=_cmd_bench)

@@ -20,19 +20,19 @@ def pytest_generate_tests(metafunc):
     """The broker under a test's stack: Tansu, and Apache Kafka too for tests marked
     ``both_brokers``; RISKSTREAM_TEST_BROKERS (e.g. ``kafka`` or ``tansu,kafka``) runs every
     stack test on those. The test id names the broker, so a failure on one says which."""
-    if "broker" not in metafunc.fixturenames:
+    if "stack_broker" not in metafunc.fixturenames:
         return
     chosen = [b.strip() for b in os.environ.get("RISKSTREAM_TEST_BROKERS", "").split(",") if b.strip()]
     brokers = chosen or ["tansu"]
     if not chosen and metafunc.definition.get_closest_marker("both_brokers"):
         brokers = ["tansu", "kafka"]
-    metafunc.parametrize("broker", brokers)
+    metafunc.parametrize("stack_broker", brokers)
 
 
 @pytest.fixture
-def stack(tmp_path: Path, broker: str):
-    """An attached embedded stack on ``broker``; yields settings that point clients at it."""
-    settings = Settings(data_dir=tmp_path / "rs", session_timeout_ms=6000, broker=broker)
+def stack(tmp_path: Path, stack_broker: str):
+    """An attached embedded stack on ``stack_broker``; yields settings that point clients at it."""
+    settings = Settings(data_dir=tmp_path / "rs", session_timeout_ms=6000, broker=stack_broker)
     s = EmbeddedStack(settings)
     s.start()
     state = settings.stack_state()

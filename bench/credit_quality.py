@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['river_sgd_prequential_auc']:11.3f} | {b['replay_seconds']:8.1f}")
     print("engine AUC: prequential, every decision against its outcome; last 20%: the engine's decisions on the "
           "last fifth of the book, beside LR 80/20 (fitted on the first four fifths with every outcome known).\n"
-          "* largest |observed - predicted| default rate over PD deciles whose rate has a standard error of at "
-          "most 1 point (n/a: no decile holds that many cases).")
+          "* largest |observed - predicted| default rate over PD deciles whose rate, at their mean PD, has a "
+          "standard error of at most 1 point (n/a: no decile holds that many cases).")
     print(f"Done in {time.perf_counter() - t0:.1f}s. Next: riskstream evaluate --stream loan_applications "
           "after a replay of your own book.")
     return 0

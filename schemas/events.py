@@ -283,9 +283,11 @@ def decode_rows(
     topic: str | None = None,
     max_message_bytes: int = 65536,
     now_ms: int | None = None,
+    partitions_out: list[int] | None = None,
 ) -> tuple[list[dict], list[DeadLetter]]:
     """Validate (value, partition, offset) records of a non-transaction stream with its
-    registry entry's ``validate_row``; ``topic`` names where bad records came from."""
+    registry entry's ``validate_row``; ``topic`` names where bad records came from. With
+    ``partitions_out``, each good row's partition is appended to it."""
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
     good: list[dict] = []
     dead: list[DeadLetter] = []
@@ -302,6 +304,8 @@ def decode_rows(
             if not isinstance(obj, dict):
                 raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
             good.append(validate(obj, now_ms))
+            if partitions_out is not None:
+                partitions_out.append(partition)
         except InvalidEvent as exc:
             dead.append(DeadLetter(topic or "", partition, offset, str(exc),
                                    tokenizer.mask((raw or b"")[:max_message_bytes])))

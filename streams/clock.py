@@ -37,6 +37,16 @@ class Watermark:
         self.ms = min(live) if live else int(event_time_ms.max())
         return self.ms
 
+    def at_start(self, partitions: np.ndarray, event_time_ms: np.ndarray) -> int:
+        """The watermark at the start of a batch, without moving it: each partition that
+        delivers stands at its first event time in the batch (its earlier events came before),
+        the others where they were."""
+        now = time.monotonic()
+        times = {p: t for p, (t, seen) in self.partition_time.items() if now - seen <= self.IDLE_PARTITION_S}
+        for p in np.unique(partitions).tolist():
+            times[p] = max(times.get(p, 0), int(event_time_ms[partitions == p].min()))
+        return min(times.values()) if times else int(event_time_ms.min())
+
     def assign(self, partitions: Iterable[int]) -> None:
         """Assigned partitions hold the watermark back until they deliver (or go idle): a
         first fetch that returns one partition must not move event time for all of them."""

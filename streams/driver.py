@@ -101,9 +101,11 @@ class Driver:
         n = len(values)
         parts = partitions if partitions is not None else [-1] * n
         offs = offsets if offsets is not None else [-1] * n
+        row_partitions: list[int] = []
         rows, dead = decode_rows(spec.validate_row, zip(values, parts, offs), tokenizer=self.tokenizer,
-                                 topic=topic, max_message_bytes=self.settings.max_message_bytes, now_ms=now_ms)
-        return self.process_rows(stream, rows, dead)
+                                 topic=topic, max_message_bytes=self.settings.max_message_bytes, now_ms=now_ms,
+                                 partitions_out=row_partitions)
+        return self.process_rows(stream, rows, dead, partitions=row_partitions)
 
     def process_batch(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
                       values: Sequence[bytes] | None = None) -> Outputs:
@@ -116,8 +118,8 @@ class Driver:
         return out
 
     def process_rows(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter] | None = None,
-                     now_ms: int | None = None) -> Outputs:
-        """Validated rows of a row-shaped stream."""
+                     now_ms: int | None = None, partitions: Sequence[int] | None = None) -> Outputs:
+        """Validated rows of a row-shaped stream (``partitions``: each row's, when read from Kafka)."""
         dead = dead if dead is not None else []
         spec = stream_spec(stream)
         if spec.processor == "labels":
@@ -125,13 +127,17 @@ class Driver:
             out.learned = self.learn(rows)
             return out
         if spec.processor == "loans":
-            # Outcomes known by the first application's time are learned before it is decided
-            # (the events before that time came in earlier batches); the rest after the batch.
-            learned = self._learn_due(stream, min(r["event_time"] for r in rows)) if rows else 0
-            out = self.loans.process(rows, dead, now_ms)
+            # Outcomes due by where every partition stands at the start of this batch are
+            # learned before it is decided (each partition's earlier events came in earlier
+            # batches); the rest after it.
+            learned = 0
             if rows:
                 times = np.fromiter((r["event_time"] for r in rows), dtype=np.int64, count=len(rows))
-                self.watermarks[stream].advance(np.full(len(rows), -1), times)
+                parts = np.asarray(partitions if partitions is not None else [-1] * len(rows), dtype=np.int64)
+                learned = self._learn_due(stream, self.watermarks[stream].at_start(parts, times))
+            out = self.loans.process(rows, dead, now_ms)
+            if rows:
+                self.watermarks[stream].advance(parts, times)
             out.learned = learned + self._learn_due(stream)
             return out
         if spec.processor == "ledger":
@@ -162,7 +168,7 @@ class Driver:
         return sum(self._learn_due(stream) for stream in by_stream)
 
     def _learn_due(self, stream: str, upto_ms: int | None = None) -> int:
-        due = self.clock.due(stream, max(self.watermarks[stream].ms, upto_ms or 0))
+        due = self.clock.due(stream, self.watermarks[stream].ms if upto_ms is None else upto_ms)
         if not due:
             return 0
         learned = self.processor_for(stream).learn(due)
@@ -170,11 +176,11 @@ class Driver:
         return learned
 
     # ----- partitions, upkeep, state ------------------------------------------------------
-    def assign_partitions(self, partitions: set[int]) -> None:
-        self.watermarks["transactions"].assign(partitions)
+    def assign_partitions(self, partitions: set[int], stream: str = "transactions") -> None:
+        self.watermarks[stream].assign(partitions)
 
-    def forget_partitions(self, partitions: set[int]) -> None:
-        self.watermarks["transactions"].forget(partitions)
+    def forget_partitions(self, partitions: set[int], stream: str = "transactions") -> None:
+        self.watermarks[stream].forget(partitions)
 
     def upkeep(self) -> Outputs:
         """Periodic model upkeep (matured negatives, quality rows, drift alerts)."""

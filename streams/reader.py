@@ -54,6 +54,7 @@ class BatchReader:
         self.state_store = state_store
         self.tx_topic = settings.topic("transactions")
         self.market_topic = settings.topic("market")
+        self.loans_topic = settings.topic("loan_applications")
         self.stream_of = {settings.topic(name): name for name in STREAMS}
         self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
         self.uncommitted: dict = {}  # TopicPartition -> next offset, of finished batches
@@ -197,6 +198,8 @@ class FollowPartitions(ConsumerRebalanceListener):
             reader.state_store.save_partitions(parts)
             reader.state_store.drop_partitions(parts)
             reader.driver.forget_partitions(parts)
+        loans = {tp.partition for tp in revoked if tp.topic == reader.loans_topic}
+        reader.driver.forget_partitions(loans, "loan_applications")
         if any(tp.topic == reader.market_topic for tp in revoked):
             size = reader.state_store.save_market()
             reader.driver.market.reset()
@@ -206,6 +209,9 @@ class FollowPartitions(ConsumerRebalanceListener):
         reader = self.reader
         parts = {tp.partition for tp in assigned if tp.topic == reader.tx_topic}
         reader.driver.assign_partitions(parts)
+        # Loan outcomes wait for every assigned partition of applications, not the fastest.
+        reader.driver.assign_partitions({tp.partition for tp in assigned if tp.topic == reader.loans_topic},
+                                        "loan_applications")
         loaded = reader.state_store.load_partitions(parts)
         log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
         if any(tp.topic == reader.market_topic for tp in assigned):

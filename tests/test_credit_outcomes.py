@@ -109,3 +109,20 @@ def test_credit_state_survives_a_restart_through_the_state_store(tmp_path, stack
     _replay(after, apps[split:], [lab for lab in waiting[20:]], RecordingPublisher())
     assert after.loans.model.n_learned > learned + 50
     assert _pd(after, RISKY) < pd_before
+
+
+def test_an_outcome_waits_for_the_slowest_partition_of_applications(tmp_path):
+    """Applications on two partitions, one far ahead: an outcome due by the fast partition's
+    time waits until the slow one has decided (and remembered) the application it labels."""
+    driver = Driver(_settings(tmp_path), with_models=False)
+    driver.assign_partitions({0, 1}, "loan_applications")
+    ahead = {"application_id": "fast", "event_time": T0 + 100 * DAY_MS, "customer_id": "c0", **SAFE}
+    behind = {"application_id": "slow", "event_time": T0 + 10 * DAY_MS, "customer_id": "c1", **RISKY}
+    driver.process("loan_applications", [orjson.dumps(ahead)], partitions=[0])
+    driver.process("labels", [orjson.dumps({"event_id": "slow", "stream": "loan_applications", "label": "repaid",
+                                            "label_time": T0 + 50 * DAY_MS, "entity_id": "c1"})])
+    assert driver.loans.model.n_learned == 0 and len(driver.clock) == 1  # partition 1 has not got there
+    driver.process("loan_applications", [orjson.dumps(behind)], partitions=[1])
+    later = {"application_id": "next", "event_time": T0 + 60 * DAY_MS, "customer_id": "c2", **RISKY}
+    out = driver.process("loan_applications", [orjson.dumps(later)], partitions=[1])
+    assert out.learned == 1 and driver.loans.model.n_learned == 1 and len(driver.clock) == 0

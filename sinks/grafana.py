@@ -78,6 +78,24 @@ FROM model_quality FINAL WHERE $__timeFilter(measured_at) ORDER BY time"""),
 SELECT $__timeInterval(decided_at) AS time, decision, count() AS applications
 FROM decisions FINAL WHERE $__timeFilter(decided_at) AND stream = 'loan_applications'
 GROUP BY time, decision ORDER BY time"""),
+    Panel("Credit lines: over-limit declines and near-limit reviews", """
+SELECT $__timeInterval(decided_at) AS time,
+       countIf(arrayExists(r -> startsWith(r, 'OVER_LIMIT'), reasons)) AS over_limit_declines,
+       countIf(arrayExists(r -> startsWith(r, 'NEAR_LIMIT'), reasons)) AS near_limit_reviews
+FROM decisions FINAL WHERE $__timeFilter(decided_at) AND stream = 'transactions'
+GROUP BY time ORDER BY time""", description="Card authorisations checked against their credit line (streams/ledger.py)."),
+    Panel("Credit early warnings", """
+SELECT $__timeInterval(raised_at) AS time, kind, count() AS alerts
+FROM alerts FINAL WHERE $__timeFilter(raised_at) AND kind LIKE 'credit_%'
+GROUP BY time, kind ORDER BY time""", description="Utilisation rising, cash advances, overdue, scores or PD rising."),
+    Panel("Market risk: 99% VaR by portfolio", """
+SELECT $__timeInterval(measured_at) AS time, portfolio_id, max(var_99) AS var_99_highest
+FROM portfolio_risk FINAL WHERE $__timeFilter(measured_at) AND isNotNull(var_99)
+GROUP BY time, portfolio_id ORDER BY time""", unit="currencyEUR"),
+    Panel("Market limits: latest changes of state", """
+SELECT measured_at, entity_type, entity_id, limit_id, metric, round(utilisation, 2) AS utilisation, state
+FROM limit_utilisation FINAL WHERE $__timeFilter(measured_at)
+ORDER BY measured_at DESC LIMIT 50""", kind="table"),
     Panel("Latest critical alerts", """
 SELECT raised_at, entity_id, event_id, round(severity, 2) AS expected_loss, score, reasons
 FROM alerts FINAL WHERE $__timeFilter(raised_at) AND severity_level IN ('critical', 'high')
@@ -116,6 +134,15 @@ WHERE raised_at > now() - INTERVAL 1 HOUR AND kind LIKE 'model_drift%'""",
 SELECT 1 - argMax(value, measured_at) AS value FROM model_quality FINAL
 WHERE metric = 'roc_auc' AND measured_at > now() - INTERVAL 1 DAY""",
               0.20, "The 7-day ROC AUC from labels fell under 0.80 (alert value is 1 - AUC)."),
+    AlertRule("rs-market-limit-breach", "Market-risk limit breached", """
+SELECT count() AS value FROM limit_utilisation FINAL
+WHERE measured_at > now() - INTERVAL 5 MINUTE AND state = 'breach'""",
+              0, "A portfolio, desk or instrument went over a limit; its control is in Redis and on the limits topic.",
+              "0m", "critical"),
+    AlertRule("rs-credit-warning", "Credit early warning (high)", """
+SELECT count() AS value FROM alerts FINAL
+WHERE raised_at > now() - INTERVAL 15 MINUTE AND kind LIKE 'credit_%' AND severity_level = 'high'""",
+              0, "A credit line shows a strong sign of trouble over a large exposure; see the alert's reasons.", "0m"),
     AlertRule("rs-engine-stalled", "No decisions for 10 minutes", """
 SELECT dateDiff('second', max(decided_at), now()) AS value FROM decisions FINAL
 WHERE decided_at > now() - INTERVAL 1 DAY""",

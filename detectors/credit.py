@@ -155,26 +155,30 @@ class PdModel:
 
     # ----- scoring ---------------------------------------------------------------------------
     def score_rows(self, rows: Sequence[Mapping[str, Any]], observe: bool = False) -> tuple[np.ndarray, list[list[str]]]:
-        """PD and readable reasons (the features that raise it most, largest first) per row.
-        ``observe``: the applications also teach the scaler and the category lists (the
-        processor's call; a what-if query leaves them alone)."""
+        """PD and readable reasons per application row (see :meth:`score_features`)."""
+        return self.score_features([self.features(row) for row in rows], observe)
+
+    def score_features(self, features: Sequence[Mapping[str, float | str]],
+                       observe: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+        """PD and readable reasons (the features that raise it most, largest first) per
+        application's features (:meth:`features`). ``observe``: the applications also teach the
+        scaler and the category lists (the processor's call; a what-if query leaves them alone)."""
         index = {name: j for j, name in enumerate(self.columns)}
-        probs, reasons = np.empty(len(rows)), []
-        for i, row in enumerate(rows):
-            feats = self.features(row)
+        typical = np.array([RATIO_TYPICAL.get(c, 0.0) for c in self.columns])
+        probs, reasons = np.empty(len(features)), []
+        for i, feats in enumerate(features):
             if observe:
                 self._observe(feats)
             x = self._vector(feats, index)
             z = float(np.clip(x @ self.weights, -30, 30))
             probs[i] = 1.0 / (1.0 + math.exp(-z))
-            reasons.append(self._reasons(feats, x, index))
+            reasons.append(self._reasons(feats, x, typical))
         return probs, reasons
 
-    def _reasons(self, feats: Mapping[str, float | str], x: np.ndarray, index: Mapping[str, int]) -> list[str]:
+    def _reasons(self, feats: Mapping[str, float | str], x: np.ndarray, typical: np.ndarray) -> list[str]:
         # Against an ordinary application: a ratio raises the PD by its weight times how far it
         # is above the typical ratio; other features by their standardised value (0 is the
         # average applicant) or their category.
-        typical = np.array([RATIO_TYPICAL.get(c, 0.0) for c in self.columns])
         contrib = (x - typical) * self.weights
         out = []
         for j in np.argsort(-contrib[1:])[:3] + 1:
@@ -194,10 +198,10 @@ class PdModel:
         return out
 
     # ----- learning ----------------------------------------------------------------------------
-    def remember(self, application_ids: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    def remember(self, application_ids: Sequence[str], features: Sequence[Mapping[str, float | str]]) -> None:
         """Keep each application's features as decided, for its outcome (bounded, oldest dropped)."""
-        for app_id, row in zip(application_ids, rows):
-            self._pending[str(app_id)] = self.features(row)
+        for app_id, feats in zip(application_ids, features):
+            self._pending[str(app_id)] = feats
             self._pending.move_to_end(str(app_id))
         while len(self._pending) > self.remember_capacity:
             self._pending.popitem(last=False)
@@ -223,8 +227,9 @@ class PdModel:
     def learn_rows(self, rows: Sequence[Mapping[str, Any]], defaulted: Sequence[int | bool]) -> int:
         """Learn from applications with known outcomes at once (a back book, a test)."""
         ids = [f"learn-{self.n_learned}-{i}" for i in range(len(rows))]
-        self.score_rows(rows, observe=True)
-        self.remember(ids, rows)
+        features = [self.features(row) for row in rows]
+        self.score_features(features, observe=True)
+        self.remember(ids, features)
         return self.learn_from_labels(ids, defaulted)
 
     def refit(self, iterations: int = 25) -> None:

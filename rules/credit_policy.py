@@ -34,7 +34,7 @@ import yaml
 
 from riskstream.rules.language import validate_rule_set
 from riskstream.rules.model import RuleSet, RuleSetError
-from riskstream.rules.yaml_nodes import Errors, did_you_mean, mapping, plain, unknown_keys
+from riskstream.rules.yaml_nodes import Errors, compose, did_you_mean, mapping, plain, unknown_keys
 from riskstream.rules.yaml_nodes import line as node_line
 from riskstream.schemas.events import LOAN_KNOWN
 
@@ -88,11 +88,7 @@ class CreditPolicy:
 
 def load_credit_policy(text: str, source: str = "credit policy") -> CreditPolicy:
     err = Errors(source, noun="setting")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise CreditPolicyError([f"{source}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}"]) from None
+    root = compose(text, source, CreditPolicyError)
     top = mapping(root, err, "the credit policy") if root is not None else None
     if top is None:
         raise CreditPolicyError(err.items or [f"{source}:1: empty credit policy (needs 'version')"])

@@ -73,7 +73,7 @@ from riskstream.rules.model import (
     ACTION_PARAMS, ACTIONS, MODES, SEVERITIES, STRING_COLUMNS, ReasonTemplate, Rule, RuleSet, RuleSetError,
 )
 from riskstream.rules.yaml_nodes import (
-    Errors, did_you_mean, mapping, plain, scalar_text, string_line_of, unknown_keys,
+    Errors, compose, did_you_mean, mapping, plain, scalar_text, string_line_of, unknown_keys,
 )
 from riskstream.rules.yaml_nodes import line as node_line
 from riskstream.schemas.pan import looks_like_pan
@@ -530,12 +530,7 @@ def validate_rule_set(
     ``actions``: the actions its rules may take.
     """
     err = Errors(source_name)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise RuleSetError([f"{source_name}:{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    root = compose(text, source_name, RuleSetError)
     if root is None:
         raise RuleSetError([f"{source_name}:1: empty rule set (needs 'version' and 'rules')"])
     top = mapping(root, err, "the rule set")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from riskstream.rules.yaml_nodes import Errors, did_you_mean, mapping, unknown_keys
+from riskstream.rules.yaml_nodes import Errors, compose, did_you_mean, mapping, unknown_keys
 from riskstream.rules.yaml_nodes import line as node_line
 
 SCOPES = ("portfolio", "desk", "instrument")
@@ -72,11 +72,7 @@ class LimitSet:
 def load_limits(text: str, source: str = "limits") -> LimitSet:
     """Parse and validate; every problem is reported at once, each with its line."""
     err = Errors(source, noun="limit")
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise LimitSetError([f"{source}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}"]) from None
+    root = compose(text, source, LimitSetError)
     top = mapping(root, err, "the limits file") if root is not None else None
     if top is None:
         raise LimitSetError(err.items or [f"{source}:1: expected a mapping with 'limits'"])

@@ -79,8 +79,7 @@ def publish_limit_set(settings: Any, text: str, source: str, timeout: float = 10
     ``LimitSetError`` (nothing published) when it does not validate."""
     from riskstream.rules.limits import load_limits
 
-    limits = load_limits(text, source)
-    return _publish(settings, LIMITS_KEY, {"version": limits.version, "source_name": source, "text": text}, timeout)
+    return _publish_validated(settings, LIMITS_KEY, text, source, load_limits, timeout)
 
 
 def publish_credit_policy(settings: Any, text: str, source: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -88,8 +87,13 @@ def publish_credit_policy(settings: Any, text: str, source: str, timeout: float 
     ``CreditPolicyError`` (nothing published) when it does not validate."""
     from riskstream.rules.credit_policy import load_credit_policy
 
-    policy = load_credit_policy(text, source)
-    return _publish(settings, CREDIT_KEY, {"version": policy.version, "source_name": source, "text": text}, timeout)
+    return _publish_validated(settings, CREDIT_KEY, text, source, load_credit_policy, timeout)
+
+
+def _publish_validated(settings: Any, key: bytes, text: str, source: str, load, timeout: float) -> dict[str, Any]:
+    """``load`` (which raises on any error) first; then the text as it was validated."""
+    version = load(text, source).version
+    return _publish(settings, key, {"version": version, "source_name": source, "text": text}, timeout)
 
 
 def _publish(settings: Any, key: bytes, record: dict[str, Any], timeout: float) -> dict[str, Any]:

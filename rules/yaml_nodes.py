@@ -31,6 +31,17 @@ class Errors:
         self.items.append(f"{where}{who} {message}")
 
 
+def compose(text: str, source: str, error: type[Exception]) -> yaml.Node | None:
+    """The node tree of ``text`` (None when empty); a syntax error raises ``error`` with one
+    ``source:line: not valid YAML: ...`` message."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise error([f"{source}:{mark.line + 1 if mark else 1}: not valid YAML: "
+                     f"{getattr(exc, 'problem', None) or exc}"]) from None
+
+
 def line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 

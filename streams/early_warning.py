@@ -51,6 +51,15 @@ def _decay(value: float, dt_ms: float, half_life_days: float) -> float:
     return value * 0.5 ** (max(dt_ms, 0.0) / (half_life_days * DAY_MS))
 
 
+def _ewma(state: dict[str, float], key: str, value: float, dt_ms: float, half_life_days: float,
+          least: float) -> float:
+    """An event-time EWMA kept in ``state[key]`` (starting at the first value); each
+    observation weighs at least ``least``, so that a burst at one instant still moves it."""
+    old = state.get(key, value)
+    state[key] = old + (value - old) * max(1.0 - _decay(1.0, dt_ms, half_life_days), least)
+    return state[key]
+
+
 class LocalWatch:
     """Watch states in memory (replays, tests)."""
 
@@ -126,8 +135,7 @@ class EarlyWarning:
             out.append(self._alert(o, "credit_utilisation_rising", min(1.0, o.utilisation - avg),
                                    f"UTILISATION_RISING: line {o.line} is {o.utilisation:.0%} used, up from a "
                                    f"month average of {avg:.0%}"))
-        w = 1 - 0.5 ** (max(dt, 0) / (30 * DAY_MS))
-        s["util_avg"] = avg + (o.utilisation - avg) * max(w, 0.02)
+        _ewma(s, "util_avg", o.utilisation, dt, 30, 0.02)
         if o.kind == "auth":
             cash = _decay(s.get("cash", 0.0), dt, 30) + (o.amount if o.is_cash else 0.0)
             spend = _decay(s.get("spend", 0.0), dt, 30) + o.amount
@@ -141,11 +149,8 @@ class EarlyWarning:
                                        f"CASH_ADVANCES: cash withdrawals are {share:.0%} of line {o.line}'s spending "
                                        "over the past month"))
             if o.score == o.score:
-                short = s.get("score_7d", o.score) + (o.score - s.get("score_7d", o.score)) * max(
-                    1 - 0.5 ** (max(dt, 0) / (7 * DAY_MS)), 0.05)
-                long = s.get("score_60d", o.score) + (o.score - s.get("score_60d", o.score)) * max(
-                    1 - 0.5 ** (max(dt, 0) / (60 * DAY_MS)), 0.01)
-                s["score_7d"], s["score_60d"] = short, long
+                short = _ewma(s, "score_7d", o.score, dt, 7, 0.05)
+                long = _ewma(s, "score_60d", o.score, dt, 60, 0.01)
                 if s.get("score_warned") and short < 1.5 * long:
                     s["score_warned"] = 0.0
                 if not s.get("score_warned") and short >= 0.3 and short >= 2 * long:

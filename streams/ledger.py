@@ -118,8 +118,23 @@ class LineState:
         return self.limit - self.balance - self.reserved
 
     @property
+    def exposure(self) -> int:
+        return self.balance + self.reserved
+
+    @property
     def utilisation(self) -> float:
-        return (self.balance + self.reserved) / self.limit if self.limit > 0 else 1.0
+        return self.exposure / self.limit if self.limit > 0 else 1.0
+
+    def observed(self, op: "LedgerOp", time_ms: int, **extra) -> Observation:
+        """What early warning sees of the line after ``op``."""
+        return Observation(op.line, time_ms, op.op, op.amount / 100, self.utilisation, self.exposure / 100,
+                           self.balance / 100, event_id=op.event_id, **extra)
+
+
+def event_row(event: dict, st: LineState) -> dict:
+    """An ``account_events`` row: the event as it came, what it did and the line after it."""
+    return dict(event, status=st.status, limit_after=st.limit / 100, balance_after=st.balance / 100,
+                reserved_after=st.reserved / 100)
 
 
 def cents(amount: float) -> int:
@@ -212,12 +227,12 @@ class RedisLedger:
         return self._known
 
     def state(self, lines: Iterable[str]) -> dict[str, LineState]:
-        out = {}
+        lines = list(lines)
+        pipe = self.redis.pipeline(transaction=False)
         for line in lines:
-            h = self.redis.hgetall(f"rs:credit:{line}")
-            if h:
-                out[line] = LineState("ok", int(h[b"limit"]), int(h[b"balance"]), int(h[b"reserved"]))
-        return out
+            pipe.hgetall(f"rs:credit:{line}")
+        return {line: LineState("ok", int(h[b"limit"]), int(h[b"balance"]), int(h[b"reserved"]))
+                for line, h in zip(lines, pipe.execute()) if h}
 
 
 def _text(v) -> str:
@@ -250,10 +265,8 @@ def authorise(scored, ledger, near_utilisation: float, warning=None) -> int:
     if warning is not None:
         mcc = b.optional.get("mcc")
         scored.alerts += warning.observe([
-            Observation(op.line, int(b.event_time_ms[i]), "auth", op.amount / 100, st.utilisation,
-                        (st.balance + st.reserved) / 100, st.balance / 100,
-                        is_cash=mcc is not None and mcc[i] in CASH_MCC, score=float(scored.score[i]),
-                        event_id=op.event_id)
+            st.observed(op, int(b.event_time_ms[i]), is_cash=mcc is not None and mcc[i] in CASH_MCC,
+                        score=float(scored.score[i]))
             for i, op, st in zip(rows, ops, states) if st.status != "none"])
     for i, op, st in zip(rows, ops, states):
         if st.status == "none":
@@ -308,14 +321,11 @@ class LedgerProcessor:
         ops = [LedgerOp(self.KIND_OPS[r["kind"]], r["account_id"], r["event_id"], cents(r["amount"]), r["auth_id"])
                for r in rows]
         states = self.ledger.apply(ops)
-        stored = [dict(r, status=st.status, limit_after=st.limit / 100, balance_after=st.balance / 100,
-                       reserved_after=st.reserved / 100) for r, st in zip(rows, states)]
+        stored = [event_row(r, st) for r, st in zip(rows, states)]
         out = Outputs("account_events", rows={"account_events": stored}, dead=dead)
         if self.warning is not None:
-            out.alerts += self.warning.observe([
-                Observation(op.line, r["event_time"], op.op, op.amount / 100, st.utilisation,
-                            (st.balance + st.reserved) / 100, st.balance / 100, event_id=op.event_id)
-                for r, op, st in zip(rows, ops, states) if st.status == "ok" and op.op != "set_limit"])
+            out.alerts += self.warning.observe([st.observed(op, r["event_time"]) for r, op, st in zip(rows, ops, states)
+                                                if st.status == "ok" and op.op != "set_limit"])
         return out
 
     def labels_arrived(self, labels: list[dict]) -> None:

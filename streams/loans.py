@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from riskstream.detectors.credit import PdModel, derived_ratios
+from riskstream.detectors.credit import PdModel
 from riskstream.rules.compiler import compile_rule_set
 from riskstream.rules.credit_policy import RATIOS, CreditPolicy, load_credit_policy_file
 from riskstream.schemas.events import LOAN_KNOWN, DeadLetter
 from riskstream.settings import Settings
 from riskstream.streams.early_warning import Observation
-from riskstream.streams.ledger import LedgerOp, cents
+from riskstream.streams.ledger import LedgerOp, cents, event_row
 from riskstream.streams.outputs import Outputs
 
 
@@ -60,8 +60,9 @@ class LoanProcessor:
         if not rows:
             return out
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-        pd, model_reasons = self.model.score_rows(rows, observe=True)
-        outcome = self.compiled.evaluate(self._columns(rows)) if self.compiled is not None else None
+        features = [self.model.features(row) for row in rows]  # once: scored, remembered, ratios for the rules
+        pd, model_reasons = self.model.score_features(features, observe=True)
+        outcome = self.compiled.evaluate(self._columns(rows, features)) if self.compiled is not None else None
         version, model_version = self.policy.version, self.model.version
         for i, (row, p) in enumerate(zip(rows, pd.tolist())):
             hits = outcome.reasons(i) if outcome is not None else []
@@ -84,7 +85,7 @@ class LoanProcessor:
                 "rules_version": version, "model_version": model_version,
                 "amount": row["amount"] if row["amount"] == row["amount"] else 0.0, "granted": granted,
             })
-        self.model.remember([r["application_id"] for r in rows], rows)
+        self.model.remember([r["application_id"] for r in rows], features)
         self._open_lines(out)
         if self.warning is not None:
             out.alerts += self.warning.observe([
@@ -102,10 +103,9 @@ class LoanProcessor:
         ops = [LedgerOp("set_limit", d["entity_id"], f"application:{d['event_id']}", cents(d["granted"]))
                for d in approved]
         out.rows["account_events"] = [
-            {"event_id": op.event_id, "event_time": int(d["event_time"] * 1000), "account_id": op.line,
-             "kind": "limit_change", "amount": d["granted"], "auth_id": "", "source": f"loan application {d['event_id']}",
-             "status": st.status, "limit_after": st.limit / 100, "balance_after": st.balance / 100,
-             "reserved_after": st.reserved / 100}
+            event_row({"event_id": op.event_id, "event_time": int(d["event_time"] * 1000), "account_id": op.line,
+                       "kind": "limit_change", "amount": d["granted"], "auth_id": "",
+                       "source": f"loan application {d['event_id']}"}, st)
             for d, op, st in zip(approved, ops, self.ledger.apply(ops))]
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
@@ -137,14 +137,14 @@ class LoanProcessor:
                 row[known] = float(value) if isinstance(value, float) and lo <= value <= hi else math.nan
         return row
 
-    def _columns(self, rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-        ratios = [derived_ratios(r) for r in rows]
+    def _columns(self, rows: list[dict[str, Any]], features: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The batch as the rule kernel's columns; the ratios come from the model's features."""
         cols: dict[str, np.ndarray] = {}
         for name in self.policy.numeric_columns:
             if name in LOAN_KNOWN:
                 values = [r[name] for r in rows]
             elif name in RATIOS:
-                values = [q.get(name, math.nan) for q in ratios]
+                values = [f.get(name, math.nan) for f in features]
             else:
                 values = [_number(r["attributes"].get(name)) for r in rows]
             cols[name] = np.asarray(values, np.float64)

@@ -49,26 +49,25 @@ class StateStore:
     def save_market(self) -> int:
         """The market processor's state (every portfolio and instrument), by the worker that
         owns the market partition."""
-        blob = self.driver.market.checkpoint()
-        self.redis.set(f"{self.prefix}market", blob)
-        return len(blob)
+        return self._save("market", self.driver.market.checkpoint())
 
     def load_market(self) -> bool:
-        blob = self.redis.get(f"{self.prefix}market")
-        if not blob:
-            return False
-        self.driver.market.restore(blob)
-        return True
+        return self._load("market", self.driver.market.restore)
 
     def save_models(self) -> int:
         # Only riskstream reads this back (pickled River models; see detectors.base).
-        blob = pickle.dumps(self.driver.checkpoint(skip=("market",)), protocol=5)
-        self.redis.set(f"{self.prefix}driver", blob)
-        return len(blob)
+        return self._save("driver", pickle.dumps(self.driver.checkpoint(skip=("market",)), protocol=5))
 
     def load_models(self) -> bool:
-        blob = self.redis.get(f"{self.prefix}driver")
+        return self._load("driver", lambda blob: self.driver.restore(pickle.loads(blob)))
+
+    def _save(self, name: str, blob: bytes) -> int:
+        self.redis.set(f"{self.prefix}{name}", blob)
+        return len(blob)
+
+    def _load(self, name: str, restore) -> bool:
+        blob = self.redis.get(f"{self.prefix}{name}")
         if not blob:
             return False
-        self.driver.restore(pickle.loads(blob))
+        restore(blob)
         return True

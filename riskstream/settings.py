@@ -58,6 +58,19 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, le=5, description="Replication factor for topics riskstream creates.")
     topic_prefix: str = Field("", description="Prefix for every topic name, to share a cluster.")
     consumer_group: str = Field("riskstream-worker", description="Consumer group of the transaction path.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: each batch's decisions, alerts, limit messages and sink rows, and the "
+                    "input offsets they answer, go in one Kafka transaction (needs a broker that fences "
+                    "transactions; checked at start, at-least-once otherwise).")
+    transaction_timeout_ms: int = Field(
+        10_000, ge=1000, le=900_000,
+        description="exactly_once: a dead worker's open transaction is aborted after this long, and "
+                    "read-committed consumers wait for it until then (unless a worker of the same "
+                    "name restarts first and fences it at once).")
+    worker_name: str = Field(
+        "", description="Names this worker's transactional id (exactly_once). Give each worker its own "
+                        "name that survives a restart; empty: host name and process id.")
     session_timeout_ms: int = Field(
         6000, ge=1000, description="Consumer session timeout; short, because a first join takes half of it."
     )

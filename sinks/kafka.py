@@ -91,10 +91,14 @@ class OutputPublisher:
     publishes_topics = True  # decisions, alerts and limits go to their topics
     takes_arrow_tables = False  # ClickHouse rows travel as Arrow IPC blocks on the sink topic
 
-    def __init__(self, settings: Settings, redis_client=None, producer=None):
+    def __init__(self, settings: Settings, redis_client=None, producer=None, transactional_id: str | None = None):
         from confluent_kafka import Producer
 
+        from riskstream.sinks.transactions import producer_config
+
         self.settings = settings
+        self.transactional_id = transactional_id  # exactly once: outputs go in transactions
+        self.produced_in_transaction = 0
         self.producer = producer or Producer({
             **settings.kafka_client_config(),
             "linger.ms": settings.produce_linger_ms,
@@ -104,7 +108,10 @@ class OutputPublisher:
             "compression.type": "lz4",
             "acks": "all",
             "enable.idempotence": False,
+            **producer_config(settings, transactional_id),
         })
+        if transactional_id:
+            self.producer.init_transactions(30.0)  # fences (aborts) a predecessor's open transaction
         self.redis = redis_client
         self.topics = {name: settings.topic(name) for name in
                        ("decisions", "alerts", "limits", "dead_letters", "sink")}
@@ -169,6 +176,7 @@ class OutputPublisher:
             n += 1
         if delivery is not None:  # before end_batch closes it, so no acknowledgement is missed
             delivery.produced += n
+        self.produced_in_transaction += n
         return n
 
     def send(self, stream: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:

@@ -48,8 +48,10 @@ class BatchEnvelope:
 class BatchReader:
     """Fetches batches of every stream and commits them in order once delivered."""
 
-    def __init__(self, settings: Settings, driver: Driver, state_store: StateStore):
+    def __init__(self, settings: Settings, driver: Driver, state_store: StateStore, publisher=None):
         self.settings = settings
+        self.publisher = publisher  # a transactional one makes the commits transactions
+        self.committer = None  # sinks.transactions: OffsetCommits or TransactionalCommits
         self.driver = driver
         self.state_store = state_store
         self.tx_topic = settings.topic("transactions")
@@ -65,7 +67,10 @@ class BatchReader:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
+        from riskstream.sinks.transactions import committer
+
         s = self.settings
+        transactional = bool(getattr(self.publisher, "transactional_id", None))
         self.consumer = AIOKafkaConsumer(
             **s.aiokafka_config(),
             group_id=f"{s.topic_prefix}{s.consumer_group}",
@@ -79,7 +84,10 @@ class BatchReader:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # Exactly once end to end: an upstream transaction's records only once committed.
+            isolation_level="read_committed" if transactional else "read_uncommitted",
         )
+        self.committer = committer(s, self.publisher, self.consumer)
         self.consumer.subscribe(sorted(self.stream_of), listener=FollowPartitions(self))
         await self.consumer.start()
 
@@ -123,35 +131,54 @@ class BatchReader:
         Offsets of finished batches are committed together at most every
         ``commit_interval_ms`` (each commit is a broker request; per small batch they cost
         the embedded broker more than the batch itself); ``wait_all`` and ``commit_now`` (the
-        reader is idle) commit at once. A crash repeats at most that interval's transactions,
-        whose outputs are idempotent in ClickHouse."""
-        while self.pending:
-            envelope, commit = self.pending[0]
-            if not envelope.done.done() and not wait_all and len(self.pending) < MAX_IN_FLIGHT:
-                break
-            try:
-                await envelope.done
-            except Exception as exc:
-                # Publishing failed (broker/Redis outage): commit nothing from here on; rewind
-                # to the last commit so the same records come again, after a pause.
-                log.error("batch not published (%s); will retry from the last commit", exc)
-                await self._rewind()
-                await asyncio.sleep(1.0)
-                return
-            self.pending.popleft()
-            self.uncommitted.update(commit)
-        now = time.monotonic()
-        if self.uncommitted and (wait_all or commit_now
-                                 or now - self.committed_at >= self.settings.commit_interval_ms / 1000):
-            offsets, self.uncommitted = self.uncommitted, {}
-            await self.consumer.commit(offsets)
-            self.committed_at = now
+        reader is idle) commit at once. At least once, a crash repeats at most that interval's
+        transactions, whose outputs are idempotent in ClickHouse; exactly once, the commit is
+        the transaction holding those batches' outputs."""
+        if wait_all:
+            awaited = [envelope.done for envelope, _ in self.pending]
+        else:
+            awaited = [self.pending[0][0].done] if len(self.pending) >= MAX_IN_FLIGHT else []
+        if awaited:  # outside the lock: exactly once, a batch is done once the agent scored it
+            await asyncio.wait(awaited)
+        async with self.committer.lock:  # nothing is produced while a transaction is settled
+            while self.pending and self.pending[0][0].done.done():
+                envelope, commit = self.pending[0]
+                if envelope.done.cancelled() or envelope.done.exception() is not None:
+                    # Publishing failed (broker/Redis outage): commit nothing from here on;
+                    # rewind to the last commit so the same records come again, after a pause.
+                    reason = "cancelled" if envelope.done.cancelled() else envelope.done.exception()
+                    log.error("batch not published (%s); will retry from the last commit", reason)
+                    await self._rewind()
+                    await asyncio.sleep(1.0)
+                    return
+                self.pending.popleft()
+                self.uncommitted.update(commit)
+            now = time.monotonic()
+            if (self.uncommitted or self.committer.dirty) and (
+                    wait_all or commit_now or now - self.committed_at >= self.settings.commit_interval_ms / 1000):
+                offsets, self.uncommitted = self.uncommitted, {}
+                try:
+                    await self.committer.commit(offsets)
+                except Exception as exc:
+                    if not self.committer.transactional:
+                        raise
+                    log.error("transaction not committed (%s); aborted, will retry from the last commit", exc)
+                    self.uncommitted = offsets
+                    await self._rewind()
+                    await asyncio.sleep(1.0)
+                    return
+                self.committed_at = now
 
     async def _rewind(self) -> None:
+        """Back to the last commit: the open transaction (if any) aborted, batches not yet
+        committed dropped (the agent skips those it has not scored), consumer positions
+        moved back. Run with the committer's lock held."""
+        await self.committer.abort()
         later = list(self.pending)
         self.pending.clear()
-        for env, _ in later[1:]:  # their outcome no longer matters
-            env.done.add_done_callback(lambda f: f.exception())
+        for env, _ in later:
+            if not env.done.done():
+                env.done.cancel()
         for tp in {tp for _, c in later for tp in c} | set(self.uncommitted):
             committed = await self.consumer.committed(tp)
             if committed is None:

@@ -183,12 +183,12 @@ def build_app(settings: Settings, driver=None):
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
     ledger = RedisLedger(redis_client, int(settings.credit_dedup_days * 86_400))
     driver = driver or Driver(settings, ledger=ledger, watch=RedisWatch(redis_client))
-    publisher = OutputPublisher(settings, redis_client=redis_client)
+    publisher = OutputPublisher(settings, redis_client=redis_client, transactional_id=output_transactions(settings))
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():
         log.warning("restored model state from Redis: %s", driver.summary())
     path = TransactionPath(driver, publisher)
-    reader = BatchReader(settings, driver, state_store)
+    reader = BatchReader(settings, driver, state_store, publisher)
     rule_feed = RuleFeed(settings, driver.rules, driver.market, driver.loans)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
 
@@ -200,11 +200,12 @@ def build_app(settings: Settings, driver=None):
     async def delivered(produce, *args) -> int:
         """Run ``produce`` (synchronous: no other task interleaves its messages) and wait until
         the broker has acknowledged every message it handed to the publisher."""
-        publisher.begin_batch()
-        try:
-            produce(*args)
-        finally:
-            delivery = publisher.end_batch()
+        async with reader.committer.lock:  # exactly once: into the open transaction
+            publisher.begin_batch()
+            try:
+                produce(*args)
+            finally:
+                delivery = publisher.end_batch()
         return await delivery.wait(timeout=60.0)
 
     async def ack_when_delivered(envelope, delivery, n: int) -> None:
@@ -219,16 +220,23 @@ def build_app(settings: Settings, driver=None):
     async def score_transactions(stream):
         # Pipelined: batch N's broker acknowledgement is awaited in the background while
         # batch N+1 is scored; the reader commits batches strictly in order as they complete.
+        # Exactly once, a batch is done once scored: the transaction's commit delivers it.
         publisher.start_polling()
         async for envelope in stream:
-            publisher.begin_batch()
-            try:
-                n = path.score(envelope)
-            except Exception as exc:
-                publisher.end_batch()
-                envelope.done.set_exception(exc)
-                continue
-            delivery = publisher.end_batch()
+            async with reader.committer.lock:
+                if envelope.done.done():  # dropped by a rewind: it will be read again
+                    continue
+                publisher.begin_batch()
+                try:
+                    n = path.score(envelope)
+                except Exception as exc:
+                    publisher.end_batch()
+                    envelope.done.set_exception(exc)
+                    continue
+                delivery = publisher.end_batch()
+                if reader.committer.transactional:
+                    envelope.done.set_result(n)
+                    continue
             acks.add(asyncio.ensure_future(ack_when_delivered(envelope, delivery, n)))
             acks.difference_update([t for t in acks if t.done()])
 
@@ -283,6 +291,23 @@ def build_app(settings: Settings, driver=None):
     return app
 
 
+def output_transactions(settings: Settings) -> str | None:
+    """The transactional id of the output producer when exactly once is asked for and the
+    broker can keep it; None (at least once) otherwise, said at start-up."""
+    from riskstream.sinks.transactions import check_broker, transactional_id
+
+    if settings.processing_guarantee != "exactly_once":
+        return None
+    refused = check_broker(settings)
+    if refused:
+        log.error("exactly_once asked for, but %s: running at least once (outputs may repeat after a crash, "
+                  "never go missing). Apache Kafka does transactions: riskstream stack up --broker kafka", refused)
+        return None
+    name = transactional_id(settings)
+    log.warning("exactly once: each batch's outputs and input offsets commit in one transaction (id %s)", name)
+    return name
+
+
 def _report_compile(future, source: str) -> None:
     """Say what a hot reload did: the old rule set stays in force when the new one fails."""
     exc = future.exception()
@@ -326,7 +351,8 @@ def run_worker(settings: Settings) -> int:
     app = build_app(settings)
     tune_garbage_collector()
     print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.driver.rules.current.version}, "
-          f"batches up to {settings.batch_max_events}", flush=True)
+          f"batches up to {settings.batch_max_events}, "
+          f"{'exactly once' if app.publisher.transactional_id else 'at least once'}", flush=True)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

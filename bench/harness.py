@@ -142,6 +142,8 @@ def start_worker(bs: BenchStack, group: ProcessGroup, index: int) -> subprocess.
         "RISKSTREAM_DATA_DIR": str(s.data_dir),
         "RISKSTREAM_SESSION_TIMEOUT_MS": str(s.session_timeout_ms),
         "RISKSTREAM_TOPIC_PARTITIONS": str(s.topic_partitions),
+        "RISKSTREAM_PROCESSING_GUARANTEE": s.processing_guarantee,
+        "RISKSTREAM_WORKER_NAME": f"bench-{index}",
     })
     log = s.data_dir / "logs" / f"bench-worker-{index}.log"
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,9 @@ def start_worker(settings: Settings, stack_state: dict, index: int = 0) -> subpr
     env = dict(os.environ)
     env.update({"RISKSTREAM_KAFKA_BOOTSTRAP": stack_state["kafka"],
                 "RISKSTREAM_REDIS_URL": stack_state["redis"],
-                "RISKSTREAM_DATA_DIR": str(settings.data_dir.resolve())})
+                "RISKSTREAM_DATA_DIR": str(settings.data_dir.resolve()),
+                # A name per worker slot: exactly once, a restarted worker fences its predecessor.
+                "RISKSTREAM_WORKER_NAME": f"worker-{index}"})
     if settings.limits_file:
         env["RISKSTREAM_LIMITS_FILE"] = settings.limits_file
     log = settings.data_dir.resolve() / "logs" / f"worker-{index}.log"

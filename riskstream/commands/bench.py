@@ -64,6 +64,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     base = load_settings(args.config).model_copy(update={"session_timeout_ms": 6000})
     if getattr(args, "broker", None):
         base = base.model_copy(update={"broker": args.broker})
+    if getattr(args, "guarantee", None):
+        base = base.model_copy(update={"processing_guarantee": args.guarantee})
     quick = args.quick
     n = args.transactions or (20_000 if quick else 200_000)
     rates = args.rates or ([500, 1000] if quick else [2000, 5000, 10000, 20000])
@@ -74,7 +76,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                            "config": {"transactions": n, "rates": rates, "workers": worker_counts,
                                       "latency_seconds": seconds, "memory_cards": cards,
                                       "batch_max_events": base.batch_max_events,
-                                      "topic_partitions": base.topic_partitions}}
+                                      "topic_partitions": base.topic_partitions,
+                                      "processing_guarantee": base.processing_guarantee,
+                                      # the worker's latency settings
+                                      "batch_linger_ms": base.batch_linger_ms,
+                                      "produce_linger_ms": base.produce_linger_ms,
+                                      "fetch_max_wait_ms": base.fetch_max_wait_ms,
+                                      "commit_interval_ms": base.commit_interval_ms}}
     m = res["machine"]
     _say(f"riskstream bench on {m['cores']} cores ({m['cpu_model']}), {m['ram_gb']} GB, Python {m['python']}, "
          f"load {m['load_avg_at_start']}")
@@ -238,7 +246,9 @@ def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [f"riskstream bench ({'quick' if res['quick'] else 'full'}) - {m['cores']} cores, {m['cpu_model']}, "
-             f"{m['ram_gb']} GB, Python {m['python']}; broker {res.get('broker', 'tansu')}; {res['elapsed_s']:.0f}s", ""]
+             f"{m['ram_gb']} GB, Python {m['python']}; broker {res.get('broker', 'tansu')}, "
+             f"{res['config'].get('processing_guarantee', 'at_least_once').replace('_', ' ')}; "
+             f"{res['elapsed_s']:.0f}s", ""]
     lines.append(f"Throughput (drain of {res['config']['transactions']:,} preloaded transactions, all detectors and sinks on)")
     for w, run in res["throughput_runs"].items():
         cpu = run["cpu_us_per_txn"]
@@ -346,4 +356,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="Small sizes everywhere (smoke check, tests).")
     p.add_argument("--broker", choices=("tansu", "kafka"),
                    help="the embedded broker every stack of the run uses (default: RISKSTREAM_BROKER, else tansu)")
+    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
+                   help="the workers' processing guarantee (default: RISKSTREAM_PROCESSING_GUARANTEE, else "
+                        "at_least_once); exactly once is what read-committed consumers see")
     p.set_defaults(run=_cmd_bench)

@@ -376,7 +376,7 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
     reader.start()
     # linger 5 ms: on the embedded broker fewer, larger produce requests give the lowest
     # latency (measured: 1 ms floods it with requests).
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "compression.type": "lz4",
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": int(os.environ.get("BENCH_LINGER", 5)), "compression.type": "lz4",
                          "queue.buffering.max.messages": 2_000_000})
     topic = settings.topic("transactions")
     out: dict[str, dict] = {}

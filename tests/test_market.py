@@ -312,6 +312,7 @@ def test_a_published_limit_set_is_swapped_in_and_a_bad_one_refused(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.both_brokers
 def test_limits_publish_validates_then_publishes_to_the_control_topic(stack, tmp_path, capsys, monkeypatch):
     from riskstream.cli import main
     from riskstream.rules.publishing import LIMITS_KEY, rule_history

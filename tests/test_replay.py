@@ -378,6 +378,7 @@ def test_a_files_bad_rows_get_the_reason_the_decoder_gives_them():
         assert why.reason[i] == expected, (cases[i], why.reason[i], expected)
 
 
+@pytest.mark.both_brokers
 def test_online_replay_is_decided_by_the_worker(stack, worker_factory, tmp_path, sim, capsys):
     tx = {k: v[:500] for k, v in sim.transactions.items()}
     path = tmp_path / "tx500.csv"

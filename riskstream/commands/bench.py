@@ -72,9 +72,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     worker_counts = args.workers or ([1] if quick else [1, 2])
     seconds = args.latency_seconds or (2.0 if quick else 10.0)
     cards = args.cards or (20_000 if quick else 1_000_000)
+    # Kafka's JIT warms up in the first minute of traffic; Tansu is native code.
+    warm_s = args.warmup_seconds if args.warmup_seconds is not None else (
+        0.0 if base.broker != "kafka" else 5.0 if quick else 20.0)
+    warm_rate = min(max(rates), 10_000)
     res: dict[str, Any] = {"machine": harness.machine_info(), "quick": quick, "broker": base.broker,
                            "config": {"transactions": n, "rates": rates, "workers": worker_counts,
-                                      "latency_seconds": seconds, "memory_cards": cards,
+                                      "latency_seconds": seconds, "memory_cards": cards, "warmup_seconds": warm_s,
                                       "batch_max_events": base.batch_max_events,
                                       "topic_partitions": base.topic_partitions,
                                       "processing_guarantee": base.processing_guarantee,
@@ -92,7 +96,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="riskstream-bench-"))
     finished = False
     try:
-        latency_pool = int(sum(rates) * seconds)
+        latency_pool = int(sum(rates) * seconds + warm_rate * warm_s)
         # The engine-only latency runs once per linger, each on transactions of its own.
         lingers = sorted({0, base.batch_linger_ms})
         _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep "
@@ -146,12 +150,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         # so a sweep after the drains would measure the broker's fill level.
         _say(f"\n== latency: a fresh stack and 1 worker, open-loop producer, {seconds:.0f}s per rate; "
              "producer and consumer are threads of this process")
-        bs = harness.start_stack(base, tmp / "stack-latency", progress=_say)
+        bs = harness.start_stack(base, tmp / "stack-latency", progress=_say, warm_s=warm_s)
         stacks.append(bs)
         warm = min(n, 5000)
         workload.preload(bs.settings, preload_msgs, stop=warm, progress=_say)
         _, workers = broker_runs.drain_throughput(bs, group, 1, warm, progress=_say, keep_running=True)
-        res["latency_ms"], _ = broker_runs.latency_at_rates(bs.settings, msgs, n, rates, seconds, progress=_say,
+        start = n
+        if warm_s:
+            _say(f"  warm-up: {warm_rate:,}/s for {warm_s:.0f}s, not counted")
+            res["latency_warmup"], start = broker_runs.latency_at_rates(
+                bs.settings, msgs, start, [warm_rate], warm_s, progress=_say, roles=bs.roles(workers))
+        res["latency_ms"], _ = broker_runs.latency_at_rates(bs.settings, msgs, start, rates, seconds, progress=_say,
                                                    roles=bs.roles(workers))
         for proc in workers:
             group.stop(proc)
@@ -161,7 +170,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         by_workers: dict[str, dict] = {}
         for idx, w in enumerate(worker_counts):
             _say(f"\n== throughput with {w} worker(s): fresh stack")
-            bs = harness.start_stack(base, tmp / f"stack-{idx}", progress=_say)
+            bs = harness.start_stack(base, tmp / f"stack-{idx}", progress=_say, warm_s=warm_s)
             stacks.append(bs)
             workload.preload(bs.settings, preload_msgs, progress=_say)
             first = idx == 0
@@ -359,4 +368,8 @@ def register(sub) -> None:
     p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
                    help="the workers' processing guarantee (default: RISKSTREAM_PROCESSING_GUARANTEE, else "
                         "at_least_once); exactly once is what read-committed consumers see")
+    p.add_argument("--warmup-seconds", type=float, default=None,
+                   help="before each measurement on Kafka, this long of broker traffic and of the latency "
+                        "sweep's rate (up to 10,000/s) goes uncounted: the JVM's JIT (default 20, quick 5; "
+                        "0 on Tansu)")
     p.set_defaults(run=_cmd_bench)

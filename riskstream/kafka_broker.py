@@ -114,7 +114,7 @@ def prepare(settings: Settings, home: Path, port: int, controller: int, progress
     if fmt.returncode != 0:
         raise RuntimeError(f"formatting Kafka's storage in {data} failed:\n{(fmt.stdout + fmt.stderr)[-3000:]}")
     heap = f"-Xmx{settings.kafka_heap_mb}m"
-    return [jvm, f"-Xms{min(256, settings.kafka_heap_mb)}m", heap, "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    return [jvm, f"-Xms{min(256, settings.kafka_heap_mb)}m", heap, *settings.kafka_jvm_options.split(),
             "-XX:ActiveProcessorCount=2", "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={log_config}",
             "-cp", cp, "kafka.Kafka", str(props)]
 

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         "tansu", description="The embedded broker: tansu (pip-only, memory storage) or kafka (Apache Kafka "
                              "from Maven Central; needs Java 17+ and Maven).")
     kafka_heap_mb: int = Field(512, ge=128, le=16384, description="Heap of the embedded Apache Kafka broker.")
+    kafka_jvm_options: str = Field(
+        "-XX:+UseSerialGC",
+        description="JVM options of the embedded Apache Kafka broker besides its heap (space-separated). "
+                    "The serial collector: G1's concurrent marking took more of the 2 cores than Kafka's own "
+                    "request handling in a drain (bench/results/2026-12-05-kafka-gc.txt).")
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security.protocol."
     )

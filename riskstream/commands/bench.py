@@ -76,6 +76,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     warm_s = args.warmup_seconds if args.warmup_seconds is not None else (
         0.0 if base.broker != "kafka" else 5.0 if quick else 20.0)
     warm_rate = min(max(rates), 10_000)
+    drain_warm = min(n, 20_000)  # decided untimed before each drain, while the group settles
     res: dict[str, Any] = {"machine": harness.machine_info(), "quick": quick, "broker": base.broker,
                            "config": {"transactions": n, "rates": rates, "workers": worker_counts,
                                       "latency_seconds": seconds, "memory_cards": cards, "warmup_seconds": warm_s,
@@ -101,7 +102,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         lingers = sorted({0, base.batch_linger_ms})
         _say(f"\n== input: {n:,} transactions to preload + {latency_pool:,} for the latency sweep "
              f"+ {latency_pool * len(lingers):,} for the engine-only latency")
-        msgs = workload.build_messages(n, extra=latency_pool * (1 + len(lingers)), progress=lambda s: _say(f"  {s}"))
+        msgs = workload.build_messages(n, extra=max(latency_pool * (1 + len(lingers)), drain_warm),
+                                       progress=lambda s: _say(f"  {s}"))
         preload_msgs = msgs.head(n)
 
         _say("\n== offline replay (in process)")
@@ -172,9 +174,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             _say(f"\n== throughput with {w} worker(s): fresh stack")
             bs = harness.start_stack(base, tmp / f"stack-{idx}", progress=_say, warm_s=warm_s)
             stacks.append(bs)
-            workload.preload(bs.settings, preload_msgs, progress=_say)
+            # The timed drain starts once the group is steady: a warm-up set first, then n more.
+            workload.preload(bs.settings, msgs, stop=drain_warm, progress=_say)
             first = idx == 0
-            drain, workers = broker_runs.drain_throughput(bs, group, w, n, progress=_say, keep_running=first)
+            drain, workers = broker_runs.drain_throughput(
+                bs, group, w, n, progress=_say, keep_running=first, warm=drain_warm,
+                feed=lambda: workload.preload(bs.settings, msgs, start=drain_warm, stop=drain_warm + n, progress=_say))
             by_workers[str(w)] = drain.as_dict()
             _say(f"  {w} worker(s): {drain.tps:,.0f} transactions/s over {drain.seconds:.1f}s, "
                  f"worker CPU {drain.cpu_us_per_txn['workers']:.1f} µs/txn, peak RSS {drain.worker_peak_rss_mb} MB")

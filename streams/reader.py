@@ -179,6 +179,8 @@ class BatchReader:
         for env, _ in later:
             if not env.done.done():
                 env.done.cancel()
+            elif not env.done.cancelled():
+                env.done.exception()  # its outcome no longer matters: retrieved, not reported at exit
         for tp in {tp for _, c in later for tp in c} | set(self.uncommitted):
             committed = await self.consumer.committed(tp)
             if committed is None:

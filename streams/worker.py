@@ -212,9 +212,11 @@ def build_app(settings: Settings, driver=None):
         try:
             await delivery.wait(timeout=60.0)
         except Exception as exc:
-            envelope.done.set_exception(exc)
+            if not envelope.done.done():  # else dropped by a rewind meanwhile
+                envelope.done.set_exception(exc)
         else:
-            envelope.done.set_result(n)
+            if not envelope.done.done():
+                envelope.done.set_result(n)
 
     @app.agent(batches)
     async def score_transactions(stream):

@@ -48,3 +48,12 @@ def test_without_java_or_maven_the_message_says_what_to_install(tmp_path, monkey
     with pytest.raises(ConfigError) as exc:
         kafka_broker.java()
     assert "Java 17 or newer" in str(exc.value)
+
+
+def test_cluster_ids_never_start_with_a_dash():
+    """The storage tool reads an id that starts with "-" as an option and refuses to format."""
+    from riskstream.kafka_broker import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]  # ~31 of them would start with "-" otherwise
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)

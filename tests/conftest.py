@@ -32,6 +32,20 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("stack_broker", brokers)
 
 
+@pytest.fixture(autouse=True)
+def _sigint_handler_kept(request):
+    """A test that leaves another SIGINT handler behind makes a later Ctrl-C test hang (the
+    parallel replay's once did, after 120 s): the culprit fails here, by name."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        pytest.fail(f"{request.node.nodeid} left SIGINT handled by {after!r}")
+
+
 @pytest.fixture
 def stack(tmp_path: Path, stack_broker: str):
     """An attached embedded stack on ``stack_broker``; yields settings that point clients at it."""

@@ -210,6 +210,9 @@ def test_ctrl_c_stops_every_process(tmp_path, tx_file, monkeypatch):
             pressed.append(time.monotonic())
             os.kill(parent, signal.SIGINT)
 
+    from tests.conftest import _os_sigint_handler
+
+    at_start = _os_sigint_handler()  # 1 would be SIG_IGN: the kernel ignoring Ctrl-C
     presser = threading.Thread(target=press, daemon=True)
     t0 = time.monotonic()
     presser.start()
@@ -219,7 +222,7 @@ def test_ctrl_c_stops_every_process(tmp_path, tx_file, monkeypatch):
     finally:
         stopped.set()
     assert pressed and time.monotonic() - pressed[-1] < 10, "a Ctrl-C stops the replay within seconds"
-    assert len(pressed) <= 2, f"{len(pressed)} Ctrl-C needed"
+    assert len(pressed) <= 2, f"{len(pressed)} Ctrl-C needed (kernel's SIGINT handler at the start: {at_start})"
     assert time.monotonic() - t0 < 60
     assert multiprocessing.active_children() == []
 

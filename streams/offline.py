@@ -359,10 +359,10 @@ def _stop_processes(procs: list, timeout: float = 5.0) -> None:
 
 
 def _hear_ctrl_c() -> None:
-    """Make sure a Ctrl-C reaches this process: Python's handler installed again in the kernel.
-    In the test suite's process the kernel once had SIGINT ignored while Python still believed
-    its own handler was there (something native had changed it; not found which), and the
-    replay then never stopped."""
+    """Make sure a Ctrl-C reaches this process: Python's handler installed again in the kernel
+    (one ``sigaction`` call). In the test suite's process the kernel once had SIGINT ignored
+    while Python still believed its own handler was there (something native had changed it;
+    not found which), and the replay then never stopped."""
     import threading
 
     if threading.current_thread() is threading.main_thread() and \
@@ -492,6 +492,7 @@ def _collect(readers: list, procs: list, writer: _OpeningWriter, progress: Progr
     prof["receive"] = 0.0
     last_line = False  # the 100% line is printed once
     while pending:
+        _hear_ctrl_c()  # each second: whatever ignored SIGINT may act while the replay runs
         for reader in wait(list(pending), timeout=1.0):
             k = shard[reader]
             t0 = time.perf_counter()

@@ -358,18 +358,6 @@ def _stop_processes(procs: list, timeout: float = 5.0) -> None:
             proc.join(5)
 
 
-def _hear_ctrl_c() -> None:
-    """Make sure a Ctrl-C reaches this process: Python's handler installed again in the kernel
-    (one ``sigaction`` call). In the test suite's process the kernel once had SIGINT ignored
-    while Python still believed its own handler was there (something native had changed it;
-    not found which), and the replay then never stopped."""
-    import threading
-
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def replay_sharded(data: ReplayInput, settings: Settings, processes: int, writer: ClickHouseBlocks | None = None,
                    progress: Progress | None = None) -> ReplaySummary:
     """Score a transactions file in ``processes`` forked processes, one shard of the cards each
@@ -382,7 +370,6 @@ def replay_sharded(data: ReplayInput, settings: Settings, processes: int, writer
     import multiprocessing
 
     t_start = time.perf_counter()
-    _hear_ctrl_c()
     # fork: the processes inherit the input and the compiled kernels; it happens before this
     # process opens chDB or starts the writer's thread (unless a writer is passed in).
     ctx = multiprocessing.get_context("fork")
@@ -492,7 +479,6 @@ def _collect(readers: list, procs: list, writer: _OpeningWriter, progress: Progr
     prof["receive"] = 0.0
     last_line = False  # the 100% line is printed once
     while pending:
-        _hear_ctrl_c()  # each second: whatever ignored SIGINT may act while the replay runs
         for reader in wait(list(pending), timeout=1.0):
             k = shard[reader]
             t0 = time.perf_counter()

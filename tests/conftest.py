@@ -34,8 +34,8 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(autouse=True)
 def _sigint_handler_kept(request):
-    """A test that leaves another SIGINT handler behind makes a later Ctrl-C test hang (the
-    parallel replay's once did, after 120 s): the culprit fails here, by name."""
+    """A test that leaves another SIGINT handler behind (Python's, the kernel's, or SIGINT
+    blocked) would make a later Ctrl-C test hang: the culprit fails here, by name."""
     import signal
 
     before = signal.getsignal(signal.SIGINT), _os_sigint_handler(), signal.pthread_sigmask(signal.SIG_BLOCK, [])

@@ -199,30 +199,19 @@ def test_ctrl_c_stops_every_process(tmp_path, tx_file, monkeypatch):
     parent = _in_replay_processes(monkeypatch, lambda batch: time.sleep(600))
     settings = Settings(data_dir=tmp_path / "rs", batch_max_events=200)
     data = reading.load_input(tx_file[0], "transactions", settings=settings)
-    # Ctrl-C once the processes score, and again every 5 s as a user would: in 2 of 2 runs on
-    # a fresh clone the first one was lost (never raised in this process; cause not found,
-    # not seen in ~20 runs elsewhere), and the replay then waited on its processes for ever.
-    pressed: list[float] = []
-    stopped = threading.Event()
-
-    def press() -> None:
-        while not stopped.wait(5.0 if pressed else 3.0):
-            pressed.append(time.monotonic())
-            os.kill(parent, signal.SIGINT)
-
-    from tests.conftest import _os_sigint_handler
-
-    at_start = _os_sigint_handler()  # 1 would be SIG_IGN: the kernel ignoring Ctrl-C
-    presser = threading.Thread(target=press, daemon=True)
+    # A suite started in the background by a non-interactive shell (or under nohup) inherits
+    # SIGINT ignored, and Python then keeps it ignored: Ctrl-C is what this test is about, so
+    # it listens for it as an interactive run does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(5.0, os.kill, (parent, signal.SIGINT))
+    timer.start()
     t0 = time.monotonic()
-    presser.start()
     try:
         with deadline(120), pytest.raises(KeyboardInterrupt):
             offline.replay_offline(data, settings, processes=2)
     finally:
-        stopped.set()
-    assert pressed and time.monotonic() - pressed[-1] < 10, "a Ctrl-C stops the replay within seconds"
-    assert len(pressed) <= 2, f"{len(pressed)} Ctrl-C needed (kernel's SIGINT handler at the start: {at_start})"
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 60
     assert multiprocessing.active_children() == []
 

@@ -21,12 +21,14 @@ from riskstream.bench.workload import Messages
 
 
 def decisions_consumer(settings: Settings, from_end: bool, topics: tuple[str, ...] = ("decisions",),
-                        fetch_wait_ms: int = 20):
+                        fetch_wait_ms: int = 20, isolation: str = "read_committed"):
+    """A consumer assigned every partition of ``topics``, from the start or from now on; it
+    sees what a read-committed (librdkafka's default) or a read-uncommitted reader sees."""
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({**settings.kafka_client_config(), "group.id": f"bench-{os.getpid()}-{time.time_ns()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "fetch.wait.max.ms": fetch_wait_ms})
+                         "fetch.wait.max.ms": fetch_wait_ms, "isolation.level": isolation})
     parts = []
     for name in topics:
         topic = settings.topic(name)
@@ -132,35 +134,26 @@ def count_decisions(settings: Settings, expected: int, timeout_s: float = 60.0) 
     return len(seen), total
 
 
-def settle_group(bs: BenchStack, workers: list[subprocess.Popen], warm: int, progress: Progress = quiet,
-                 timeout_s: float = 120.0) -> None:
-    """Wait until the ``warm`` preloaded transactions are committed and every worker holds
-    partitions, with no new assignment for a second: the group is steady and warm."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    s = bs.settings
-    watcher = Consumer({**s.kafka_client_config(), "group.id": f"{s.topic_prefix}{s.consumer_group}",
-                        "enable.auto.commit": False})
-    topic = s.topic("transactions")
-    partitions = [TopicPartition(topic, p) for p in watcher.list_topics(topic, timeout=10).topics[topic].partitions]
-    logs = [s.data_dir / "logs" / f"bench-worker-{i}.log" for i in range(len(workers))]
+def settle_group(bs: BenchStack, workers: list[subprocess.Popen], warm: int, watcher, partitions: list,
+                 progress: Progress = quiet, timeout_s: float = 120.0) -> None:
+    """Wait until the ``warm`` preloaded transactions are committed (read with ``watcher``)
+    and every worker holds partitions, with no new assignment for a second: the group is
+    steady and warm."""
+    logs = [bs.settings.data_dir / "logs" / f"bench-worker-{i}.log" for i in range(len(workers))]
     deadline = time.monotonic() + timeout_s
     last_seen: list[int] = []
     steady_since = time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if any(w.poll() is not None for w in workers):
-                raise RuntimeError(f"a worker exited while the group settled; see {s.data_dir / 'logs'}")
-            seen = [log.read_text(errors="replace").count("assigned transaction partitions") if log.exists() else 0
-                    for log in logs]
-            if seen != last_seen:
-                last_seen, steady_since = seen, time.monotonic()
-            if all(seen) and time.monotonic() - steady_since >= 1.0 and _committed(watcher, partitions) >= warm:
-                progress(f"  group steady: {len(workers)} worker(s) hold partitions, {warm:,} warm-up transactions decided")
-                return
-    finally:
-        watcher.close()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if any(w.poll() is not None for w in workers):
+            raise RuntimeError(f"a worker exited while the group settled; see {bs.settings.data_dir / 'logs'}")
+        seen = [log.read_text(errors="replace").count("assigned transaction partitions") if log.exists() else 0
+                for log in logs]
+        if seen != last_seen:
+            last_seen, steady_since = seen, time.monotonic()
+        if all(seen) and time.monotonic() - steady_since >= 1.0 and _committed(watcher, partitions) >= warm:
+            progress(f"  group steady: {len(workers)} worker(s) hold partitions, {warm:,} warm-up transactions decided")
+            return
     raise RuntimeError(f"the worker group did not settle within {timeout_s:.0f}s")
 
 
@@ -192,19 +185,23 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
     t_launch, t_launch_wall = time.monotonic(), time.time()
     workers = [start_worker(bs, group, i) for i in range(n_workers)]
     roles = bs.roles(workers)
+
+    def cpu_now() -> dict[str, float]:  # workers and stack are our children; "bench" is us alone
+        return {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
+
     cpu0: dict[str, float] = {}
+    cpu1: dict[str, float] = {}
     fed_at = None
-    if feed is not None:  # timed from the first timed transaction produced: a short drain may
-        settle_group(bs, workers, warm, progress)  # be decided within one commit interval
-        fed_at = time.time()
-        cpu0 = {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
-        feed()
     count = first_group = 0
     first_t = last_t = 0.0
-    cpu1: dict[str, float] = {}
-    last_print = time.monotonic()
-    last_count_change = time.monotonic()
     try:
+        if feed is not None:  # timed from the first timed transaction produced: a short drain
+            settle_group(bs, workers, warm, watcher, partitions, progress)  # may take one commit
+            fed_at = time.time()
+            cpu0 = cpu_now()
+            feed()
+        last_print = time.monotonic()
+        last_count_change = time.monotonic()
         while count < expected:
             time.sleep(0.02)
             produced = _committed(watcher, partitions) - warm
@@ -214,13 +211,13 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
                     first_t = fed_at
                 elif not count:
                     first_t, first_group = now_wall, produced
-                    cpu0 = {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
+                    cpu0 = cpu_now()
                     progress(f"  first decision {time.monotonic() - t_launch:.1f}s after the worker start")
                 count = produced
                 last_t = now_wall
                 last_count_change = time.monotonic()
                 if count >= expected:  # the end of the timed part: sample CPU right away
-                    cpu1 = {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
+                    cpu1 = cpu_now()
             now = time.monotonic()
             if now - last_print >= 1.0:
                 rate = count / max(1e-6, last_t - first_t) if count else 0.0
@@ -231,8 +228,7 @@ def drain_throughput(bs: BenchStack, group: ProcessGroup, n_workers: int, expect
             if now - last_count_change > stall_s:
                 progress(f"  no new decision for {stall_s:.0f}s: stopping this run")
                 break
-        # The workers and the stack are children of this process: "bench" is this process alone.
-        cpu1 = cpu1 or {r: cpu_seconds(p, children=r != "bench") for r, p in roles.items()}
+        cpu1 = cpu1 or cpu_now()
         rss = [peak_rss_mb(w.pid) for w in workers]
     finally:
         watcher.close()

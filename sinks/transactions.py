@@ -114,7 +114,6 @@ class TransactionalCommits:
         self.consumer = consumer
         self.group_id = group_id
         self.lock = asyncio.Lock()
-        self.commits = 0
 
     def begin(self) -> None:
         self.producer.begin_transaction()
@@ -139,7 +138,6 @@ class TransactionalCommits:
             await loop.run_in_executor(None, self.producer.send_offsets_to_transaction,
                                        positions, self._metadata(), 30.0)
         await loop.run_in_executor(None, self.producer.commit_transaction, 60.0)
-        self.commits += 1
         self.begin()
 
     async def abort(self) -> None:
@@ -162,10 +160,15 @@ class FencedWorker(RuntimeError):
 
 
 def committer(settings: Settings, publisher, consumer):
-    """The committer for the worker's settings: transactions when the publisher was made
-    transactional (exactly once, checked at start), plain offset commits otherwise."""
-    if getattr(publisher, "transactional_id", None):
+    """The committer for this publisher: transactions when it was made transactional (exactly
+    once, checked at start), plain offset commits otherwise."""
+    if transactional(publisher):
         committer = TransactionalCommits(publisher, consumer, f"{settings.topic_prefix}{settings.consumer_group}")
         committer.begin()
         return committer
     return OffsetCommits(consumer)
+
+
+def transactional(publisher) -> bool:
+    """Whether outputs go through this publisher in transactions (exactly once)."""
+    return publisher is not None and bool(publisher.transactional_id)

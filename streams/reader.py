@@ -67,10 +67,9 @@ class BatchReader:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-        from riskstream.sinks.transactions import committer
+        from riskstream.sinks.transactions import committer, transactional
 
         s = self.settings
-        transactional = bool(getattr(self.publisher, "transactional_id", None))
         self.consumer = AIOKafkaConsumer(
             **s.aiokafka_config(),
             group_id=f"{s.topic_prefix}{s.consumer_group}",
@@ -85,7 +84,7 @@ class BatchReader:
             fetch_max_bytes=64 * 1024 * 1024,
             partition_assignment_strategy=(RangePartitionAssignor,),
             # Exactly once end to end: an upstream transaction's records only once committed.
-            isolation_level="read_committed" if transactional else "read_uncommitted",
+            isolation_level="read_committed" if transactional(self.publisher) else "read_uncommitted",
         )
         self.committer = committer(s, self.publisher, self.consumer)
         self.consumer.subscribe(sorted(self.stream_of), listener=FollowPartitions(self))

@@ -32,31 +32,6 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("stack_broker", brokers)
 
 
-@pytest.fixture(autouse=True)
-def _sigint_handler_kept(request):
-    """A test that leaves another SIGINT handler behind (Python's, the kernel's, or SIGINT
-    blocked) would make a later Ctrl-C test hang: the culprit fails here, by name."""
-    import signal
-
-    before = signal.getsignal(signal.SIGINT), _os_sigint_handler(), signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    yield
-    after = signal.getsignal(signal.SIGINT), _os_sigint_handler(), signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    if after != before:
-        signal.signal(signal.SIGINT, before[0])
-        pytest.fail(f"{request.node.nodeid} changed SIGINT: (Python handler, OS handler, blocked) "
-                    f"{before!r} -> {after!r}")
-
-
-def _os_sigint_handler() -> int:
-    """The handler the kernel calls on SIGINT (native code can replace Python's own)."""
-    import ctypes
-    import signal
-
-    action = ctypes.create_string_buffer(256)  # struct sigaction: the handler comes first
-    ctypes.CDLL(None, use_errno=True).sigaction(int(signal.SIGINT), None, action)
-    return int.from_bytes(action.raw[:8], "little")
-
-
 @pytest.fixture
 def stack(tmp_path: Path, stack_broker: str):
     """An attached embedded stack on ``stack_broker``; yields settings that point clients at it."""

@@ -21,13 +21,9 @@ class DecisionsTopic:
     """Everything on ``decisions`` from the start, read as a risk desk's service would."""
 
     def __init__(self, settings, isolation: str = "read_committed"):
-        from confluent_kafka import Consumer, TopicPartition
+        from riskstream.bench.broker_runs import decisions_consumer
 
-        self.consumer = Consumer({**settings.kafka_client_config(), "group.id": f"check-{isolation}",
-                                  "isolation.level": isolation, "enable.auto.commit": False})
-        topic = settings.topic("decisions")
-        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        self.consumer = decisions_consumer(settings, from_end=False, isolation=isolation)
         self.seen: collections.Counter[str] = collections.Counter()
 
     def read(self) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from riskstream.commands import add_broker_option, with_broker
 from riskstream.settings import load_settings
 
 TARGETS = {
@@ -61,9 +62,7 @@ def _on_sigterm(signum, frame) -> None:
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from riskstream.bench import broker_runs, engine_runs, harness, workload
 
-    base = load_settings(args.config).model_copy(update={"session_timeout_ms": 6000})
-    if getattr(args, "broker", None):
-        base = base.model_copy(update={"broker": args.broker})
+    base = with_broker(load_settings(args.config).model_copy(update={"session_timeout_ms": 6000}), args)
     if getattr(args, "guarantee", None):
         base = base.model_copy(update={"processing_guarantee": args.guarantee})
     quick = args.quick
@@ -368,8 +367,7 @@ def register(sub) -> None:
     p.add_argument("--latency-seconds", type=float, default=0.0, help="Seconds per offered rate (default 10).")
     p.add_argument("--cards", type=int, default=0, help="Distinct cards for the memory figure (default 1,000,000).")
     p.add_argument("--quick", action="store_true", help="Small sizes everywhere (smoke check, tests).")
-    p.add_argument("--broker", choices=("tansu", "kafka"),
-                   help="the embedded broker every stack of the run uses (default: RISKSTREAM_BROKER, else tansu)")
+    add_broker_option(p, "the embedded broker every stack of the run uses")
     p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
                    help="the workers' processing guarantee (default: RISKSTREAM_PROCESSING_GUARANTEE, else "
                         "at_least_once); exactly once is what read-committed consumers see")

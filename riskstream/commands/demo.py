@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from riskstream.commands import add_broker_option, with_broker
 from riskstream.demo import run_demo
 from riskstream.settings import load_settings
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    if args.broker:
-        settings = settings.model_copy(update={"broker": args.broker})
+    settings = with_broker(load_settings(args.config), args)
     return run_demo(settings, args.events, args.seconds, args.workers)
 
 
@@ -21,6 +20,5 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=0.0,
                    help="Spread production over this many seconds (default: as fast as the engine takes it).")
     p.add_argument("--workers", type=int, default=1, help="Faust workers sharing the consumer group.")
-    p.add_argument("--broker", choices=("tansu", "kafka"),
-                   help="the embedded broker (default: RISKSTREAM_BROKER, else tansu); kafka needs Java 17+ and Maven")
+    add_broker_option(p)
     p.set_defaults(run=_cmd_demo)

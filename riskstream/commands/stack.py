@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from riskstream.commands import add_broker_option, with_broker
 from riskstream.settings import load_settings
 from riskstream.stack import EmbeddedStack, pid_alive, running_stack, stop_detached
 
 
 def _up(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    if args.broker:
-        settings = settings.model_copy(update={"broker": args.broker})
+    settings = with_broker(load_settings(args.config), args)
     stack = EmbeddedStack(settings, detached=True)
     state = stack.start(progress=lambda s: print(f"  up: {s}", file=sys.stderr))
     data_dir = settings.data_dir.resolve()
@@ -60,9 +59,7 @@ def register(sub) -> None:
     p = sub.add_parser("stack", help="Start, stop or inspect the embedded broker, Valkey and ClickHouse sink.")
     ss = p.add_subparsers(dest="stack_command", metavar="up|down|status", required=True)
     up = ss.add_parser("up", help="Start the services and print export lines for `eval`.")
-    up.add_argument("--broker", choices=("tansu", "kafka"),
-                    help="the embedded broker (default: RISKSTREAM_BROKER, else tansu); kafka runs Apache Kafka "
-                         "from Maven Central and needs Java 17+ and Maven")
+    add_broker_option(up)
     up.set_defaults(run=_up)
     ss.add_parser("down", help="Stop the services started by `stack up`.").set_defaults(run=_down)
     ss.add_parser("status", help="Show what is running.").set_defaults(run=_status)

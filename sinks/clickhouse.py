@@ -352,24 +352,72 @@ def run_sink(settings: Settings, stop: threading.Event, query_port: int = 0,
 
 
 def _write_with_retry(writer: SinkWriter, consumer, msgs, stop: threading.Event, log) -> None:
-    blocks: dict[str, list[bytes]] = {}
-    for m in msgs:
-        if m.error():
-            continue
-        table = (m.key() or b"").decode()
-        blocks.setdefault(table, []).append(m.value() or b"")
+    msgs = list(msgs)
     delay = 0.5
     while True:
+        blocks: dict[str, list[bytes]] = {}
+        for m in msgs:
+            if m.error() is None:
+                blocks.setdefault((m.key() or b"").decode(), []).append(m.value() or b"")
         try:
             writer.insert_blocks(blocks)
             break
         except Exception as exc:
-            # An outage: keep the rows, keep the offsets, back off, try again.
+            # An outage: keep the rows, keep the offsets, back off, try again. The rows wait
+            # in the sink topic (on the broker's disk), which is the backpressure: memory holds
+            # one window at most.
             log(f"sink: ClickHouse unavailable ({str(exc)[:200]}); retrying in {delay:.1f}s")
-            if stop.wait(delay) and delay > 8:
+            stopped = _wait_polling(consumer, stop, delay, msgs)
+            if stopped and delay > 8:
                 raise
             delay = min(delay * 2, 30)
-    consumer.commit(asynchronous=False)
+    commit_inserted(consumer, msgs, log)
+
+
+def _wait_polling(consumer, stop: threading.Event, seconds: float, msgs: list) -> bool:
+    """Wait out a retry delay while still polling the consumer, its partitions paused, so that
+    an outage longer than ``max.poll.interval.ms`` does not drop the sink from its group. A
+    message fetched before the pause joins ``msgs``: the commit after the insert covers it."""
+    assignment = consumer.assignment()
+    if assignment:
+        consumer.pause(assignment)
+    try:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and time.monotonic() < deadline:
+            m = consumer.poll(min(0.5, max(0.0, deadline - time.monotonic())))
+            if m is not None and m.error() is None:
+                msgs.append(m)
+    finally:
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.resume(assignment)
+    return stop.is_set()
+
+
+def commit_inserted(consumer, msgs, log) -> bool:
+    """Commit the offsets of the messages just inserted, named explicitly.
+
+    ``commit()`` with no offsets commits what the current assignment holds, and a sink whose
+    group session expired while it was inserting (frozen, swapped out) has none: librdkafka
+    raised ``_NO_OFFSET`` and the sink died. Named offsets commit what was written. When the
+    group has moved on and refuses them, the rows are in ClickHouse anyway: the partition's
+    next owner reads them again and the Replacing tables fold the repeats."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    ends: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        if m.error() is None:
+            key = (m.topic(), m.partition())
+            ends[key] = max(ends.get(key, -1), m.offset() + 1)
+    if not ends:
+        return True
+    try:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ends.items()], asynchronous=False)
+        return True
+    except KafkaException as exc:
+        log(f"sink: offset commit refused ({exc.args[0].str() if exc.args else exc}); the rows are written, "
+            "and whoever owns the partitions now reads them again (the tables fold repeats)")
+        return False
 
 
 # --------------------------------------------------------------------------------------

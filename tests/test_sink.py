@@ -120,3 +120,36 @@ def test_sink_window_gathers_until_its_time_or_size_is_up():
     assert not window.due(now=20.1)
     window.add([_Message(b"c" * 60)], now=20.2)  # a backlog: full before its time
     assert window.due(now=20.2)
+
+
+@pytest.mark.integration
+def test_sink_commit_after_its_assignment_was_lost_names_what_it_wrote(stack):
+    """A sink frozen past its session loses its assignment while it inserts. The commit that
+    follows used to be ``commit()`` of the assignment's offsets, which raised ``_NO_OFFSET``
+    and killed the sink; it now commits the offsets of the rows it wrote."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from riskstream.sinks.clickhouse import commit_inserted
+    from tests.conftest import produce
+
+    topic = stack.topic("alerts")
+    produce(stack, "alerts", [(b"k", f"alert {i}".encode()) for i in range(20)])
+    consumer = Consumer({**stack.kafka_client_config(), "group.id": "lost-assignment", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "session.timeout.ms": stack.session_timeout_ms})
+    consumer.subscribe([topic])
+    msgs: list = []
+    deadline = time.monotonic() + 60
+    while len(msgs) < 20 and time.monotonic() < deadline:
+        msgs += [m for m in consumer.consume(20, 0.5) if m.error() is None]
+    assert len(msgs) == 20
+    consumer.unassign()  # what librdkafka does when the session is found expired
+    with pytest.raises(KafkaException, match="NO_OFFSET"):
+        consumer.commit(asynchronous=False)  # the old commit, reproduced
+    said: list[str] = []
+    commit_inserted(consumer, msgs, said.append)
+    ends: dict[int, int] = {}
+    for m in msgs:
+        ends[m.partition()] = max(ends.get(m.partition(), 0), m.offset() + 1)
+    committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=15)
+    consumer.close()
+    assert {tp.partition: tp.offset for tp in committed} == ends, said

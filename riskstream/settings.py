@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     topic_replication: int = Field(1, ge=1, le=5, description="Replication factor for topics riskstream creates.")
     topic_prefix: str = Field("", description="Prefix for every topic name, to share a cluster.")
     consumer_group: str = Field("riskstream-worker", description="Consumer group of the transaction path.")
+    operator: str = Field("", description="Who is acting, for the audit table (commands also take --as); "
+                                          "empty: the login name.")
+    require_approval: bool = Field(
+        False, description="Maker-checker: `rules publish` (and `limits publish`) only propose a change; another "
+                           "person's `riskstream rules approve ID` puts it in force.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
         description="exactly_once: each batch's decisions, alerts, limit messages and sink rows, and the "
@@ -84,6 +89,14 @@ class Settings(BaseSettings):
         SecretStr(""), description="Redis URL, e.g. redis://:pw@host:6379/0. Empty: embedded Valkey."
     )
     limit_key_prefix: str = Field("rs:limit:", description="Prefix of the Redis hash per controlled entity.")
+    redis_timeout_ms: int = Field(
+        1000, ge=50, le=60_000,
+        description="How long the transaction path waits for Redis before deciding under the outage policy.")
+    redis_outage_policy: dict[Literal["transactions", "loan_applications"], Literal["open", "closed"]] = Field(
+        {"transactions": "open", "loan_applications": "closed"},
+        description="Per stream, how a decision is made while Redis (credit lines) is unreachable: open lets "
+                    "it stand (an authorisation is reserved when Redis is back), closed declines an "
+                    "authorisation and refers a loan to review. JSON, e.g. {\"transactions\": \"closed\"}.")
     # --- ClickHouse ------------------------------------------------------------------------
     clickhouse_dsn: SecretStr = Field(
         SecretStr(""),

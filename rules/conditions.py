@@ -17,6 +17,10 @@ from typing import Any, Iterable
 
 
 COMPARISON_OPS = (">", ">=", "<", "<=", "==", "!=")
+# A condition is data from whoever publishes rules: bounded, so that no file can exhaust the
+# parser's stack or the compiler (a person writes a handful of levels and tokens).
+MAX_NESTING = 32
+MAX_TOKENS = 2000
 
 
 ARITH_OPS = ("+", "-", "*", "/")
@@ -274,7 +278,11 @@ class _Parser:
     def __init__(self, text: str, line_of: Any):
         self.text = text
         self.toks = tokenize(text)
+        if len(self.toks) > MAX_TOKENS:
+            raise ConditionSyntaxError(f"condition too long: {len(self.toks)} tokens, at most {MAX_TOKENS}",
+                                       self.toks[MAX_TOKENS].pos)
         self.i = 0
+        self.depth = 0
         self.line_of = line_of  # char offset -> file line
 
     # -- helpers ---------------------------------------------------------------
@@ -324,7 +332,20 @@ class _Parser:
             parts.append(self.unary())
         return parts[0] if len(parts) == 1 else All(tuple(parts), line)
 
+    def nested(self) -> None:
+        """One level deeper (a 'not', a '(' or a unary '-'); past MAX_NESTING the condition is refused."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ConditionSyntaxError(f"condition nested more than {MAX_NESTING} levels deep", self.tok.pos)
+
     def unary(self) -> Condition:
+        self.nested()
+        try:
+            return self._unary()
+        finally:
+            self.depth -= 1
+
+    def _unary(self) -> Condition:
         if self.at("kw", "not"):
             line = self.line_of(self.take().pos)
             return Not(self.unary(), line)
@@ -393,6 +414,13 @@ class _Parser:
         return node
 
     def factor(self) -> Expr:
+        self.nested()
+        try:
+            return self._factor()
+        finally:
+            self.depth -= 1
+
+    def _factor(self) -> Expr:
         t = self.tok
         line = self.line_of(t.pos)
         if t.kind == "num":

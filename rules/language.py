@@ -81,6 +81,10 @@ from riskstream.schemas.pan import looks_like_pan
 STRUCTURED_OPS = COMPARISON_OPS + ("between", "in_list", "not_in_list")
 _RULE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 _REASON_CODE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+# Rule sets come from whoever may publish them, so their size is bounded: a kernel of a
+# thousand rules compiles in seconds, and a list is held in every worker's memory.
+MAX_RULES = 1000
+MAX_LIST_VALUES = 1_000_000
 _LIST_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -123,7 +127,9 @@ class _Validator:
                 continue
             self.list_lines[name] = line
             values = self.list_values(name, value)
-            if values is not None:
+            if values is not None and len(values) > MAX_LIST_VALUES:
+                self.err.add(line, f"list '{name}' has {len(values):,} values, at most {MAX_LIST_VALUES:,}")
+            elif values is not None:
                 self.lists[name] = frozenset(values)
 
     def list_values(self, name: str, node: yaml.Node) -> list[str] | None:
@@ -563,6 +569,8 @@ def validate_rule_set(
         rnode = top["rules"][1]
         if not isinstance(rnode, yaml.SequenceNode) or not rnode.value:
             err.add(node_line(rnode), "'rules' must be a non-empty list of rules")
+        elif len(rnode.value) > MAX_RULES:
+            err.add(node_line(rnode), f"{len(rnode.value):,} rules, at most {MAX_RULES:,} in one set")
         else:
             for i, item in enumerate(rnode.value):
                 rule = validator.rule(item, i, set_mode)

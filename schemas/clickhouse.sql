@@ -210,3 +210,21 @@ CREATE TABLE IF NOT EXISTS limit_utilisation (
     limits_version String
 ) ENGINE = ReplacingMergeTree
 ORDER BY (entity_type, entity_id, limit_id, measured_at);
+
+-- Who changed what, when and from where (riskstream.rules.audit): every publication,
+-- approval or rejection of a rule set, limit set or credit policy, the thresholds each worker
+-- started with, and models taking over from their cold start. Never updated, only added to.
+CREATE TABLE IF NOT EXISTS audit (
+    audit_id       String,
+    change_id      String,
+    at             DateTime64(3, 'UTC'),
+    actor          LowCardinality(String),
+    action         LowCardinality(String),
+    subject        LowCardinality(String),
+    version        String,
+    content_sha256 String,
+    diff           String,
+    origin         String,
+    detail         String
+) ENGINE = ReplacingMergeTree(at)
+ORDER BY audit_id;

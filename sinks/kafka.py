@@ -8,13 +8,15 @@ commits input offsets only after it, so a crash can repeat outputs but never los
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Iterable
-
 
 from riskstream.schemas.events import DeadLetter
 from riskstream.settings import Settings
 from riskstream.sinks.clickhouse import encode_blocks
+
+log = logging.getLogger("riskstream.publisher")
 
 
 class DeliveryError(RuntimeError):
@@ -91,7 +93,8 @@ class OutputPublisher:
     publishes_topics = True  # decisions, alerts and limits go to their topics
     takes_arrow_tables = False  # ClickHouse rows travel as Arrow IPC blocks on the sink topic
 
-    def __init__(self, settings: Settings, redis_client=None, producer=None, transactional_id: str | None = None):
+    def __init__(self, settings: Settings, redis_client=None, producer=None, transactional_id: str | None = None,
+                 redis_guard=None):
         from confluent_kafka import Producer
 
         from riskstream.sinks.transactions import producer_config
@@ -113,6 +116,9 @@ class OutputPublisher:
         if transactional_id:
             self.producer.init_transactions(30.0)  # fences (aborts) a predecessor's open transaction
         self.redis = redis_client
+        # streams.redis_outage: limit controls wait here, in order, while Redis is unreachable
+        self.redis_guard = redis_guard
+        self.waiting_limits: list[dict[str, Any]] = []
         self.topics = {name: settings.topic(name) for name in
                        ("decisions", "alerts", "limits", "dead_letters", "sink")}
         self._failed: list[str] = []
@@ -130,6 +136,8 @@ class OutputPublisher:
         return self.delivery
 
     def end_batch(self) -> BatchDelivery:
+        if self.waiting_limits and self.redis_guard.up:  # Redis is back: the held controls first
+            self.limits([])
         delivery, self.delivery = self.delivery, None
         delivery.close()
         self.producer.poll(0)
@@ -210,8 +218,28 @@ class OutputPublisher:
         self.sink("dead_letters", rows)
 
     def limits(self, limits: list[dict[str, Any]]) -> None:
-        """Limit controls into Redis: one hash per entity, expiring with the control."""
-        if not limits or self.redis is None:
+        """Limit controls into Redis: one hash per entity, expiring with the control. While
+        Redis is unreachable they wait, and are written in order once it answers: the batch is
+        not held back (the ``limits`` topic has them already)."""
+        if self.redis is None or not (limits or self.waiting_limits):
+            return
+        if self.redis_guard is None:
+            self._write_limits(limits)
+            return
+        from riskstream.streams.redis_outage import RedisUnavailable
+
+        waiting = self.waiting_limits + list(limits)
+        try:
+            self.redis_guard.call(self._write_limits, waiting)
+        except RedisUnavailable:
+            self.waiting_limits = waiting
+            return
+        if self.waiting_limits:
+            log.warning("wrote %d limit controls held while Redis was down", len(self.waiting_limits))
+        self.waiting_limits = []
+
+    def _write_limits(self, limits: list[dict[str, Any]]) -> None:
+        if not limits:
             return
         prefix = self.settings.limit_key_prefix
         pipe = self.redis.pipeline(transaction=False)
@@ -243,7 +271,7 @@ class OutputPublisher:
             raise DeliveryError(f"{len(failed)} messages failed: {failed[:3]}")
 
 
-def connect_redis(settings: Settings):
+def connect_redis(settings: Settings, timeout_s: float = 5.0):
     import redis
 
-    return redis.Redis.from_url(settings.redis_target(), socket_timeout=5, socket_connect_timeout=5)
+    return redis.Redis.from_url(settings.redis_target(), socket_timeout=timeout_s, socket_connect_timeout=timeout_s)

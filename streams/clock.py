@@ -9,6 +9,7 @@ field) has reached its ``label_time``; the driver then hands it to that stream's
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any, Iterable
 
 import numpy as np
@@ -97,3 +98,37 @@ class LabelClock:
         """Labels restored from a checkpoint go before any that came since."""
         for stream, labels in state.items():
             self.pending[stream] = list(labels) + self.pending.get(stream, [])
+
+
+class SeenLabels:
+    """Labels already taken, so that one sent twice (a chargeback re-sent, a labels file
+    replayed) counts once in the fraud-rate features and teaches the models once. A label is
+    the same when it says the same about the same event: (stream, event id, positive or not).
+    Bounded: past ``max_keys`` the oldest are forgotten (a repeat that late counts again)."""
+
+    def __init__(self, max_keys: int = 500_000):
+        self.max_keys = max_keys
+        self.keys: OrderedDict[tuple[str, str, bool], None] = OrderedDict()
+        self.repeats = 0
+
+    def fresh(self, labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The labels not seen before (also within ``labels``); they are remembered."""
+        out = []
+        for label in labels:
+            key = (label["stream"], label["event_id"], bool(label["is_positive"]))
+            if key in self.keys:
+                self.repeats += 1
+                continue
+            self.keys[key] = None
+            out.append(label)
+        while len(self.keys) > self.max_keys:
+            self.keys.popitem(last=False)
+        return out
+
+    def state(self) -> list[tuple[str, str, bool]]:
+        return list(self.keys)
+
+    def load(self, keys: Iterable[Iterable[Any]]) -> None:
+        restored = OrderedDict((tuple(k), None) for k in keys)
+        restored.update(self.keys)
+        self.keys = restored

@@ -38,7 +38,7 @@ from riskstream.schemas.registry import LABELLED_STREAMS, STREAMS, stream_spec
 from riskstream.schemas.transactions import TransactionBatch, decode_transactions
 from riskstream.settings import Settings
 from riskstream.sinks.publisher import Publisher
-from riskstream.streams.clock import LabelClock, Watermark
+from riskstream.streams.clock import LabelClock, SeenLabels, Watermark
 from riskstream.streams.outputs import Outputs, publish
 from riskstream.streams.market import MarketRiskProcessor
 from riskstream.streams.early_warning import EarlyWarning, LocalWatch
@@ -67,6 +67,7 @@ class Driver:
                            "ledger": self.accounts}
         self.watermarks = {name: Watermark() for name in LABELLED_STREAMS}
         self.clock = LabelClock()
+        self.seen_labels = SeenLabels()
         self.labels_learned = 0
 
     # ----- shortcuts the worker and tools use --------------------------------------------
@@ -156,7 +157,8 @@ class Driver:
         """Take labels as they are read. Label-driven features fold them in at their label
         time by themselves; the models learn each once its stream's event time has reached
         its label time, so that the labelled event has been decided and remembered. Returns
-        how many the models learned now."""
+        how many the models learned now. A label seen before is stored again, not counted."""
+        labels = self.seen_labels.fresh(labels)
         if not labels:
             return 0
         by_stream: dict[str, list[dict[str, Any]]] = {}
@@ -193,6 +195,7 @@ class Driver:
         return {
             "models": {name: p.checkpoint() for name, p in self.processors.items() if name not in skip},
             "labels": self.clock.state(),
+            "labels_seen": self.seen_labels.state(),
             "watermarks": {name: w.ms for name, w in self.watermarks.items()},
         }
 
@@ -201,6 +204,7 @@ class Driver:
             if blob is not None and name in self.processors:
                 self.processors[name].restore(blob)
         self.clock.load(state.get("labels", {}))
+        self.seen_labels.load(state.get("labels_seen", []))
         for name, ms in state.get("watermarks", {}).items():
             if name in self.watermarks:
                 self.watermarks[name].ms = max(self.watermarks[name].ms, int(ms))
@@ -208,7 +212,7 @@ class Driver:
     def summary(self) -> str:
         models = self.transactions.models
         stats = models.stats if models is not None else {}
-        return (f"event-time watermark {self.newest_event_ms}, labels waiting {len(self.clock)}, "
+        return (f"event-time watermark {self.newest_event_ms}, labels waiting {len(self.clock)} (repeats ignored {self.seen_labels.repeats}), "
                 f"fraud model {self.transactions.version} {stats}, credit model {self.loans.version}")
 
 

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from riskstream.streams.redis_outage import RedisUnavailable
+
 DAY_MS = 86_400_000
 OVERDUE_DAYS = 35
 CASH_MCC = frozenset({"6010", "6011"})
@@ -97,16 +99,24 @@ class EarlyWarning:
     def __init__(self, store=None, version: str = "early-warning-1"):
         self.store = store if store is not None else LocalWatch()
         self.version = version
+        self.skipped = 0  # observations while the watch store (Redis) was unreachable
 
     def observe(self, observations: list[Observation]) -> list[dict[str, Any]]:
         """Fold the observations (in time order) into their lines' states; the alerts raised."""
         if not observations:
             return []
-        states = self.store.load(sorted({o.line for o in observations}))
+        try:
+            states = self.store.load(sorted({o.line for o in observations}))
+        except RedisUnavailable:
+            self.skipped += len(observations)  # a read-modify-write: cannot be replayed blind
+            return []
         alerts: list[dict[str, Any]] = []
         for o in sorted(observations, key=lambda x: x.time_ms):
             alerts += self._one(states[o.line], o)
-        self.store.save(states)
+        try:
+            self.store.save(states)
+        except RedisUnavailable:
+            self.skipped += len(observations)
         return alerts
 
     def _one(self, s: dict[str, float], o: Observation) -> list[dict[str, Any]]:

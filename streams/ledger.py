@@ -30,6 +30,7 @@ import numpy as np
 
 from riskstream.streams.early_warning import CASH_MCC, Observation
 from riskstream.streams.outputs import Outputs
+from riskstream.streams.redis_outage import RedisUnavailable
 
 OPS = ("auth", "settle", "reverse", "repay", "set_limit")
 # A repeated event within this long gets its first answer (RISKSTREAM_CREDIT_DEDUP_DAYS): a
@@ -239,14 +240,17 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def authorise(scored, ledger, near_utilisation: float, warning=None) -> int:
+def authorise(scored, ledger, near_utilisation: float, warning=None, outage: str = "open") -> int:
     """The credit check of a scored transaction batch (``streams.pipeline.ScoredBatch``), in
     place: every transaction not declined for fraud and charged to a credit line (its
     ``account_id``, else its ``customer_id``) reserves its amount. Refused for want of credit:
     declined, with an alert and a ``cap_amount`` control at the credit left. Left at or above
     ``near_utilisation`` of the limit: an approval goes to review, and the authorisation that
     crosses that line raises an alert. ``warning`` (``streams.early_warning``) watches the
-    lines for signs of trouble. Returns how many went through the ledger."""
+    lines for signs of trouble. Returns how many went through the ledger.
+    Redis unreachable (``streams.redis_outage``): under the ``outage`` policy ``open`` the
+    decisions stand and the amounts are reserved when it is back, under ``closed`` they are
+    declined; the reasons say which."""
     b = scored.batch
     account, customer = b.optional.get("account_id"), b.optional.get("customer_id")
     known = ledger.known()
@@ -261,7 +265,11 @@ def authorise(scored, ledger, near_utilisation: float, warning=None) -> int:
     ops = [LedgerOp("auth", lines[i], b.transaction_id[i], cents(float(b.amount[i]))) for i in rows]
     if not ops:
         return 0
-    states = ledger.apply(ops)
+    try:
+        states = ledger.apply(ops)
+    except RedisUnavailable as exc:
+        _unchecked(scored, ledger, rows, ops, outage, exc)
+        return len(ops)
     if warning is not None:
         mcc = b.optional.get("mcc")
         scored.alerts += warning.observe([
@@ -292,6 +300,19 @@ def authorise(scored, ledger, near_utilisation: float, warning=None) -> int:
             if before < near_utilisation:
                 scored.alerts.append(_credit_alert(scored, i, op, "credit_near_limit", why, st.utilisation))
     return len(ops)
+
+
+def _unchecked(scored, ledger, rows: list[int], ops: list[LedgerOp], outage: str, exc: Exception) -> None:
+    """The credit check of ``rows`` could not run: decide them under the outage policy."""
+    if outage == "open":
+        ledger.defer(ops)
+        why = "CREDIT_UNCHECKED: credit lines unreachable (Redis); decided without them (fail-open), amount reserved later"
+    else:
+        why = "CREDIT_UNCHECKED: credit lines unreachable (Redis); declined (fail-closed)"
+    for i in rows:
+        if outage != "open":
+            scored.decision[i] = "decline"
+        scored.reasons[i] = [why, *scored.reasons[i]]
 
 
 def _credit_alert(scored, i: int, op: LedgerOp, kind: str, why: str, utilisation: float) -> dict:

@@ -32,8 +32,9 @@ from riskstream.rules.credit_policy import RATIOS, CreditPolicy, load_credit_pol
 from riskstream.schemas.events import LOAN_KNOWN, DeadLetter
 from riskstream.settings import Settings
 from riskstream.streams.early_warning import Observation
-from riskstream.streams.ledger import LedgerOp, cents, event_row
+from riskstream.streams.ledger import LedgerOp, LineState, cents, event_row
 from riskstream.streams.outputs import Outputs
+from riskstream.streams.redis_outage import RedisUnavailable
 
 
 class LoanProcessor:
@@ -41,6 +42,7 @@ class LoanProcessor:
         self.policy = policy or load_credit_policy_file(settings.credit_file)
         self.ledger = ledger  # streams.ledger: an approval opens (or resets) the customer's credit line
         self.warning = warning  # streams.early_warning: a customer's PD rising between applications
+        self.outage = settings.redis_outage_policy.get("loan_applications", "closed")
         self.model = PdModel(**self.policy.model)
         self.compiled = _compiled(self.policy)
 
@@ -102,11 +104,31 @@ class LoanProcessor:
             return
         ops = [LedgerOp("set_limit", d["entity_id"], f"application:{d['event_id']}", cents(d["granted"]))
                for d in approved]
+        try:
+            states = self.ledger.apply(ops)
+        except RedisUnavailable:
+            states = self._unopened(approved, ops)
         out.rows["account_events"] = [
             event_row({"event_id": op.event_id, "event_time": int(d["event_time"] * 1000), "account_id": op.line,
                        "kind": "limit_change", "amount": d["granted"], "auth_id": "",
                        "source": f"loan application {d['event_id']}"}, st)
-            for d, op, st in zip(approved, ops, self.ledger.apply(ops))]
+            for d, op, st in zip(approved, ops, states) if st.status != "unopened"]
+
+    def _unopened(self, approved: list[dict[str, Any]], ops: list[LedgerOp]) -> list[LineState]:
+        """Credit lines unreachable (Redis): under the ``closed`` policy the approvals are
+        referred and no line opens; under ``open`` they stand and the lines open when Redis is
+        back (``deferred`` in ``account_events``, with the limit granted)."""
+        if self.outage == "open":
+            self.ledger.defer(ops)
+            why = "CREDIT_LINE_DEFERRED: credit lines unreachable (Redis); the line opens when it is back (fail-open)"
+        else:
+            why = "CREDIT_LINE_UNAVAILABLE: credit lines unreachable (Redis); referred (fail-closed)"
+        for d in approved:
+            d["reasons"] = [why, *d["reasons"]]
+            if self.outage != "open":
+                d["decision"], d["granted"] = "review", 0.0
+        status = "deferred" if self.outage == "open" else "unopened"
+        return [LineState(status, op.amount, 0, 0) for op in ops]
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:
         pass

@@ -92,6 +92,7 @@ class TransactionProcessor:
         self.ledger = ledger  # streams.ledger: credit lines the transactions draw on
         self.warning = warning  # streams.early_warning: signs of trouble on those lines
         self.near_utilisation = settings.credit_near_utilisation
+        self.outage = settings.redis_outage_policy.get("transactions", "open")
 
     @property
     def models(self):
@@ -126,11 +127,10 @@ class TransactionProcessor:
 
     def _credit_check(self, scored: ScoredBatch) -> None:
         """Authorisations on credit lines reserve credit (``streams.ledger``). A ledger that
-        cannot be reached fails the batch, which is then retried: no authorisation is decided
-        without its credit check."""
+        cannot be reached is decided without under the outage policy (``streams.redis_outage``)."""
         if self.ledger is not None and scored.n:
             t = time.perf_counter()
-            authorise(scored, self.ledger, self.near_utilisation, self.warning)
+            authorise(scored, self.ledger, self.near_utilisation, self.warning, self.outage)
             self.scorer.stage_seconds["credit"] += time.perf_counter() - t
 
     def labels_arrived(self, labels: list[dict[str, Any]]) -> None:

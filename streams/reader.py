@@ -223,13 +223,16 @@ class FollowPartitions(ConsumerRebalanceListener):
         await reader.settle(wait_all=True)  # the new owner starts after what we scored and delivered
         parts = {tp.partition for tp in revoked if tp.topic == reader.tx_topic}
         if parts:
-            reader.state_store.save_partitions(parts)
+            # Bounded: the new owner is waiting; past it, the new owner starts from an older save.
+            await with_redis(lambda: reader.state_store.save_partitions(parts), "saving feature state",
+                             give_up_after_s=reader.settings.session_timeout_ms / 1000)
             reader.state_store.drop_partitions(parts)
             reader.driver.forget_partitions(parts)
         loans = {tp.partition for tp in revoked if tp.topic == reader.loans_topic}
         reader.driver.forget_partitions(loans, "loan_applications")
         if any(tp.topic == reader.market_topic for tp in revoked):
-            size = reader.state_store.save_market()
+            size = await with_redis(reader.state_store.save_market, "saving market state",
+                                    give_up_after_s=reader.settings.session_timeout_ms / 1000) or 0
             reader.driver.market.reset()
             log.warning("market partition revoked: market-risk state handed over (%d bytes)", size)
 
@@ -240,10 +243,12 @@ class FollowPartitions(ConsumerRebalanceListener):
         # Loan outcomes wait for every assigned partition of applications, not the fastest.
         reader.driver.assign_partitions({tp.partition for tp in assigned if tp.topic == reader.loans_topic},
                                         "loan_applications")
-        loaded = reader.state_store.load_partitions(parts)
+        # Not without it: deciding from empty state, and saving that over the real one later,
+        # would lose the partition's features.
+        loaded = await with_redis(lambda: reader.state_store.load_partitions(parts), "loading feature state")
         log.warning("assigned transaction partitions %s (feature state restored for %d)", sorted(parts), loaded)
         if any(tp.topic == reader.market_topic for tp in assigned):
-            restored = reader.state_store.load_market()
+            restored = await with_redis(reader.state_store.load_market, "loading market state")
             market = reader.driver.market
             log.warning("market partition assigned: market-risk state %s (%d portfolios, %d instruments)",
                         "restored" if restored else "new", len(market.positions), len(market.book.slots))
@@ -253,3 +258,21 @@ class FollowPartitions(ConsumerRebalanceListener):
                     log.error("topic %s has %d partitions: market risk needs one (each worker would hold only "
                               "part of the portfolios and instruments); recreate it with one partition",
                               reader.settings.topic(name), count)
+
+
+async def with_redis(action, what: str, give_up_after_s: float | None = None):
+    """``action()`` (a state save or load in Redis), tried again every second while Redis is
+    unreachable; None if it still fails after ``give_up_after_s``."""
+    import redis
+
+    started = time.monotonic()
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            waited = time.monotonic() - started
+            if give_up_after_s is not None and waited >= give_up_after_s:
+                log.error("%s: Redis unreachable for %.0fs (%s); going on without it", what, waited, exc)
+                return None
+            log.error("%s: Redis unreachable (%s); trying again", what, exc)
+            await asyncio.sleep(1.0)

@@ -100,6 +100,8 @@ class RuleFeed:
         if key in (b"limits", b"credit_policy"):
             self._swap(key, value)
             return
+        if key != b"ruleset":  # a change waiting for approval, or its decision: not in force
+            return
         try:
             published = orjson.loads(value)
             source = published.get("source_name", "rules topic")
@@ -177,13 +179,18 @@ def build_app(settings: Settings, driver=None):
     from riskstream.streams.ledger import RedisLedger
     from riskstream.streams.outputs import publish
     from riskstream.streams.reader import BatchReader
+    from riskstream.streams.redis_outage import GuardedLedger, GuardedWatch, RedisGuard
     from riskstream.streams.state import StateStore
 
     redis_client = connect_redis(settings)
+    # The transaction path waits for Redis only briefly, then decides under the outage policy.
+    hot_redis = connect_redis(settings, settings.redis_timeout_ms / 1000)
+    guard = RedisGuard(hot_redis)
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
-    ledger = RedisLedger(redis_client, int(settings.credit_dedup_days * 86_400))
-    driver = driver or Driver(settings, ledger=ledger, watch=RedisWatch(redis_client))
-    publisher = OutputPublisher(settings, redis_client=redis_client, transactional_id=output_transactions(settings))
+    ledger = GuardedLedger(RedisLedger(hot_redis, int(settings.credit_dedup_days * 86_400)), guard)
+    driver = driver or Driver(settings, ledger=ledger, watch=GuardedWatch(RedisWatch(hot_redis), guard))
+    publisher = OutputPublisher(settings, redis_client=hot_redis, transactional_id=output_transactions(settings),
+                                redis_guard=guard)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")
     if state_store.load_models():
         log.warning("restored model state from Redis: %s", driver.summary())
@@ -191,6 +198,7 @@ def build_app(settings: Settings, driver=None):
     reader = BatchReader(settings, driver, state_store, publisher)
     rule_feed = RuleFeed(settings, driver.rules, driver.market, driver.loans)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
+    model_audit = ModelAudit(settings)
 
     app = faust_app(settings)
     app.driver, app.publisher, app.stats = driver, publisher, path.stats
@@ -283,14 +291,69 @@ def build_app(settings: Settings, driver=None):
         """Model upkeep (matured negatives, quality rows, drift alerts), between batches."""
         await delivered(lambda: publish(driver.upkeep(), publisher))
         log.warning("%s", driver.summary())
+        await asyncio.to_thread(model_audit.check, driver)
 
     @app.timer(interval=settings.state_checkpoint_interval_s)
     async def checkpoint_state() -> None:
         """State to Redis between batches. A snapshot blocks the loop (~0.4 s per 250k cards),
         so it runs minutes apart; revocation and shutdown save state too."""
-        reader.save_state()
+        try:
+            reader.save_state()
+        except Exception as exc:  # Redis away: the next save, or the one at revocation, covers it
+            log.error("state checkpoint skipped: %s", exc)
 
     return app
+
+
+def audit_thresholds(settings: Settings) -> None:
+    """The decision thresholds and policies this worker starts with, in the audit table
+    (they change only with a restart, so a start is when they change)."""
+    from riskstream.rules.audit import audit_row, write_audit
+
+    text = orjson.dumps({name: getattr(settings, name) for name in THRESHOLD_SETTINGS},
+                        option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode()
+    try:
+        write_audit(settings, [audit_row("started", "thresholds", settings.worker_name or f"pid {os.getpid()}",
+                                         settings.operator or "worker", text=text, detail=text)])
+    except Exception as exc:  # the worker still decides; the row is what is missing
+        log.error("audit row for the thresholds in force not written: %s", exc)
+
+
+THRESHOLD_SETTINGS = ("step_up_score", "review_score", "decline_score", "credit_near_utilisation",
+                      "redis_outage_policy", "processing_guarantee")
+
+
+class ModelAudit:
+    """A model taking over from its cold start (or falling back to it) is a change of what
+    decides: audited once per change of stage, not per online update."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stages: dict[str, str] = {}
+
+    @staticmethod
+    def stage(version: str) -> str:
+        for prefix in ("fraud-untrained", "fraud-warming-up", "fraud-lr"):
+            if version.startswith(prefix):
+                return prefix
+        return version.rstrip("0123456789").rstrip("-") + ("-prior" if version.endswith("-0") else "-learning")
+
+    def check(self, driver) -> None:
+        from riskstream.rules.audit import audit_row, write_audit
+
+        rows, stages = [], dict(self.stages)
+        for name, version in (("fraud model", driver.transactions.version), ("credit model", driver.loans.version)):
+            stage = self.stage(version)
+            if stages.get(name) != stage:
+                rows.append(audit_row("model_stage", name, version, self.settings.operator or "worker",
+                                      detail=f"{stages.get(name, 'start')} -> {stage}"))
+                stages[name] = stage
+        try:
+            write_audit(self.settings, rows)
+        except Exception as exc:  # tried again at the next check
+            log.error("model audit rows not written: %s", exc)
+            return
+        self.stages = stages
 
 
 def output_transactions(settings: Settings) -> str | None:
@@ -352,6 +415,7 @@ def run_worker(settings: Settings) -> int:
     ensure_topics(settings)  # idempotent; a real cluster may have auto-creation off
     app = build_app(settings)
     tune_garbage_collector()
+    audit_thresholds(settings)
     print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.driver.rules.current.version}, "
           f"batches up to {settings.batch_max_events}, "
           f"{'exactly once' if app.publisher.transactional_id else 'at least once'}", flush=True)

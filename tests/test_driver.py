@@ -52,6 +52,31 @@ def test_label_features_count_for_card_merchant_and_terminal(tmp_path):
                                   after.scored.features["card_fraud_rate_30d"])
 
 
+def test_a_label_sent_twice_counts_once_in_features_and_models_even_after_a_restore(tmp_path):
+    def run(repeat: bool, restore: bool):
+        engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+        engine.process("transactions", [_tx(i, T0 + i * 60_000) for i in range(5)], now_ms=T0 + 10 * DAY)
+        engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
+        if repeat:
+            engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])  # the same chargeback re-sent
+        if restore:  # a restarted worker reads it again after restoring its checkpoint
+            state = engine.checkpoint()
+            engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
+            engine.restore(state)
+            engine.process("transactions", [_tx(i, T0 + i * 60_000) for i in range(5)], now_ms=T0 + 10 * DAY)
+            engine.learn([_label(0, label_time=T0 + DAY, event_time=T0)])
+        out = engine.process("transactions", [_tx(11, T0 + 2 * DAY, card="c3")], now_ms=T0 + 10 * DAY)
+        return out.scored.features["merchant_fraud_rate_7d"][0], engine
+
+    once, _ = run(repeat=False, restore=False)
+    twice, engine = run(repeat=True, restore=False)
+    assert once > 0 and twice == once
+    assert engine.seen_labels.repeats == 1
+    assert engine.transactions.models.stats["labels_applied"] == 1
+    _, restored = run(repeat=False, restore=True)
+    assert restored.seen_labels.repeats == 1
+
+
 def test_assigned_partitions_hold_the_watermark_until_they_deliver(tmp_path):
     engine = Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32)))
     engine.assign_partitions({0, 1})

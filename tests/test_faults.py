@@ -20,7 +20,8 @@ from tests.conftest import produce, query, wait_for
 pytestmark = pytest.mark.integration
 
 
-def _paced(settings, prefix: str, total: int, per_second: int, stop: threading.Event) -> threading.Thread:
+def _paced(settings, prefix: str, total: int, per_second: int, stop: threading.Event,
+           customer: str | None = None) -> threading.Thread:
     """Produce ``total`` transactions at ``per_second`` in a background thread."""
 
     def run() -> None:
@@ -31,7 +32,8 @@ def _paced(settings, prefix: str, total: int, per_second: int, stop: threading.E
                 return
             records = [(f"card-{i % 97}".encode(), orjson.dumps({
                 "transaction_id": f"{prefix}{i}", "event_time": now_ms + i, "card_id": f"card-{i % 97}",
-                "merchant_id": f"m-{i % 13}", "amount": 10.0 + i % 200, "country": "NL", "channel": "ecom"}))
+                "merchant_id": f"m-{i % 13}", "amount": 10.0 + i % 200, "country": "NL", "channel": "ecom",
+                **({"customer_id": customer} if customer else {})}))
                 for i in range(start, min(total, start + step))]
             produce(settings, "transactions", records)
             time.sleep(0.1)
@@ -71,15 +73,68 @@ def test_sink_frozen_past_its_session_recovers_and_every_decision_lands(stack, w
     assert "Traceback" not in sink_log, sink_log[-3000:]
 
 
-def test_valkey_frozen_while_traffic_flows_every_decision_lands(stack, worker_factory):
+def test_valkey_frozen_decisions_go_on_under_the_outage_policy_and_the_line_catches_up(stack, worker_factory):
+    """Valkey (credit lines, limit controls) frozen for 15 s while card payments on a credit
+    line flow: decisions go on (fail-open for transactions, said in the reasons), and once it
+    answers the line holds exactly what the decisions approved."""
+    import redis as redis_lib
+
+    r = redis_lib.Redis.from_url(stack.redis_url.get_secret_value())
+    produce(stack, "account_events", [(b"vk-line", orjson.dumps({
+        "event_id": "vk-open", "event_time": int(time.time() * 1000) - 600_000, "account_id": "vk-line",
+        "kind": "limit_change", "amount": 10_000_000.0}))])
     worker = worker_factory()
+    wait_for(lambda: r.hget("rs:credit:vk-line", "limit"), 90, "the line opened", worker)
     valkey_pid = stack.stack_state()["pids"]["valkey"]
     stop = threading.Event()
     total = 8000
-    feeder = _paced(stack, "vk-", total, 400, stop)
+    feeder = _paced(stack, "vk-", total, 400, stop, customer="vk-line")
     wait_for(lambda: _decided(stack, "vk-"), 60, "the worker deciding", worker, ok=lambda n: n > 0)
-    _freeze(valkey_pid, 15)
+    os.kill(valkey_pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)
+        during = _decided(stack, "vk-")
+        time.sleep(12)
+        later = _decided(stack, "vk-")
+    finally:
+        os.kill(valkey_pid, signal.SIGCONT)
+    assert later - during > 2000, f"decisions went on while Valkey was frozen ({during} -> {later})"
     feeder.join(60)
     wait_for(lambda: _decided(stack, "vk-"), 120, f"{total} decision rows", worker, ok=lambda n: n == total)
     assert worker.proc.poll() is None, "the worker recovered by itself"
-    open("/tmp/vk.log", "w").write(worker.log_text())
+    unchecked = query(stack, "SELECT count() AS n FROM decisions FINAL WHERE event_id LIKE 'vk-%' "
+                             "AND arrayExists(x -> startsWith(x, 'CREDIT_UNCHECKED') AND x LIKE '%fail-open%', reasons)")
+    assert unchecked[0]["n"] > 0
+    approved = query(stack, "SELECT sum(toInt64(round(amount * 100))) AS cents FROM decisions FINAL "
+                            "WHERE event_id LIKE 'vk-%' AND decision != 'decline'")[0]["cents"]
+    wait_for(lambda: int(r.hget("rs:credit:vk-line", "reserved") or 0), 30,
+             "the reservations decided during the outage applied", worker, ok=lambda c: c == approved)
+
+
+def test_limit_controls_issued_while_valkey_is_frozen_reach_it_when_it_answers(stack):
+    import redis as redis_lib
+
+    from riskstream.sinks.kafka import OutputPublisher, connect_redis
+    from riskstream.streams.redis_outage import RedisGuard
+
+    client = connect_redis(stack, 0.5)
+    guard = RedisGuard(client, probe_interval_s=0.2)
+    publisher = OutputPublisher(stack, redis_client=client, redis_guard=guard)
+    control = {"entity_type": "card", "entity_id": "c-held", "action": "block", "max_amount": 0.0,
+               "valid_until": time.time() + 3600, "reason": "held", "event_id": "e-held", "rules_version": "v",
+               "issued_at": time.time()}
+    valkey_pid = stack.stack_state()["pids"]["valkey"]
+    os.kill(valkey_pid, signal.SIGSTOP)
+    try:
+        publisher.begin_batch()
+        publisher.limits([control])
+        publisher.end_batch()
+        assert not guard.up and [c["entity_id"] for c in publisher.waiting_limits] == ["c-held"]
+    finally:
+        os.kill(valkey_pid, signal.SIGCONT)
+    wait_for(lambda: guard.up, 10, "the guard seeing Valkey back")
+    publisher.begin_batch()
+    publisher.end_batch()  # the next batch writes what was held
+    r = redis_lib.Redis.from_url(stack.redis_url.get_secret_value())
+    assert r.hget(f"{stack.limit_key_prefix}card:c-held", "action") == b"block"
+    assert publisher.waiting_limits == [] and guard.outages == 1

@@ -630,3 +630,30 @@ def test_docstring_examples_run() -> None:
     for module in (riskstream.rules.language, riskstream.rules.conditions, riskstream.rules.compiler):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_a_rule_set_is_bounded_in_rules_nesting_length_and_list_size() -> None:
+    from riskstream.rules.conditions import MAX_NESTING, MAX_TOKENS
+    from riskstream.rules.language import MAX_LIST_VALUES, MAX_RULES
+
+    def refused(text: str) -> str:
+        with pytest.raises(RuleSetError) as caught:
+            validate_rule_set(text, "hostile.yaml")
+        return "\n".join(caught.value.errors)
+
+    deep = "(" * (MAX_NESTING + 1) + "amount > 1" + ")" * (MAX_NESTING + 1)
+    assert "nested more than" in refused(rule_set_yaml(deep))
+    assert "nested more than" in refused(rule_set_yaml("not " * 40 + "amount > 1"))
+    assert "hostile.yaml:" in refused(rule_set_yaml("(" * 5000 + "amount > 1" + ")" * 5000))
+    long = " or ".join(f"amount > {i}" for i in range(MAX_TOKENS // 4 + 1))
+    assert "condition too long" in refused(rule_set_yaml(long))
+    many = "version: '1'\nrules:\n" + "".join(
+        f"  - {{id: r{i}, version: 1, description: d, action: review, reason: {{code: X, text: x}}, "
+        f"when: amount > {i}}}\n" for i in range(MAX_RULES + 1))
+    assert f"at most {MAX_RULES:,} in one set" in refused(many)
+    big_list = ("version: '1'\nlists:\n  big: [" + ",".join(str(i) for i in range(MAX_LIST_VALUES + 1)) + "]\n"
+                "rules:\n  - {id: r, version: 1, description: d, action: review, reason: {code: X, text: x}, "
+                "when: country in big}\n")
+    assert "hostile.yaml:3: list 'big'" in refused(big_list)
+    # Within the bounds, the same shapes are fine.
+    assert validate_rule_set(rule_set_yaml("(" * 10 + "amount > 1" + ")" * 10), "ok.yaml").rules

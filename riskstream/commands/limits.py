@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from riskstream.rules.limits import LimitSetError, load_limits
+from riskstream.commands.rules import said_published
 from riskstream.rules.publishing import LIMITS_KEY, publish_limit_set, rule_history
 from riskstream.settings import load_settings
 
@@ -46,14 +47,12 @@ def _publish(args: argparse.Namespace) -> int:
         return 2
     settings = load_settings(args.config)
     try:
-        record = publish_limit_set(settings, text, args.file)
+        record = publish_limit_set(settings, text, args.file, who=args.who)
     except LimitSetError as exc:
         print(exc, file=sys.stderr)
         print("riskstream limits: not published; the running limits stay in force.", file=sys.stderr)
         return 1
-    print(f"Published limit set {record['version']} by {record['published_by']} at {record['published_at']}; "
-          "every running worker swaps it in (see its log).")
-    print("Next: riskstream sql \"SELECT * FROM limit_utilisation FINAL ORDER BY measured_at DESC LIMIT 20\"")
+    said_published(record, "limit set", args.file)
     return 0
 
 
@@ -77,6 +76,7 @@ def register(sub) -> None:
     v.set_defaults(run=_validate)
     pub = cmds.add_parser("publish", help="validate, then send to every running worker")
     pub.add_argument("file")
+    pub.add_argument("--as", dest="who", help="Who publishes, for the audit table.")
     pub.set_defaults(run=_publish)
     h = cmds.add_parser("history", help="every limit set published, oldest first")
     h.set_defaults(run=_history)

@@ -1,8 +1,11 @@
-"""`riskstream rules validate|publish|history|backtest`: the rule language from the command line
-(fraud rule sets, and with ``--credit`` credit policies).
+"""`riskstream rules validate|publish|pending|approve|reject|history|backtest`: the rule language
+from the command line (fraud rule sets, and with ``--credit`` credit policies). Every publication
+is audited (table ``audit``); with RISKSTREAM_REQUIRE_APPROVAL=true it waits for a second person.
 
     riskstream rules validate rules/default.yaml
-    riskstream rules publish my_rules.yaml
+    riskstream rules publish my_rules.yaml --as alice
+    riskstream rules pending
+    riskstream rules approve 20261205-101500-1a2b3c --as bob
     riskstream rules history
     riskstream rules backtest my_rules.yaml --from 2024-06-01 --to 2024-06-08
 """
@@ -88,17 +91,63 @@ def cmd_publish(args: argparse.Namespace) -> int:
         if args.credit:
             from riskstream.rules.publishing import publish_credit_policy
 
-            record = publish_credit_policy(settings, text, args.file)
+            record = publish_credit_policy(settings, text, args.file, who=args.who)
         else:
             record = publish_rule_set(settings, text, args.file, base_dir=Path(args.file).parent,
-                                      available_columns=_columns_arg(args.columns))
+                                      available_columns=_columns_arg(args.columns), who=args.who)
     except RuleSetError as exc:
         print(f"not published, {len(exc.errors)} error(s):", file=sys.stderr)
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    print(f"published {'credit policy' if args.credit else 'rule set'} {record['version']} from {args.file} to topic "
-          f"{settings.topic(RULES_TOPIC)} as {record['published_by']}")
+    said_published(record, "credit policy" if args.credit else "rule set", args.file)
+    return 0
+
+
+def said_published(record: dict[str, Any], noun: str, source: str) -> None:
+    """What a publication did: in force, or waiting for a second person (maker-checker)."""
+    if record.get("pending"):
+        print(f"proposed {noun} {record['version']} from {source} as change {record['change_id']} by "
+              f"{record['published_by']}; nothing changes until someone else approves it.")
+        print(f"Next: riskstream rules approve {record['change_id']} --as <approver>   (or: rules reject)")
+        return
+    approved = f", approved by {record['approved_by']}" if record.get("approved_by") else ""
+    print(f"published {noun} {record['version']} from {source} by {record['published_by']}{approved}; every running "
+          "worker swaps it in (see its log).")
+    print("Next: riskstream sql \"SELECT at, actor, action, subject, version FROM audit FINAL ORDER BY at DESC LIMIT 10\"")
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from riskstream.rules.publishing import pending_changes
+    from riskstream.settings import load_settings
+
+    changes = pending_changes(load_settings(args.config))
+    for c in changes:
+        print(f"{c['change_id']:<24} {c['kind']:<14} {c['version']:<24} by {c['published_by']:<12} "
+              f"{c['published_at']}  {c.get('source_name', '')}")
+    print(f"{len(changes)} change(s) waiting for approval." + (" Next: riskstream rules approve ID --as <you>"
+                                                                 if changes else ""))
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from riskstream.rules.publishing import ApprovalError, decide_change
+    from riskstream.settings import load_settings
+
+    approve = args.rules_command == "approve"
+    try:
+        record = decide_change(load_settings(args.config), args.change_id, approve, args.who)
+    except (ApprovalError, RuleSetError) as exc:
+        print(f"riskstream rules {args.rules_command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a limit set or credit policy that no longer loads
+        print(f"riskstream rules {args.rules_command}: change {args.change_id} refused: {exc}", file=sys.stderr)
+        return 1
+    if approve:
+        said_published(record, record["kind"].replace("ruleset", "rule set").replace("_", " "), record["source_name"])
+    else:
+        print(f"rejected change {args.change_id} ({record['version']}, proposed by {record['published_by']}); "
+              "nothing changed.")
     return 0
 
 
@@ -186,7 +235,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--columns", help="Comma-separated columns the workers have (default: the known features).")
     p.add_argument("--credit", action="store_true",
                    help="The file is a credit policy: validated, then swapped in by every worker without a restart.")
+    p.add_argument("--as", dest="who", help="Who publishes, for the audit table (default RISKSTREAM_OPERATOR, "
+                                            "else the login name).")
     p.set_defaults(run=cmd_publish)
+
+    p = sub.add_parser("pending", help="List changes waiting for approval (RISKSTREAM_REQUIRE_APPROVAL=true).")
+    p.set_defaults(run=cmd_pending)
+    for name, what in (("approve", "Approve a pending change (not your own): it is published at once."),
+                       ("reject", "Reject a pending change (not your own): nothing changes.")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("change_id", metavar="ID")
+        p.add_argument("--as", dest="who", help="Who decides, for the audit table.")
+        p.set_defaults(run=cmd_decide)
 
     p = sub.add_parser("history", help="List every published rule set (or --credit policy), oldest first.")
     p.add_argument("--credit", action="store_true", help="The credit policies published instead.")

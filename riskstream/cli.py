@@ -12,7 +12,7 @@ from riskstream.settings import ConfigError
 
 # Modules that add subcommands; imported lazily so that `riskstream --help` stays fast.
 COMMAND_MODULES = [f"riskstream.commands.{name}" for name in (
-    "stack", "demo", "worker", "replay", "sql", "grafana", "simulate", "rules", "limits", "credit_line", "evaluate",
+    "stack", "demo", "chaos", "worker", "replay", "sql", "grafana", "simulate", "rules", "limits", "credit_line", "evaluate",
     "var_backtest",
     "bench",
 )]

@@ -220,7 +220,16 @@ class FollowPartitions(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         reader = self.reader
-        await reader.settle(wait_all=True)  # the new owner starts after what we scored and delivered
+        # The new owner starts after what we scored and delivered. Bounded: a batch that cannot
+        # finish in time is dropped uncommitted (the new owner reads it again), rather than
+        # hold up the whole group.
+        timeout = reader.settings.session_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(reader.settle(wait_all=True), timeout)
+        except asyncio.TimeoutError:
+            log.error("batches in flight not done %.0fs into a rebalance; left uncommitted for the new owner", timeout)
+            async with reader.committer.lock:
+                await reader._rewind()
         parts = {tp.partition for tp in revoked if tp.topic == reader.tx_topic}
         if parts:
             # Bounded: the new owner is waiting; past it, the new owner starts from an older save.

@@ -133,6 +133,27 @@ class RuleFeed:
         log.warning("%s %s in force", noun, loaded.version)
 
 
+def held_channel(app, maxsize: int):
+    """The reader's batches to the scoring agent, in a channel whose buffer survives Faust's
+    own rebalances. Faust clears every channel buffer it manages when its group rebalances
+    (``flow_control.clear()``): a batch envelope dropped there was never scored, its ``done``
+    never set, and the reader waited on it for good. Seen in `riskstream chaos` on Tansu: after
+    a few worker kills the consumer group stalled with every worker alive."""
+    import faust
+    from mode.utils.queues import FlowControlEvent, ThrowableQueue
+
+    always_on = FlowControlEvent(initially_suspended=False)
+
+    class HeldChannel(faust.Channel):
+        @property
+        def queue(self) -> ThrowableQueue:
+            if self._queue is None:
+                self._queue = ThrowableQueue(maxsize=self.maxsize, flow_control=always_on, clear_on_resume=False)
+            return self._queue
+
+    return HeldChannel(app, maxsize=maxsize)
+
+
 def faust_app(settings: Settings):
     """The Faust app for these settings: broker, credentials, raw bytes, bounded shutdown."""
     import faust
@@ -202,7 +223,7 @@ def build_app(settings: Settings, driver=None):
 
     app = faust_app(settings)
     app.driver, app.publisher, app.stats = driver, publisher, path.stats
-    batches = app.channel(maxsize=2)
+    batches = held_channel(app, maxsize=2)
     acks: set[asyncio.Future] = set()
 
     async def delivered(produce, *args) -> int:
@@ -271,7 +292,11 @@ def build_app(settings: Settings, driver=None):
             while not self.should_stop:
                 envelope = await reader.next_batch()
                 if envelope is not None:
-                    await batches.send(value=envelope)
+                    # The envelope itself, not a Faust event: Faust skips an event stamped
+                    # with an older consumer generation, or read while its flow control is
+                    # suspended (its own group rebalancing), and a skipped batch is never
+                    # scored. Batches carry their own offsets and commit through the reader.
+                    await batches.put(envelope)
 
     @app.service
     class RuleWatcher(Service):

@@ -293,8 +293,14 @@ def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, boo
     first: dict[str, dict[str, str]] = {}
     seen: dict[str, dict[str, tuple[int, bool]]] = {}
     left = {p for p, end in ends.items() if end > 0}
-    while left:
-        for m in consumer.consume(10000, timeout=1.0):
+    # To the high watermarks, and on until the topic has been quiet for a while: Tansu can
+    # report a high watermark below its last message.
+    quiet_since = time.monotonic()
+    while left or time.monotonic() - quiet_since < 3.0:
+        got = consumer.consume(10000, timeout=0.5)
+        if got:
+            quiet_since = time.monotonic()
+        for m in got:
             if m.error():
                 continue
             d = orjson.loads(m.value())
@@ -304,6 +310,8 @@ def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, boo
             seen[stream][event] = (count + 1, changed or decided != d["decision"])
             if m.offset() + 1 >= ends[m.partition()]:
                 left.discard(m.partition())
+        if not got and time.monotonic() - quiet_since > 30:
+            break  # the watermark said more, and nothing came for 30 s
     consumer.close()
     return seen
 

@@ -51,12 +51,15 @@ class Driver:
     """Decode, process and publish batches of any registered stream; hand due labels to the
     processors in event time; checkpoint and restore their models."""
 
-    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None, watch=None):
+    def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None, watch=None,
+                 memory=None):
         self.settings = settings
         self.tokenizer = PanTokenizer(settings.pan_key_bytes())
         # Credit lines and their early-warning state: in Redis for workers (shared by all), in
         # memory for a replay or a test.
         self.ledger = ledger if ledger is not None else LocalLedger()
+        # streams.decision_memory in a worker: a record read again gets its first decision
+        self.memory = memory
         self.warning = EarlyWarning(watch if watch is not None else LocalWatch())
         self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger,
                                                  self.warning)
@@ -115,6 +118,8 @@ class Driver:
             watermark = self.watermarks["transactions"].advance(batch.partition, batch.event_time_ms)
             self.transactions.set_watermark(watermark)
         out = self.transactions.process(batch, dead, values, self.settings.topic("transactions"))
+        if self.memory is not None:
+            self.memory.apply(self.settings.topic("transactions"), out.scored)
         out.learned = self._learn_due("transactions")
         return out
 

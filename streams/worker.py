@@ -200,6 +200,7 @@ def build_app(settings: Settings, driver=None):
     from riskstream.streams.ledger import RedisLedger
     from riskstream.streams.outputs import publish
     from riskstream.streams.reader import BatchReader
+    from riskstream.streams.decision_memory import DecisionMemory
     from riskstream.streams.redis_outage import GuardedLedger, GuardedWatch, RedisGuard
     from riskstream.streams.state import StateStore
 
@@ -209,7 +210,8 @@ def build_app(settings: Settings, driver=None):
     guard = RedisGuard(hot_redis)
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
     ledger = GuardedLedger(RedisLedger(hot_redis, int(settings.credit_dedup_days * 86_400)), guard)
-    driver = driver or Driver(settings, ledger=ledger, watch=GuardedWatch(RedisWatch(hot_redis), guard))
+    driver = driver or Driver(settings, ledger=ledger, watch=GuardedWatch(RedisWatch(hot_redis), guard),
+                              memory=DecisionMemory(hot_redis, guard))
     publisher = OutputPublisher(settings, redis_client=hot_redis, transactional_id=output_transactions(settings),
                                 redis_guard=guard)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")

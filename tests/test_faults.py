@@ -138,3 +138,34 @@ def test_limit_controls_issued_while_valkey_is_frozen_reach_it_when_it_answers(s
     r = redis_lib.Redis.from_url(stack.redis_url.get_secret_value())
     assert r.hget(f"{stack.limit_key_prefix}card:c-held", "action") == b"block"
     assert publisher.waiting_limits == [] and guard.outages == 1
+
+
+def test_a_transaction_read_again_gets_the_decision_it_was_given_the_first_time(stack):
+    """A partition's next owner reads an uncommitted batch again with other state (here, other
+    thresholds stand in for features that moved on). From the decision memory in Valkey it
+    gives each record the decision, score and reasons of the first time."""
+    from pydantic import SecretStr
+
+    from riskstream.sinks.kafka import connect_redis
+    from riskstream.streams.decision_memory import DecisionMemory
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.redis_outage import RedisGuard
+
+    now_ms = int(time.time() * 1000)
+    values = [orjson.dumps({"transaction_id": f"dm-{i}", "event_time": now_ms - 60_000 + i, "card_id": f"c{i % 5}",
+                            "merchant_id": "m", "amount": 10.0 + 97 * i, "country": "KP" if i % 11 == 0 else "NL"})
+              for i in range(300)]
+    offsets = list(range(1000, 1300))
+    client = connect_redis(stack, 1.0)
+
+    def decide(memory, **thresholds):
+        settings = stack.model_copy(update={"pan_key": SecretStr("k" * 32), **thresholds})
+        out = Driver(settings, memory=memory).process("transactions", values, [2] * 300, offsets, now_ms=now_ms)
+        return list(zip(out.scored.decision.tolist(), out.scored.score.tolist(), map(tuple, out.scored.reasons)))
+
+    first = decide(DecisionMemory(client, RedisGuard(client)))
+    other = dict(step_up_score=0.0, review_score=0.0, decline_score=0.0)  # everything declined
+    assert decide(None, **other) != first, "without the memory the second pass decides otherwise"
+    memory = DecisionMemory(client, RedisGuard(client))
+    assert decide(memory, **other) == first
+    assert memory.recalled == 300

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class Service:
     process: subprocess.Popen
     port: int
     log: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict | None = None  # RISKSTREAM_* overrides on top of the environment
 
 
 @dataclass
@@ -126,12 +129,12 @@ class EmbeddedStack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.data_dir,
-                env=env,
+                env=None if env is None else {**os.environ, **env},
                 start_new_session=self.detached,
                 preexec_fn=None if self.detached else _die_with_parent,
             )
-        svc = Service(name, proc, port, log)
-        self.services.append(svc)
+        svc = Service(name, proc, port, log, argv, env)
+        self.services = [s for s in self.services if s.name != name] + [svc]
         return svc
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> dict:
@@ -148,6 +151,8 @@ class EmbeddedStack:
             self.stop()
             raise
         self.settings.stack_file().write_text(json.dumps(state, indent=2))
+        if not self.detached:
+            self.supervise()
         return state
 
     def _start_services(self, progress: Callable[[str], None]) -> dict:
@@ -199,12 +204,11 @@ class EmbeddedStack:
         progress(f"topics   {', '.join(sorted(TOPICS))} ({self.settings.topic_partitions} partitions)")
         if self.with_sink:
             query_port = self.settings.sink_query_port or free_port()
-            env = dict(os.environ)
-            env.update({
+            env = {
                 "RISKSTREAM_KAFKA_BOOTSTRAP": state["kafka"],
                 "RISKSTREAM_DATA_DIR": str(self.data_dir),
                 "RISKSTREAM_SINK_QUERY_PORT": str(query_port),
-            })
+            }
             sink = self._spawn("sink", [sys.executable, "-m", "riskstream", "sink"], query_port, env=env)
             wait_until(lambda: _sink_ready(query_port) or sink.process.poll() is not None, 60,
                        "ClickHouse sink", sink.log)
@@ -213,9 +217,31 @@ class EmbeddedStack:
             state["pids"]["sink"] = sink.process.pid
             state["sink_query"] = f"http://127.0.0.1:{query_port}"
             progress(f"sink     chDB at {self.data_dir / 'clickhouse'}, queries on 127.0.0.1:{query_port}")
+        # What a supervisor needs to start a service again (no secrets: the environment is its own).
+        state["services"] = {svc.name: {"argv": svc.argv, "env": svc.env, "port": svc.port} for svc in self.services}
+        state["restarts"] = {}
         return state
 
+    def supervise(self) -> None:
+        """Start the services again when they exit, from a thread of this process (attached).
+        The thread also stops them: a child's parent-death signal belongs to the thread that
+        started it."""
+        from riskstream.supervisor import Supervisor
+
+        self._supervisor_stop = threading.Event()
+        supervisor = Supervisor(self)
+        self._supervisor = threading.Thread(target=supervisor.run, args=(self._supervisor_stop,),
+                                            daemon=True, name="stack-supervisor")
+        self._supervisor.start()
+
     def stop(self, timeout: float = 10.0) -> None:
+        thread = getattr(self, "_supervisor", None)
+        if thread is not None and thread.is_alive():
+            self._supervisor_stop.set()  # it stops the services, then ends
+            thread.join(timeout * len(self.services) + 5)
+        self.stop_services(timeout)
+
+    def stop_services(self, timeout: float = 10.0) -> None:
         # Sink first: it flushes what it holds to ClickHouse while the broker is still there.
         for svc in sorted(self.services, key=lambda s: s.name != "sink"):
             stop_process(svc.process, timeout)
@@ -267,6 +293,15 @@ def stop_detached(settings: Settings, timeout: float = 10.0) -> list[str]:
     """Stop the services recorded in stack.json; returns the names stopped."""
     state = settings.stack_state()
     stopped = []
+    supervisor = state.get("supervisor")
+    if supervisor and pid_alive(supervisor):  # first, or it would start them again
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(supervisor):
+            os.kill(supervisor, signal.SIGKILL)
+    state = settings.stack_state()  # the pids as the supervisor left them
     pids: dict[str, int] = state.get("pids", {})
     for name in sorted(pids, key=lambda n: n != "sink"):
         pid = pids[name]

@@ -169,3 +169,61 @@ def test_a_transaction_read_again_gets_the_decision_it_was_given_the_first_time(
     memory = DecisionMemory(client, RedisGuard(client))
     assert decide(memory, **other) == first
     assert memory.recalled == 300
+
+
+def test_a_sink_or_valkey_that_dies_is_started_again_and_nothing_is_lost(stack, worker_factory):
+    """The embedded stack supervises what it started: SIGKILLed, the sink and Valkey come back
+    on their ports with their data (chDB tables, Valkey's append-only file)."""
+    import redis as redis_lib
+
+    worker = worker_factory()
+    r = redis_lib.Redis.from_url(stack.redis_url.get_secret_value())
+    r.set("survives-a-restart", "yes")
+    time.sleep(1.5)  # Valkey's append-only file is synced every second
+    stop = threading.Event()
+    total = 4000
+    feeder = _paced(stack, "sv-", total, 400, stop)
+    wait_for(lambda: _decided(stack, "sv-"), 60, "the worker deciding", worker, ok=lambda n: n > 0)
+    before = stack.stack_state()["pids"]
+    os.kill(before["sink"], signal.SIGKILL)
+    os.kill(before["valkey"], signal.SIGKILL)
+    wait_for(lambda: stack.stack_state().get("restarts", {}), 60, "both started again",
+             ok=lambda restarts: {"sink", "valkey"} <= set(restarts))
+    feeder.join(60)
+    wait_for(lambda: _decided(stack, "sv-"), 120, f"{total} decision rows", worker, ok=lambda n: n == total)
+    after = stack.stack_state()["pids"]
+    assert after["sink"] != before["sink"] and after["valkey"] != before["valkey"]
+    assert r.get("survives-a-restart") == b"yes"
+    assert worker.proc.poll() is None
+    assert "starting it again" in (stack.data_dir / "logs" / "sink.log").read_text()
+
+
+def test_stack_up_supervises_until_stack_down(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RISKSTREAM_DATA_DIR=str(tmp_path / "rs"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "riskstream", "stack", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    assert cli("up").returncode == 0
+    state = json.loads((tmp_path / "rs" / "stack.json").read_text())
+    try:
+        os.kill(state["pids"]["valkey"], signal.SIGKILL)
+        wait_for(lambda: json.loads((tmp_path / "rs" / "stack.json").read_text()).get("restarts", {}), 30,
+                 "Valkey started again", ok=lambda restarts: "valkey" in restarts)
+        status = cli("status")
+        assert status.returncode == 0 and "started again 1x" in status.stdout, status.stdout
+        later = json.loads((tmp_path / "rs" / "stack.json").read_text())
+    finally:
+        down = cli("down")
+    assert down.returncode == 0
+    from riskstream.stack import pid_alive
+
+    pids = later["pids"] | {"supervisor": later["supervisor"]}
+    assert pids["valkey"] != state["pids"]["valkey"]
+    time.sleep(0.5)
+    assert not [name for name, pid in pids.items() if pid_alive(pid)], "stack down left something running"

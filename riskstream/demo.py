@@ -8,6 +8,7 @@ everything cleanly and prints a summary with the queries to look further.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 
 from riskstream.schemas.events import DAY_MS, json_documents
+from riskstream.schemas.pan import luhn_valid
 from riskstream.settings import Settings
 from riskstream.stack import EmbeddedStack, _die_with_parent
 
@@ -130,7 +132,12 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     tx_cols = [c for c in tx if c not in ("is_fraud", "fraud_scenario")]
     for row in zip(*(tx[c].tolist() for c in tx_cols)):
         rec = dict(zip(tx_cols, row))
-        entries.append((rec["event_time"], "transactions", rec["card_id"].encode(), rec))
+        key = rec["card_id"].encode()
+        pan = demo_pan(rec["card_id"])
+        if pan:  # some terminals send the card number itself: tokenized at ingress
+            rec["pan"] = pan
+            del rec["card_id"]
+        entries.append((rec["event_time"], "transactions", key, rec))
 
     lab = sim.labels
     # Chargebacks name the merchant, terminal and date of the payment.
@@ -143,6 +150,7 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
         if rec["stream"] == "transactions":
             if rec["event_id"] not in kept_ids:
                 continue
+            rec["entity_id"] = demo_pan(rec["entity_id"]) or rec["entity_id"]  # the chargeback names the card
             rec["merchant_id"], rec["terminal_id"], rec["event_time"] = tx_info[rec["event_id"]]
         entries.append((rec["label_time"], "labels", str(rec.get("entity_id", "")).encode(), rec))
 
@@ -182,6 +190,19 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
         counts=counts,
         fraud=int(np.sum(tx["is_fraud"])),
     )
+
+
+def demo_pan(card_id: str, share: int = 20) -> str | None:
+    """A card number for one card in ``share`` (a Visa-like 16-digit number with a valid
+    check digit, the same for the card every time), else None."""
+    digest = hashlib.sha256(card_id.encode()).digest()
+    if digest[0] % share:
+        return None
+    body = "4" + str(int.from_bytes(digest[1:9], "big"))[:14].rjust(14, "0")
+    for check in "0123456789":
+        if luhn_valid(body + check):
+            return body + check
+    return None
 
 
 class DecisionCounter:

@@ -303,7 +303,7 @@ def decode_rows(
                 raise InvalidEvent(f"invalid JSON: {exc}") from None
             if not isinstance(obj, dict):
                 raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
-            good.append(validate(obj, now_ms))
+            good.append(tokenizer.tokenize_row(validate(obj, now_ms)))
             if partitions_out is not None:
                 partitions_out.append(partition)
         except InvalidEvent as exc:

@@ -230,7 +230,8 @@ def datasource(host: str = "clickhouse", port: int = 8123, database: str = "defa
     return {"apiVersion": 1, "datasources": [{
         "name": "riskstream ClickHouse", "uid": DATASOURCE_UID, "type": "grafana-clickhouse-datasource",
         "jsonData": {"host": host, "port": port, "protocol": "http", "defaultDatabase": database,
-                     "username": "default"},
+                     # Read-only: the analyst user of deploy/clickhouse/users.d (docker-compose.yml).
+                     "username": "${CLICKHOUSE_USER}"},
         "secureJsonData": {"password": "${CLICKHOUSE_PASSWORD}"},
     }]}
 

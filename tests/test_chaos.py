@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def test_five_kills_of_two_workers_lose_nothing_on_any_stream(tmp_path):
     env = dict(os.environ, RISKSTREAM_DATA_DIR=str(tmp_path / "rs"))
     done = subprocess.run([sys.executable, "-m", "riskstream", "chaos", "--events", "6000", "--kills", "5",
-                           "--rate", "2500", "--seed", "3"], env=env, capture_output=True, text=True, timeout=600)
+                           "--rate", "4000", "--seed", "3"], env=env, capture_output=True, text=True, timeout=600)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr[-4000:]
     assert "5 worker kill(s) survived (5 restarts)" in out

@@ -61,10 +61,10 @@ def test_sink_frozen_past_its_session_recovers_and_every_decision_lands(stack, w
     worker = worker_factory()
     sink_pid = stack.stack_state()["pids"]["sink"]
     stop = threading.Event()
-    total = 8000
-    feeder = _paced(stack, "fz-", total, 400, stop)
+    total = 4000
+    feeder = _paced(stack, "fz-", total, 500, stop)
     wait_for(lambda: _decided(stack, "fz-"), 60, "the worker deciding", worker, ok=lambda n: n > 0)
-    _freeze(sink_pid, 3 * stack.session_timeout_ms / 1000)
+    _freeze(sink_pid, 2 * stack.session_timeout_ms / 1000)
     feeder.join(60)
     wait_for(lambda: _decided(stack, "fz-"), 120, f"{total} decision rows", worker, ok=lambda n: n == total)
     assert os.kill(sink_pid, 0) is None, "the sink recovered by itself"
@@ -74,7 +74,7 @@ def test_sink_frozen_past_its_session_recovers_and_every_decision_lands(stack, w
 
 
 def test_valkey_frozen_decisions_go_on_under_the_outage_policy_and_the_line_catches_up(stack, worker_factory):
-    """Valkey (credit lines, limit controls) frozen for 15 s while card payments on a credit
+    """Valkey (credit lines, limit controls) frozen for 8 s while card payments on a credit
     line flow: decisions go on (fail-open for transactions, said in the reasons), and once it
     answers the line holds exactly what the decisions approved."""
     import redis as redis_lib
@@ -87,18 +87,18 @@ def test_valkey_frozen_decisions_go_on_under_the_outage_policy_and_the_line_catc
     wait_for(lambda: r.hget("rs:credit:vk-line", "limit"), 90, "the line opened", worker)
     valkey_pid = stack.stack_state()["pids"]["valkey"]
     stop = threading.Event()
-    total = 8000
-    feeder = _paced(stack, "vk-", total, 400, stop, customer="vk-line")
+    total = 5000
+    feeder = _paced(stack, "vk-", total, 500, stop, customer="vk-line")
     wait_for(lambda: _decided(stack, "vk-"), 60, "the worker deciding", worker, ok=lambda n: n > 0)
     os.kill(valkey_pid, signal.SIGSTOP)
     try:
-        time.sleep(3)
+        time.sleep(2)
         during = _decided(stack, "vk-")
-        time.sleep(12)
+        time.sleep(6)
         later = _decided(stack, "vk-")
     finally:
         os.kill(valkey_pid, signal.SIGCONT)
-    assert later - during > 2000, f"decisions went on while Valkey was frozen ({during} -> {later})"
+    assert later - during > 1000, f"decisions went on while Valkey was frozen ({during} -> {later})"
     feeder.join(60)
     wait_for(lambda: _decided(stack, "vk-"), 120, f"{total} decision rows", worker, ok=lambda n: n == total)
     assert worker.proc.poll() is None, "the worker recovered by itself"
@@ -181,8 +181,8 @@ def test_a_sink_or_valkey_that_dies_is_started_again_and_nothing_is_lost(stack, 
     r.set("survives-a-restart", "yes")
     time.sleep(1.5)  # Valkey's append-only file is synced every second
     stop = threading.Event()
-    total = 4000
-    feeder = _paced(stack, "sv-", total, 400, stop)
+    total = 3000
+    feeder = _paced(stack, "sv-", total, 500, stop)
     wait_for(lambda: _decided(stack, "sv-"), 60, "the worker deciding", worker, ok=lambda n: n > 0)
     before = stack.stack_state()["pids"]
     os.kill(before["sink"], signal.SIGKILL)
@@ -227,3 +227,24 @@ def test_stack_up_supervises_until_stack_down(tmp_path):
     assert pids["valkey"] != state["pids"]["valkey"]
     time.sleep(0.5)
     assert not [name for name, pid in pids.items() if pid_alive(pid)], "stack down left something running"
+
+
+@pytest.mark.only_broker("kafka")
+def test_the_broker_restarts_and_the_worker_and_sink_go_on(stack, worker_factory):
+    """Apache Kafka killed mid-stream: the stack starts it again on its port with its log
+    directory, and the worker and the sink reconnect by themselves."""
+    worker = worker_factory()
+    stop = threading.Event()
+    total = 2000
+    feeder = _paced(stack, "br-", 1000, 500, stop)
+    wait_for(lambda: _decided(stack, "br-"), 90, "the worker deciding", worker, ok=lambda n: n > 0)
+    feeder.join(60)
+    broker = stack.stack_state()["pids"]["broker"]
+    os.kill(broker, signal.SIGKILL)
+    wait_for(lambda: stack.stack_state().get("restarts", {}), 120, "the broker started again",
+             ok=lambda restarts: "broker" in restarts)
+    produce(stack, "transactions", [(f"card-{i % 97}".encode(), orjson.dumps({
+        "transaction_id": f"br-{i}", "event_time": int(time.time() * 1000), "card_id": f"card-{i % 97}",
+        "merchant_id": "m-1", "amount": 10.0, "country": "NL"})) for i in range(1000, total)])
+    wait_for(lambda: _decided(stack, "br-"), 180, f"{total} decision rows", worker, ok=lambda n: n == total)
+    assert worker.proc.poll() is None

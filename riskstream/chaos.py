@@ -282,14 +282,14 @@ def account(client: Settings, settings: Settings, stream) -> dict[str, dict[str,
 
 def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, bool]]]:
     """Per stream, per event id: how many decision messages, and whether any disagreed."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"chaos-{os.getpid()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    from riskstream.bench.broker_runs import decisions_consumer
+
+    consumer = decisions_consumer(settings, from_end=False)
     topic = settings.topic("decisions")
-    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    ends = {tp.partition: consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+            for tp in consumer.assignment()}
     first: dict[str, dict[str, str]] = {}
     seen: dict[str, dict[str, tuple[int, bool]]] = {}
     left = {p for p, end in ends.items() if end > 0}

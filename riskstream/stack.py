@@ -291,31 +291,26 @@ def running_stack(settings: Settings) -> dict:
 
 def stop_detached(settings: Settings, timeout: float = 10.0) -> list[str]:
     """Stop the services recorded in stack.json; returns the names stopped."""
-    state = settings.stack_state()
-    stopped = []
-    supervisor = state.get("supervisor")
-    if supervisor and pid_alive(supervisor):  # first, or it would start them again
-        os.kill(supervisor, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(supervisor) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(supervisor):
-            os.kill(supervisor, signal.SIGKILL)
-    state = settings.stack_state()  # the pids as the supervisor left them
-    pids: dict[str, int] = state.get("pids", {})
-    for name in sorted(pids, key=lambda n: n != "sink"):
-        pid = pids[name]
-        if not pid_alive(pid):
-            continue
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        stopped.append(name)
+    supervisor = settings.stack_state().get("supervisor")
+    if supervisor:  # first, or it would start them again
+        terminate_pid(supervisor, timeout)
+    pids: dict[str, int] = settings.stack_state().get("pids", {})  # as the supervisor left them
+    stopped = [name for name in sorted(pids, key=lambda n: n != "sink") if terminate_pid(pids[name], timeout)]
     settings.stack_file().unlink(missing_ok=True)
     return stopped
+
+
+def terminate_pid(pid: int, timeout: float) -> bool:
+    """SIGTERM a process that is not our child, SIGKILL after ``timeout``; False if it was gone."""
+    if not pid_alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def ensure_topics(settings: Settings, timeout: float = 15.0) -> None:

@@ -332,18 +332,19 @@ class _Parser:
             parts.append(self.unary())
         return parts[0] if len(parts) == 1 else All(tuple(parts), line)
 
-    def nested(self) -> None:
-        """One level deeper (a 'not', a '(' or a unary '-'); past MAX_NESTING the condition is refused."""
+    def deeper(self, parse):
+        """``parse()`` one level deeper (a 'not', a '(' or a unary '-'); past MAX_NESTING the
+        condition is refused."""
         self.depth += 1
-        if self.depth > MAX_NESTING:
-            raise ConditionSyntaxError(f"condition nested more than {MAX_NESTING} levels deep", self.tok.pos)
-
-    def unary(self) -> Condition:
-        self.nested()
         try:
-            return self._unary()
+            if self.depth > MAX_NESTING:
+                raise ConditionSyntaxError(f"condition nested more than {MAX_NESTING} levels deep", self.tok.pos)
+            return parse()
         finally:
             self.depth -= 1
+
+    def unary(self) -> Condition:
+        return self.deeper(self._unary)
 
     def _unary(self) -> Condition:
         if self.at("kw", "not"):
@@ -414,11 +415,7 @@ class _Parser:
         return node
 
     def factor(self) -> Expr:
-        self.nested()
-        try:
-            return self._factor()
-        finally:
-            self.depth -= 1
+        return self.deeper(self._factor)
 
     def _factor(self) -> Expr:
         t = self.tok

@@ -40,10 +40,9 @@ def _cli(settings, *args: str, approval: bool = True) -> subprocess.CompletedPro
 def test_a_change_waits_for_a_second_person_and_every_step_is_audited(stack, tmp_path):
     from riskstream.rules.publishing import rule_history
 
-    first = tmp_path / "v1.yaml"
-    first.write_text(RULES.format(version="1", limit=500))
-    done = _cli(stack, "rules", "publish", str(first), "--as", "alice", approval=False)
-    assert done.returncode == 0, done.stderr
+    from riskstream.rules.publishing import ApprovalError, decide_change, pending_changes, publish_rule_set
+
+    publish_rule_set(stack, RULES.format(version="1", limit=500), "v1.yaml", who="alice")
     second = tmp_path / "v2.yaml"
     second.write_text(RULES.format(version="2", limit=300))
 
@@ -62,21 +61,20 @@ def test_a_change_waits_for_a_second_person_and_every_step_is_audited(stack, tmp
     in_force = rule_history(stack)[-1]
     assert _v(in_force["version"]) == "2" and in_force["approved_by"] == "bob" and in_force["published_by"] == "alice"
     assert "0 change(s) waiting" in _cli(stack, "rules", "pending").stdout
-    again = _cli(stack, "rules", "approve", change, "--as", "carol")
-    assert again.returncode == 1 and "no pending change" in again.stderr
+    with pytest.raises(ApprovalError, match="no pending change"):
+        decide_change(stack, change, True, "carol")
 
-    third = tmp_path / "v3.yaml"
-    third.write_text(RULES.format(version="3", limit=1))
-    _cli(stack, "rules", "publish", str(third), "--as", "alice")
-    change3 = _cli(stack, "rules", "pending").stdout.split()[0]
-    rejected = _cli(stack, "rules", "reject", change3, "--as", "bob")
-    assert rejected.returncode == 0 and "nothing changed" in rejected.stdout
-    assert _v(rule_history(stack)[-1]["version"]) == "2"
+    asking = stack.model_copy(update={"require_approval": True})
+    publish_rule_set(asking, RULES.format(version="3", limit=1), "v3.yaml", who="alice")
+    change3 = pending_changes(stack)[0]["change_id"]
+    decide_change(stack, change3, False, "bob")
+    assert pending_changes(stack) == [] and _v(rule_history(stack)[-1]["version"]) == "2"
 
     rows = wait_for(lambda: query(stack, "SELECT actor, action, version, content_sha256, diff, origin, change_id "
                                          "FROM audit FINAL WHERE subject = 'rule set' ORDER BY at, action"),
                     60, "six audit rows", ok=lambda r: len(r) == 6)
     steps = [(r["actor"], r["action"], _v(r["version"])) for r in rows]
+    assert rows[0]["origin"] and rows[1]["origin"] != rows[0]["origin"]
     assert steps == [("alice", "published", "1"), ("alice", "proposed", "2"), ("bob", "approved", "2"),
                      ("alice", "published", "2"), ("alice", "proposed", "3"), ("bob", "rejected", "3")], steps
     proposal = rows[1]

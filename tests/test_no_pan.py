@@ -16,15 +16,9 @@ OUTPUT_TOPICS = ("decisions", "alerts", "limits", "dead_letters", "sink")
 
 
 def _topic_bytes(settings, names) -> bytes:
-    from confluent_kafka import Consumer, TopicPartition
+    from riskstream.bench.broker_runs import decisions_consumer
 
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": f"scan-{time.monotonic_ns()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    parts = []
-    for name in names:
-        topic = settings.topic(name)
-        parts += [TopicPartition(topic, p, 0) for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
-    consumer.assign(parts)
+    consumer = decisions_consumer(settings, from_end=False, topics=names)
     chunks, quiet = [], time.monotonic()
     while time.monotonic() - quiet < 3:
         got = consumer.consume(10000, timeout=0.5)

@@ -109,19 +109,25 @@ class BatchReader:
     async def stop(self) -> None:
         """Commit what is scored and delivered, save state, leave the group; bounded."""
         timeout = self.settings.shutdown_timeout_s
+        t0 = time.monotonic()
         try:  # the rest comes again after a restart
             await asyncio.wait_for(self.settle(wait_all=True), timeout=timeout / 3)
         except Exception as exc:
-            log.warning("settling in-flight batches at stop: %s", exc)
+            log.warning("settling in-flight batches at stop: %r", exc)
         log.warning("stopping: %s", self.driver.summary())
+        t1 = time.monotonic()
         try:
             self.save_state()
         except Exception as exc:  # state is an optimisation; outputs are already safe
             log.warning("saving state at shutdown: %s", exc)
+        t2 = time.monotonic()
         try:
             await asyncio.wait_for(self.consumer.stop(), timeout=timeout / 2)
         except (asyncio.TimeoutError, Exception) as exc:  # bounded stop, offsets already committed
-            log.warning("consumer stop: %s", exc)
+            log.warning("consumer stop: %r", exc)
+        # What a stop costs, so that a slow one says where the time went.
+        log.warning("reader stopped in %.1fs: in-flight batches %.1fs, state saved %.1fs, group left %.1fs",
+                    time.monotonic() - t0, t1 - t0, t2 - t1, time.monotonic() - t2)
 
     async def settle(self, wait_all: bool = False, commit_now: bool = False) -> None:
         """Commit finished batches in order. Waits for the oldest while too many are in

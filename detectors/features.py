@@ -251,6 +251,22 @@ class EntityTable:
             slots[missing] = new_slots[np.searchsorted(new, hashes[missing])]
         return slots
 
+    def rename(self, old_ids: list[str], new_ids: list[str]) -> int:
+        """Move the state of each old id that has some to its new id, when the new id has
+        none yet (a card tokenized under a new key: ``schemas.pan``). Returns how many moved."""
+        old_h, new_h = id_hashes(old_ids), id_hashes(new_ids)
+        old_slots, new_slots = np.empty(len(old_h), np.int64), np.empty(len(new_h), np.int64)
+        index_probe(old_h, self.index, old_slots)
+        index_probe(new_h, self.index, new_slots)
+        move = np.flatnonzero((old_slots >= 0) & (new_slots == -2))
+        move = move[np.unique(new_h[move], return_index=True)[1]]  # two old ids for one card: the first
+        if not len(move):
+            return 0
+        index_delete(self.index, old_h[move])
+        self.hash[old_slots[move]] = new_h[move]
+        index_insert(self.index, new_h[move], old_slots[move])
+        return len(move)
+
     def _rebuild_index(self, entries: int) -> None:
         self.index = self._new_index(entries)
         live = np.flatnonzero(self.live)
@@ -382,6 +398,10 @@ class FeatureEngine:
         return member_codes(id_hashes(batch.column(ATTRIBUTE_COLUMNS[member])))
 
     # ------------------------------------------------------------------------------ labels
+    def rename_cards(self, moved: dict[str, str]) -> int:
+        """Cards seen under a new tokenization key keep their history (``schemas.pan``)."""
+        return self.tables["card"].rename(list(moved), list(moved.values()))
+
     def apply_labels(self, entity_keys: dict[str, np.ndarray], event_time_ms: np.ndarray,
                      label_time_ms: np.ndarray, is_positive: np.ndarray) -> None:
         """Queue confirmed frauds; each counts for its card / merchant / terminal from its label

@@ -16,6 +16,7 @@ and Valkey that ``riskstream stack up`` started (their addresses are read from
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import secrets
@@ -142,6 +143,13 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Key for tokenizing card numbers (HMAC-SHA256). Empty: a random key kept in data_dir.",
     )
+    pan_key_file: str = Field(
+        "", description="Tokenization keys instead of pan_key, one per line: '<version> <key>' for the newest, "
+                        "'<version> <key> until <YYYY-MM-DD>' for a retired key whose tokens are still matched until "
+                        "that day (docs/reliability.md, key rotation). Keep it readable by the engine only.")
+    personal_fields: list[str] = Field(
+        default_factory=list, description="Fields of any input stream tokenized like card numbers at ingress, "
+                                          "e.g. [\"email\", \"phone\", \"national_id\"] (JSON in the environment).")
     rules_file: str = Field("", description="Rule set loaded at start-up. Empty: the built-in rule set.")
     decline_score: float = Field(0.90, gt=0, le=1, description="Model score at or above which a transaction is declined.")
     review_score: float = Field(0.60, gt=0, le=1, description="Model score at or above which it goes to review.")
@@ -155,6 +163,11 @@ class Settings(BaseSettings):
     credit_dedup_days: float = Field(
         7.0, gt=0, le=400, description="How long the credit ledger remembers an event's answer, so that a "
                                        "repeat (restart, replay) changes nothing; ~100 bytes of Redis per event.")
+    dedup_window_hours: float = Field(
+        48.0, gt=0, le=24 * 400, description="How long a worker remembers each transaction's decision, so that the "
+                                             "same transaction id again (a record read again, a re-sent or replayed "
+                                             "transaction) gets the same decision and counts once; ~60 bytes of "
+                                             "Redis per transaction.")
     limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
     market_history_days: int = Field(
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")
@@ -256,6 +269,48 @@ class Settings(BaseSettings):
 
             conf["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
         return conf
+
+    def pan_keys(self) -> tuple[int, bytes, list[tuple[int, bytes, int]]]:
+        """(version, key) of the key that tokenizes, and the retired keys still matched as
+        (version, key, until epoch ms): from ``pan_key_file`` if set, else ``pan_key`` (or the
+        data dir's key) as version 1."""
+        if not self.pan_key_file:
+            return 1, self.pan_key_bytes(), []
+        path = Path(self.pan_key_file)
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"pan_key_file {path}: cannot be read ({exc.strerror}).") from None
+        keys: dict[int, tuple[bytes, int | None]] = {}
+        for number, line in enumerate(lines, 1):
+            words = line.split("#", 1)[0].split()
+            if not words:
+                continue
+            where = f"{path}:{number}"
+            if len(words) not in (2, 4) or not words[0].isdigit() or int(words[0]) < 1 or (
+                    len(words) == 4 and words[2] != "until"):
+                raise ConfigError(f"{where}: expected '<version> <key>' or '<version> <key> until <YYYY-MM-DD>' "
+                                  "(the key itself is not shown here)")
+            version = int(words[0])
+            if version in keys:
+                raise ConfigError(f"{where}: key version {version} appears twice")
+            if len(words[1]) < 16:
+                raise ConfigError(f"{where}: the key of version {version} is shorter than 16 characters")
+            until = None
+            if len(words) == 4:
+                try:
+                    day = datetime.date.fromisoformat(words[3])
+                except ValueError:
+                    raise ConfigError(f"{where}: '{words[3]}' is not a date (YYYY-MM-DD)") from None
+                until = int(datetime.datetime.combine(day, datetime.time(), datetime.timezone.utc).timestamp() * 1000)
+            keys[version] = (words[1].encode(), until)
+        if not keys:
+            raise ConfigError(f"{path}: no key in the file")
+        newest = max(keys)
+        if keys[newest][1] is not None:
+            raise ConfigError(f"{path}: the newest key (version {newest}) must not have an end date")
+        retired = [(v, k, until) for v, (k, until) in sorted(keys.items()) if v != newest and until is not None]
+        return newest, keys[newest][0], retired
 
     def pan_key_bytes(self) -> bytes:
         """The tokenization key; in embedded mode a random one is created once per data dir."""

@@ -89,6 +89,9 @@ class TransactionBatch:
         if tokenizer is not None:  # card numbers in the card or the customer id, as the decoder does
             card = tokenize_pans(card, tokenizer)
             optional["customer_id"] = tokenize_pans(optional["customer_id"], tokenizer)
+            for name in tokenizer.personal_fields:
+                if name in optional:
+                    optional[name] = tokenize_column(optional[name], tokenizer)
         merchant = obj("merchant_id") if "merchant_id" in columns else obj("terminal_id")
         return cls(
             transaction_id=obj("transaction_id"),
@@ -148,7 +151,27 @@ def transaction_row(obj: Any, tokenizer: PanTokenizer, max_amount: float, now_ms
     return (tid, ts, card, merchant, amount, lat, lon) + opts
 
 
-def decode_transactions(
+def decode_transactions(values: Sequence[bytes], *, tokenizer: PanTokenizer, **options: Any,
+                        ) -> tuple[TransactionBatch, list[DeadLetter]]:
+    """Decode raw Kafka values into a columnar batch plus dead letters (:func:`decode_columns`),
+    with the configured personal fields tokenized."""
+    batch, dead = decode_columns(values, tokenizer=tokenizer, **options)
+    for name in tokenizer.personal_fields:
+        if name in batch.optional:
+            batch.optional[name] = tokenize_column(batch.optional[name], tokenizer)
+            if batch.arrow:
+                batch.arrow.pop(name, None)
+    return batch, dead
+
+
+def tokenize_column(values: np.ndarray, tokenizer: PanTokenizer) -> np.ndarray:
+    """A string column with each non-empty value replaced by its token (one HMAC per
+    distinct value)."""
+    tokens = {v: tokenizer.token(v) for v in set(values.tolist()) if v}
+    return np.asarray([tokens.get(v, v) for v in values.tolist()], dtype=object)
+
+
+def decode_columns(
     values: Sequence[bytes],
     *,
     tokenizer: PanTokenizer,

@@ -33,11 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from riskstream.schemas.events import DeadLetter, decode_rows
-from riskstream.schemas.pan import PanTokenizer
+from riskstream.schemas.pan import tokenizer_for
 from riskstream.schemas.registry import LABELLED_STREAMS, STREAMS, stream_spec
 from riskstream.schemas.transactions import TransactionBatch, decode_transactions
 from riskstream.settings import Settings
 from riskstream.sinks.publisher import Publisher
+from riskstream.streams.decision_memory import decide_once
 from riskstream.streams.clock import LabelClock, SeenLabels, Watermark
 from riskstream.streams.outputs import Outputs, publish
 from riskstream.streams.market import MarketRiskProcessor
@@ -54,12 +55,15 @@ class Driver:
     def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None, watch=None,
                  memory=None):
         self.settings = settings
-        self.tokenizer = PanTokenizer(settings.pan_key_bytes())
+        self.tokenizer = tokenizer_for(settings)
         # Credit lines and their early-warning state: in Redis for workers (shared by all), in
         # memory for a replay or a test.
         self.ledger = ledger if ledger is not None else LocalLedger()
-        # streams.decision_memory in a worker: a record read again gets its first decision
+        # streams.decision_memory in a worker: a transaction seen before gets its first decision
         self.memory = memory
+        # Per input partition, the last offset folded into the feature state (saved with it):
+        # a record read again at or before it is not folded twice.
+        self.folded: dict[int, int] = {}
         self.warning = EarlyWarning(watch if watch is not None else LocalWatch())
         self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger,
                                                  self.warning)
@@ -114,12 +118,25 @@ class Driver:
     def process_batch(self, batch: TransactionBatch, dead: list[DeadLetter] | None = None,
                       values: Sequence[bytes] | None = None) -> Outputs:
         """A decoded transaction batch (``values``: the messages it came from, if any)."""
+        moved = self.tokenizer.take_moved()
+        if moved:  # cards seen under a new tokenization key keep what was kept under the old token
+            self.features.rename_cards(moved)
+            self.transactions.scorer.blocks.rename(moved)
         if batch.n:
             watermark = self.watermarks["transactions"].advance(batch.partition, batch.event_time_ms)
             self.transactions.set_watermark(watermark)
-        out = self.transactions.process(batch, dead, values, self.settings.topic("transactions"))
-        if self.memory is not None:
-            self.memory.apply(self.settings.topic("transactions"), out.scored)
+        topic = self.settings.topic("transactions")
+        if self.memory is None or not batch.n:
+            out = self.transactions.process(batch, dead, values, topic)
+        else:
+            def score(rows: TransactionBatch, any_rows: bool) -> Outputs:
+                if not any_rows:
+                    return Outputs("transactions", dead=dead if dead is not None else [])
+                return self.transactions.process(rows, dead, values, topic)
+
+            out = decide_once(self.memory, score, batch, topic, self.folded,
+                              (self.rules.current.version, self.transactions.version))
+        self._note_folded(batch)
         out.learned = self._learn_due("transactions")
         return out
 
@@ -156,6 +173,14 @@ class Driver:
         out = self.process(stream, values, partitions, offsets)
         publish(out, publisher)
         return out
+
+    def _note_folded(self, batch: TransactionBatch) -> None:
+        if self.memory is None or not batch.n:
+            return
+        for p in np.unique(batch.partition).tolist():
+            last = int(batch.offset[batch.partition == p].max())
+            if last > self.folded.get(p, -1):
+                self.folded[p] = last
 
     # ----- labels -------------------------------------------------------------------------
     def learn(self, labels: list[dict[str, Any]]) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from riskstream.schemas.events import DeadLetter, InvalidEvent
-from riskstream.schemas.pan import PanTokenizer
+from riskstream.schemas.pan import tokenizer_for
 from riskstream.schemas.registry import stream_spec
 from riskstream.settings import Settings
 from riskstream.sinks.offline import SHARDED_INSERT_ROWS, ClickHouseBlocks
@@ -104,7 +104,7 @@ def validated_rows(data: ReplayInput, start: int, end: int, settings: Settings,
     names = list(data.columns)
     rows: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
-    tokenizer = PanTokenizer(settings.pan_key_bytes())
+    tokenizer = tokenizer_for(settings)
     topic = settings.topic(data.stream)
     for j, values in enumerate(zip(*(data.columns[c][start:end].tolist() for c in names))):
         i = start + j

@@ -83,6 +83,13 @@ class BlockList:
         self.until_ms[limit["entity_id"]] = until
         self.max_amount[limit["entity_id"]] = float(limit["max_amount"])
 
+    def rename(self, moved: dict[str, str]) -> None:
+        """Blocks and cut limits follow a card to its token under a new key (``schemas.pan``)."""
+        for old, new in moved.items():
+            if old in self.until_ms and new not in self.until_ms:
+                self.until_ms[new] = self.until_ms.pop(old)
+                self.max_amount[new] = self.max_amount.pop(old)
+
     def violations(self, batch: TransactionBatch) -> np.ndarray:
         """Rows whose card is blocked, or over its cut limit, at the row's event time."""
         out = np.zeros(batch.n, dtype=bool)

@@ -400,9 +400,9 @@ def _dead_letters(table, rows: np.ndarray, reasons: np.ndarray, order: np.ndarra
     offset = the row's 0-based number in the file, so it can be found there."""
     import pyarrow as pa
 
-    from riskstream.schemas.pan import PanTokenizer
+    from riskstream.schemas.pan import tokenizer_for
 
-    tokenizer = PanTokenizer(settings.pan_key_bytes())
+    tokenizer = tokenizer_for(settings)
     records = table.take(pa.array(rows)).to_pylist()
     topic = settings.topic(stream)
     return [DeadLetter(topic, -1, int(order[i]), f"replay: {reasons[i]}",

@@ -31,20 +31,26 @@ class StateStore:
             blob = self.driver.features.snapshot({p})
             size += len(blob)
             pipe.set(f"{self.prefix}features:{p}", blob)
+            # the offset those features have folded in (streams.decision_memory)
+            pipe.set(f"{self.prefix}folded:{p}", self.driver.folded.get(p, -1))
         pipe.execute()
         return size
 
     def load_partitions(self, partitions: set[int]) -> int:
         loaded = 0
         for p in sorted(partitions):
-            blob = self.redis.get(f"{self.prefix}features:{p}")
+            blob, folded = self.redis.mget(f"{self.prefix}features:{p}", f"{self.prefix}folded:{p}")
             if blob:
                 self.driver.features.restore(blob)
                 loaded += 1
+                if folded is not None and int(folded) >= 0:
+                    self.driver.folded[p] = int(folded)
         return loaded
 
     def drop_partitions(self, partitions: set[int]) -> None:
         self.driver.features.drop_partitions(partitions)
+        for p in partitions:
+            self.driver.folded.pop(p, None)
 
     def save_market(self) -> int:
         """The market processor's state (every portfolio and instrument), by the worker that

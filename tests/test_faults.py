@@ -248,3 +248,53 @@ def test_the_broker_restarts_and_the_worker_and_sink_go_on(stack, worker_factory
         "merchant_id": "m-1", "amount": 10.0, "country": "NL"})) for i in range(1000, total)])
     wait_for(lambda: _decided(stack, "br-"), 180, f"{total} decision rows", worker, ok=lambda n: n == total)
     assert worker.proc.poll() is None
+
+
+def test_the_same_transaction_sent_twice_is_decided_and_counted_once(stack):
+    """A transaction service re-sends 40 transactions (new offsets, same ids), and one batch
+    holds an id twice: each repeat gets the first decision, score and reasons, and the card's
+    features count each transaction once. Without the memory the card counts them twice."""
+    import uuid
+
+    from pydantic import SecretStr
+
+    from riskstream.sinks.kafka import connect_redis
+    from riskstream.streams.decision_memory import DecisionMemory
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.redis_outage import RedisGuard
+
+    now_ms = int(time.time() * 1000)
+
+    def tx(i: int) -> bytes:
+        return orjson.dumps({"transaction_id": f"dup-{i}", "event_time": now_ms - 600_000 + i * 1000,
+                             "card_id": "dup-card", "merchant_id": f"m{i % 3}", "amount": 20.0 + 131 * i,
+                             "country": "KP" if i % 7 == 0 else "NL"})
+
+    sent = [tx(i) for i in range(40)]
+    probe = [orjson.dumps({"transaction_id": "dup-probe", "event_time": now_ms, "card_id": "dup-card",
+                           "merchant_id": "m0", "amount": 15.0})]
+    settings = stack.model_copy(update={"pan_key": SecretStr("k" * 32)})
+    client = connect_redis(stack, 1.0)
+
+    def run(memory, resend: bool, twice_in_batch: bool = True):
+        driver = Driver(settings, memory=memory)
+        batch = sent + [sent[5]] if twice_in_batch else sent
+        first = driver.process("transactions", batch, [0] * len(batch), list(range(len(batch))), now_ms=now_ms)
+        again = None
+        if resend:
+            again = driver.process("transactions", sent, [0] * 40, list(range(100, 140)), now_ms=now_ms)
+        counted = driver.process("transactions", probe, [0], [200], now_ms=now_ms)
+        return first.scored, again.scored if again else None, counted.scored.features["card_txn_count_1d"][0]
+
+    def answers(scored, rows):
+        return [(scored.decision[i], float(scored.score[i]), list(scored.reasons[i])) for i in rows]
+
+    first, again, count = run(DecisionMemory(client, RedisGuard(client), prefix=f"rs:decided:{uuid.uuid4()}:"),
+                              resend=True)
+    assert answers(again, range(40)) == answers(first, range(40))
+    assert answers(first, [40]) == answers(first, [5]), "an id twice in one batch: the second is the first"
+    assert any(d != "approve" for d in first.decision), "some of these transactions are stepped up or worse"
+    _, _, count_once = run(None, resend=False, twice_in_batch=False)
+    _, _, count_twice = run(None, resend=True)
+    assert count == count_once
+    assert count_twice > count_once, "without the memory the re-sent transactions count twice"

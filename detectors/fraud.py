@@ -527,8 +527,14 @@ class FraudModels(OutcomeMonitoring, Detector):
         return sum(a.nbytes for a in arrays)
 
     # ----- checkpoints ------------------------------------------------------------------------
-    _ARRAYS = ("_X", "_time", "_score", "_key", "_entity", "_status", "_q_at",
-               "_q_time", "_q_score", "_q_y", "_q_entity", "_q_key")
+    _RING_ARRAYS = ("_X", "_time", "_score", "_key", "_entity", "_status", "_q_at")
+    _QUALITY_ARRAYS = ("_q_time", "_q_score", "_q_y", "_q_entity", "_q_key")
+
+    def _ring_written(self) -> int:
+        """Ring slots written so far: all of them once the ring has wrapped."""
+        if self._head and not self._time[self._head:].any():
+            return self._head
+        return self.capacity if self._time.any() else 0
 
     def checkpoint(self) -> bytes:
         """Everything needed to continue: models, remembered decisions, quality, drift state.
@@ -543,7 +549,11 @@ class FraudModels(OutcomeMonitoring, Detector):
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
                 "head": self._head, "cursor": self._cursor, "span": self._span, "q_n": self._q_n,
-                "arrays": {k: getattr(self, k) for k in self._ARRAYS},
+                # The slots written so far, not the whole preallocated ring (a million rows of
+                # 36 float32 features is 191 MB; a worker's stop writes this checkpoint).
+                "arrays": {**{k: getattr(self, k)[:self._ring_written()] for k in self._RING_ARRAYS},
+                           **{k: getattr(self, k)[:min(self._q_n, self.quality_capacity)]
+                              for k in self._QUALITY_ARRAYS}},
             })
         return pickle.dumps(state, protocol=PICKLE_PROTOCOL)
 
@@ -557,7 +567,7 @@ class FraudModels(OutcomeMonitoring, Detector):
             self.linear.restore(state["supervised"])
             self.anomaly.restore(state["anomaly"])
             for k, v in state["arrays"].items():
-                setattr(self, k, v)
+                getattr(self, k)[:len(v)] = v  # the written prefix; the rest stays as new
             self._head, self._cursor, self._q_n = state["head"], state["cursor"], state["q_n"]
             self._span = state["span"]
             # Checkpoints written before ids were hashed with `id_hashes` (pandas SipHash)

@@ -279,6 +279,23 @@ def test_fraud_models_checkpoint_round_trip_continues_identically():
     assert twin.version == models.version
     np.testing.assert_array_equal(twin.linear.weight_, models.linear.weight_)
     assert twin.stats == models.stats
+    # The checkpoint holds the decisions written, not the preallocated ring: a worker's stop
+    # writes it within its time budget.
+    preallocated = sum(getattr(models, k).nbytes for k in models._RING_ARRAYS + models._QUALITY_ARRAYS)
+    assert models._ring_written() == 8100 and len(models.checkpoint()) < preallocated / 10
+
+
+def test_a_wrapped_ring_checkpoints_whole_and_restores_identically():
+    models = FraudModels(NAMES, capacity=3000)
+    X = np.random.default_rng(3).normal(size=(4000, len(NAMES))).astype(np.float32)
+    ids = _ids("w", 4000)
+    for start in range(0, 4000, 1000):
+        models.remember(ids[start:start + 1000], X[start:start + 1000], np.full(1000, DAY_MS + start, np.int64))
+    assert models._ring_written() == 3000
+    twin = FraudModels(NAMES, capacity=3000)
+    twin.restore(models.checkpoint())
+    np.testing.assert_array_equal(twin._X, models._X)
+    np.testing.assert_array_equal(twin._time, models._time)
 
 
 def test_quality_rows_for_the_model_quality_table():

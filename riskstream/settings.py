@@ -164,10 +164,10 @@ class Settings(BaseSettings):
         7.0, gt=0, le=400, description="How long the credit ledger remembers an event's answer, so that a "
                                        "repeat (restart, replay) changes nothing; ~100 bytes of Redis per event.")
     dedup_window_hours: float = Field(
-        48.0, gt=0, le=24 * 400, description="How long a worker remembers each transaction's decision, so that the "
+        48.0, ge=0, le=24 * 400, description="How long a worker remembers each transaction's decision, so that the "
                                              "same transaction id again (a record read again, a re-sent or replayed "
-                                             "transaction) gets the same decision and counts once; ~60 bytes of "
-                                             "Redis per transaction.")
+                                             "transaction) gets the same decision and counts once; ~65 bytes of "
+                                             "Redis per transaction. 0 turns it off (a repeat is scored afresh).")
     limits_file: str = Field("", description="Market-risk limits (YAML, see rules/limits.py). Empty: no limits.")
     market_history_days: int = Field(
         250, ge=30, le=2000, description="Calendar days of daily returns behind portfolio VaR and ES.")

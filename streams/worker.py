@@ -211,7 +211,8 @@ def build_app(settings: Settings, driver=None):
     # Credit lines live in Redis: every worker's authorisations reserve through one atomic script.
     ledger = GuardedLedger(RedisLedger(hot_redis, int(settings.credit_dedup_days * 86_400)), guard)
     driver = driver or Driver(settings, ledger=ledger, watch=GuardedWatch(RedisWatch(hot_redis), guard),
-                              memory=DecisionMemory(hot_redis, guard, settings.dedup_window_hours))
+                              memory=DecisionMemory(hot_redis, guard, settings.dedup_window_hours)
+                              if settings.dedup_window_hours > 0 else None)
     publisher = OutputPublisher(settings, redis_client=hot_redis, transactional_id=output_transactions(settings),
                                 redis_guard=guard)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")

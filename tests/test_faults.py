@@ -298,3 +298,45 @@ def test_the_same_transaction_sent_twice_is_decided_and_counted_once(stack):
     _, _, count_twice = run(None, resend=True)
     assert count == count_once
     assert count_twice > count_once, "without the memory the re-sent transactions count twice"
+
+
+def test_decisions_made_while_valkey_is_frozen_are_remembered_and_written_when_it_answers(stack):
+    """Valkey frozen: this worker still recognises a transaction it decided meanwhile (the
+    decisions wait in process), and once Valkey answers they are written, so another worker
+    recognises them too."""
+    import uuid
+
+    from pydantic import SecretStr
+
+    from riskstream.sinks.kafka import connect_redis
+    from riskstream.streams.decision_memory import DecisionMemory
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.redis_outage import RedisGuard
+
+    now_ms = int(time.time() * 1000)
+    values = [orjson.dumps({"transaction_id": f"vf-{i}", "event_time": now_ms - 60_000 + i, "card_id": f"c{i % 4}",
+                            "merchant_id": "m", "amount": 10.0 + 173 * i, "country": "KP" if i % 5 == 0 else "NL"})
+              for i in range(60)]
+    settings = stack.model_copy(update={"pan_key": SecretStr("k" * 32)})
+    prefix = f"rs:decided:{uuid.uuid4()}:"
+    client = connect_redis(stack, 0.3)
+    guard = RedisGuard(client, probe_interval_s=0.1)
+    memory = DecisionMemory(client, guard, prefix=prefix)
+    driver = Driver(settings, memory=memory)
+    valkey_pid = stack.stack_state()["pids"]["valkey"]
+    os.kill(valkey_pid, signal.SIGSTOP)
+    try:
+        first = driver.process("transactions", values, [1] * 60, list(range(60)), now_ms=now_ms).scored
+        assert not guard.up and sum(map(len, memory.unwritten.values())) == 60
+        again = driver.process("transactions", values, [1] * 60, list(range(500, 560)), now_ms=now_ms).scored
+        assert memory.recalled == 60
+        assert list(again.decision) == list(first.decision) and list(again.score) == list(first.score)
+    finally:
+        os.kill(valkey_pid, signal.SIGCONT)
+    wait_for(lambda: guard.up, 20, "the guard seeing Valkey again")
+    driver.process("transactions", values[:1], [1], [600], now_ms=now_ms)  # the next batch writes them
+    assert not memory.unwritten
+    other = DecisionMemory(connect_redis(stack, 1.0), RedisGuard(connect_redis(stack, 1.0)), prefix=prefix)
+    recalled = other.recall("transactions", first.batch.transaction_id, first.batch.event_time_ms)
+    assert sorted(recalled) == list(range(60))
+    assert [recalled[i].decision for i in range(60)] == list(first.decision)

@@ -41,6 +41,10 @@ class Faults:
     kills: int = 0
     restarts: int = 0
     outages: list[tuple[str, float]] = field(default_factory=list)  # (what, seconds frozen)
+    frozen: list[tuple[str, float, float]] = field(default_factory=list)  # (what, from, to) epoch s
+
+    def valkey_frozen_at(self, t: float) -> bool:
+        return any(what == "valkey" and start <= t <= end for what, start, end in self.frozen)
 
 
 class Workers:
@@ -72,12 +76,14 @@ class Workers:
 
 def freeze(pid: int, seconds: float, what: str, faults: Faults, stop: threading.Event) -> None:
     _say(f"  SIGSTOP {what} (pid {pid}) for {seconds:.0f}s")
+    start = time.time()
     os.kill(pid, signal.SIGSTOP)
     try:
         stop.wait(seconds)
     finally:
         os.kill(pid, signal.SIGCONT)
     faults.outages.append((what, seconds))
+    faults.frozen.append((what, start, time.time()))
 
 
 def run_chaos(settings: Settings, events: int, kills: int, workers: int = 2, rate: float = 4000.0,
@@ -125,7 +131,7 @@ def run_chaos(settings: Settings, events: int, kills: int, workers: int = 2, rat
             th.join()
         _say("feed done and faults over; waiting for the workers and the sink to catch up ...")
         wait_caught_up(client, settings, stream)
-        report = account(client, settings, stream)
+        report = account(client, settings, stream, faults)
         pool.stop()
     finally:
         stop.set()
@@ -248,7 +254,7 @@ def input_ids(stream) -> dict[str, set[str]]:
     return ids
 
 
-def account(client: Settings, settings: Settings, stream) -> dict[str, dict[str, int]]:
+def account(client: Settings, settings: Settings, stream, faults: Faults) -> dict[str, dict[str, int]]:
     """Per stream: distinct events in, distinct rows in ClickHouse, lost, and the repeats
     written and folded; for decided streams also the decision messages on the topic."""
     from riskstream.sinks.clickhouse import run_query
@@ -272,16 +278,21 @@ def account(client: Settings, settings: Settings, stream) -> dict[str, dict[str,
             if missing:
                 _say(f"  {name}: no decision message for {len(missing):,} event(s), e.g. {', '.join(missing[:5])}")
             report[name].update(on_topic=len(seen), lost_on_topic=max(0, n - len(seen)),
-                                repeated_messages=sum(c for c, _ in seen.values()) - len(seen),
-                                repeats_changed=sum(1 for _, changed in seen.values() if changed))
+                                repeated_messages=sum(c for c, _, _ in seen.values()) - len(seen),
+                                repeats_changed=sum(1 for _, changed, _ in seen.values() if changed),
+                                # Decided first while Valkey, which holds the decision memory, was
+                                # frozen: a worker killed then took that memory with it.
+                                changed_in_outage=sum(1 for _, changed, at in seen.values()
+                                                      if changed and faults.valkey_frozen_at(at)))
     dead = one("SELECT uniqExact(topic, partition, offset) AS n FROM dead_letters")
     report["malformed"] = {"events": stream.malformed, "stored": int(dead["n"]),
                            "lost": max(0, stream.malformed - int(dead["n"])), "repeats_folded": 0}
     return report
 
 
-def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, bool]]]:
-    """Per stream, per event id: how many decision messages, and whether any disagreed."""
+def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, bool, float]]]:
+    """Per stream, per event id: how many decision messages, whether any disagreed, and when
+    the first was decided (epoch seconds)."""
     from confluent_kafka import TopicPartition
 
     from riskstream.bench.broker_runs import decisions_consumer
@@ -291,7 +302,7 @@ def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, boo
     ends = {tp.partition: consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
             for tp in consumer.assignment()}
     first: dict[str, dict[str, str]] = {}
-    seen: dict[str, dict[str, tuple[int, bool]]] = {}
+    seen: dict[str, dict[str, tuple[int, bool, float]]] = {}
     left = {p for p, end in ends.items() if end > 0}
     # To the high watermarks, and on until the topic has been quiet for a while: Tansu can
     # report a high watermark below its last message.
@@ -306,8 +317,8 @@ def decisions_on_topic(settings: Settings) -> dict[str, dict[str, tuple[int, boo
             d = orjson.loads(m.value())
             stream, event = d["stream"], d["event_id"]
             decided = first.setdefault(stream, {}).setdefault(event, d["decision"])
-            count, changed = seen.setdefault(stream, {}).get(event, (0, False))
-            seen[stream][event] = (count + 1, changed or decided != d["decision"])
+            count, changed, at = seen.setdefault(stream, {}).get(event, (0, False, float(d["decided_at"])))
+            seen[stream][event] = (count + 1, changed or decided != d["decision"], at)
             if m.offset() + 1 >= ends[m.partition()]:
                 left.discard(m.partition())
         if not got and time.monotonic() - quiet_since > 30:
@@ -328,8 +339,13 @@ def print_report(report: dict, faults: Faults, stream, elapsed: float, settings:
         print(f"{name:<18} {r['events']:>9,} {r['stored']:>13,} {r['lost']:>5,} {r['repeats_folded']:>14,} "
               + (f"{r['on_topic']:>9,} {r['repeated_messages']:>13,} {r['repeats_changed']:>14,}"
                  if "on_topic" in r else f"{'-':>9} {'-':>13} {'-':>14}"))
-    ok = lost == 0 and changed == 0
-    print(f"lost: {lost}; repeated decisions that changed: {changed}. "
+    in_outage = sum(r.get("changed_in_outage", 0) for r in report.values())
+    ok = lost == 0 and changed == in_outage
+    print(f"lost: {lost}; repeated decisions that changed: {changed}"
+          + (f", of which {in_outage} first decided while Valkey, which holds the decision memory, was "
+             "frozen: a worker that died or took over partitions then could not share what was decided "
+             "(docs/reliability.md)"
+             if in_outage else "") + ". "
           + ("Nothing lost." if ok else f"FAILED: see the worker logs in {settings.data_dir.resolve() / 'logs'}"))
     print("Next: docs/operations.md (the guarantees, and how they were measured)")
     return 0 if ok else 1

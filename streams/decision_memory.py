@@ -208,6 +208,44 @@ class DecisionMemory:
                 pipe.hset(key, mapping=more)
         pipe.execute()
 
+    # ----- row-shaped streams (loan applications): few a second, the decision as JSON -------
+    def recall_decisions(self, topic: str, ids: list[str], event_time_ms: list[int]) -> dict[int, dict]:
+        """Rows decided before: their decision message, and under ``"alerts"`` what it raised."""
+        found: dict[int, dict] = {}
+        if not ids:
+            return found
+        keys = [f"{self.prefix}{topic}:{t // HOUR_MS}" for t in event_time_ms]
+        for i, (key, event_id) in enumerate(zip(keys, ids)):
+            hit = self.unwritten.get(key, {}).get(event_id.encode())
+            if hit is not None:
+                found[i] = orjson.loads(hit)
+        try:
+            values = self.guard.call(self._hmget_each, keys, ids)
+        except RedisUnavailable:
+            values = []
+        for i, value in enumerate(values):
+            if value is not None and i not in found:
+                found[i] = orjson.loads(value)
+        self.recalled += len(found)
+        return found
+
+    def _hmget_each(self, keys: list[str], ids: list[str]) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for key, event_id in zip(keys, ids):
+            pipe.hget(key, event_id)
+        return pipe.execute()
+
+    def remember_decisions(self, topic: str, decisions: list[dict], alerts: list[dict]) -> None:
+        raised = _by_event(alerts)
+        for d in decisions:
+            key = f"{self.prefix}{topic}:{round(d['event_time'] * 1000) // HOUR_MS}"
+            self.unwritten.setdefault(key, {})[d["event_id"].encode()] = orjson.dumps(
+                {**d, "alerts": raised.get(d["event_id"], [])}, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            self.guard.call(self._write_unwritten)
+        except RedisUnavailable:
+            self._bound()
+
     def _write_unwritten(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for key, mapping in self.unwritten.items():

@@ -158,7 +158,7 @@ class Driver:
                 times = np.fromiter((r["event_time"] for r in rows), dtype=np.int64, count=len(rows))
                 parts = np.asarray(partitions if partitions is not None else [-1] * len(rows), dtype=np.int64)
                 learned = self._learn_due(stream, self.watermarks[stream].at_start(parts, times))
-            out = self.loans.process(rows, dead, now_ms)
+            out = self._decide_loans_once(stream, rows, dead, now_ms)
             if rows:
                 self.watermarks[stream].advance(parts, times)
             out.learned = learned + self._learn_due(stream)
@@ -166,6 +166,24 @@ class Driver:
         if spec.processor == "ledger":
             return self.accounts.process(rows, dead)
         return self.market.process(stream, rows, dead)
+
+    def _decide_loans_once(self, stream: str, rows: list[dict[str, Any]], dead: list[DeadLetter],
+                           now_ms: int | None) -> Outputs:
+        """Loan applications seen before (by application id) get their first decision again
+        and are not scored or learned from twice (``streams.decision_memory``)."""
+        if self.memory is None or not rows:
+            return self.loans.process(rows, dead, now_ms)
+        topic = self.settings.topic(stream)
+        earlier = self.memory.recall_decisions(topic, [r["application_id"] for r in rows],
+                                               [r["event_time"] for r in rows])
+        out = self.loans.process([r for i, r in enumerate(rows) if i not in earlier], dead, now_ms)
+        self.memory.remember_decisions(topic, out.decisions, out.alerts)
+        for i in sorted(earlier):
+            decision = earlier[i]
+            out.alerts += decision.pop("alerts", [])
+            out.decisions.append(decision)
+            out.rows.setdefault("loan_applications", []).append(self.loans.stored(rows[i]))
+        return out
 
     def run(self, stream: str, values: Sequence[bytes | None], publisher: Publisher,
             partitions: Sequence[int] | None = None, offsets: Sequence[int] | None = None) -> Outputs:

@@ -96,6 +96,10 @@ class LoanProcessor:
                 for d in out.decisions])
         return out
 
+    def stored(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The ``loan_applications`` table row of an application."""
+        return _stored(self._mapped(row))
+
     def _open_lines(self, out: Outputs) -> None:
         """Each approval sets its customer's credit line to the amount granted, recorded in
         ``account_events`` like every other limit change."""

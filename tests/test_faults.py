@@ -340,3 +340,29 @@ def test_decisions_made_while_valkey_is_frozen_are_remembered_and_written_when_i
     recalled = other.recall("transactions", first.batch.transaction_id, first.batch.event_time_ms)
     assert sorted(recalled) == list(range(60))
     assert [recalled[i].decision for i in range(60)] == list(first.decision)
+
+
+def test_a_loan_application_sent_twice_gets_its_first_decision(stack):
+    import uuid
+
+    from pydantic import SecretStr
+
+    from riskstream.sinks.kafka import connect_redis
+    from riskstream.streams.decision_memory import DecisionMemory
+    from riskstream.streams.driver import Driver
+    from riskstream.streams.redis_outage import RedisGuard
+
+    now_ms = int(time.time() * 1000)
+    apps = [orjson.dumps({"application_id": f"la-{i}", "event_time": now_ms - 1000 + i, "customer_id": f"lc-{i}",
+                          "amount": 90_000 if i % 3 == 0 else 4000, "income": 12_000 if i % 3 == 0 else 80_000,
+                          "term_months": 36, "credit_score": 420 if i % 3 == 0 else 760}) for i in range(12)]
+    client = connect_redis(stack, 1.0)
+    memory = DecisionMemory(client, RedisGuard(client), prefix=f"rs:decided:{uuid.uuid4()}:")
+    driver = Driver(stack.model_copy(update={"pan_key": SecretStr("k" * 32)}), memory=memory)
+    first = driver.process("loan_applications", apps, now_ms=now_ms).decisions
+    later = driver.process("loan_applications", apps[3:5] + apps[:3], now_ms=now_ms + 60_000)
+    assert memory.recalled == 5
+    by_id = {d["event_id"]: d for d in first}
+    assert later.decisions == [by_id[d["event_id"]] for d in later.decisions]
+    assert len(later.rows["loan_applications"]) == 5
+    assert len({d["decision"] for d in first}) > 1, "the applications are decided differently"

@@ -100,6 +100,16 @@ class Driver:
         """Decode raw messages of ``stream`` and process them."""
         spec = stream_spec(stream)
         topic = self.settings.topic(stream)
+        out = self._decode_and_process(spec, stream, topic, values, partitions, offsets, now_ms)
+        if self.accounts.holding and spec.processor != "ledger":  # Redis may answer again
+            held = self.accounts.catch_up()
+            if held is not None:
+                out.add(held)
+        return out
+
+    def _decode_and_process(self, spec, stream: str, topic: str, values: Sequence[bytes | None],
+                            partitions: Sequence[int] | None, offsets: Sequence[int] | None,
+                            now_ms: int | None) -> Outputs:
         if spec.columnar:
             batch, dead = decode_transactions(
                 values, tokenizer=self.tokenizer, topic=topic, partitions=partitions, offsets=offsets,

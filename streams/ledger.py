@@ -23,6 +23,7 @@ bench and as the reference the Redis script is checked against.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -330,24 +331,62 @@ def _credit_alert(scored, i: int, op: LedgerOp, kind: str, why: str, utilisation
 
 class LedgerProcessor:
     """The ``account_events`` stream: each event applied to its line once, and stored with the
-    line after it (the audit trail of every limit)."""
+    line after it (the audit trail of every limit).
+
+    While Redis is unreachable, account events are held here, in order, and applied (and
+    stored) once it answers, before any that came later: a settlement or a repayment cannot be
+    decided under a policy, and failing the batch instead made the worker read everything since
+    its last commit again every second of the outage (`riskstream chaos` saw 38,650 repeated
+    decisions in a 30 s freeze). The reader commits no account-event offset while any is held
+    (``holding``), so a worker that dies meanwhile leaves them to be read again."""
 
     KIND_OPS = {"settlement": "settle", "reversal": "reverse", "repayment": "repay", "limit_change": "set_limit"}
 
-    def __init__(self, ledger, warning=None):
+    def __init__(self, ledger, warning=None, max_held: int = 1_000_000):
         self.ledger = ledger
         self.warning = warning  # streams.early_warning: repayments reset the overdue clock
+        self.held: deque[list[dict]] = deque()
+        self.held_rows = 0
+        self.max_held = max_held
+
+    @property
+    def holding(self) -> bool:
+        return bool(self.held)
 
     def process(self, rows: list[dict], dead: list) -> Outputs:
-        ops = [LedgerOp(self.KIND_OPS[r["kind"]], r["account_id"], r["event_id"], cents(r["amount"]), r["auth_id"])
-               for r in rows]
-        states = self.ledger.apply(ops)
-        stored = [event_row(r, st) for r, st in zip(rows, states)]
-        out = Outputs("account_events", rows={"account_events": stored}, dead=dead)
-        if self.warning is not None:
-            out.alerts += self.warning.observe([st.observed(op, r["event_time"]) for r, op, st in zip(rows, ops, states)
-                                                if st.status == "ok" and op.op != "set_limit"])
+        if self.held_rows + len(rows) > self.max_held:
+            raise RedisUnavailable(f"{self.held_rows:,} account events already wait for Redis")
+        if rows:
+            self.held.append(rows)
+            self.held_rows += len(rows)
+        out = Outputs("account_events", rows={"account_events": []}, dead=dead)
+        self._apply_held(out)
         return out
+
+    def catch_up(self) -> Outputs | None:
+        """The held account events applied, if Redis answers now (their rows and alerts)."""
+        if not self.held:
+            return None
+        out = Outputs("account_events", rows={"account_events": []})
+        self._apply_held(out)
+        return out
+
+    def _apply_held(self, out: Outputs) -> None:
+        while self.held:
+            rows = self.held[0]
+            ops = [LedgerOp(self.KIND_OPS[r["kind"]], r["account_id"], r["event_id"], cents(r["amount"]), r["auth_id"])
+                   for r in rows]
+            try:
+                states = self.ledger.apply(ops)
+            except RedisUnavailable:
+                return
+            self.held.popleft()
+            self.held_rows -= len(rows)
+            out.rows["account_events"] += [event_row(r, st) for r, st in zip(rows, states)]
+            if self.warning is not None:
+                out.alerts += self.warning.observe([st.observed(op, r["event_time"])
+                                                    for r, op, st in zip(rows, ops, states)
+                                                    if st.status == "ok" and op.op != "set_limit"])
 
     def labels_arrived(self, labels: list[dict]) -> None:
         pass

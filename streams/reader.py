@@ -39,6 +39,7 @@ class BatchEnvelope:
 
     records: dict[str, list[Any]] = field(default_factory=dict)  # stream -> aiokafka ConsumerRecords
     done: asyncio.Future | None = None
+    held_accounts: bool = False  # account events wait for Redis after this batch (streams.ledger)
 
     @property
     def transactions(self) -> list[Any]:
@@ -60,6 +61,9 @@ class BatchReader:
         self.stream_of = {settings.topic(name): name for name in STREAMS}
         self.pending: collections.deque[tuple[BatchEnvelope, dict]] = collections.deque()
         self.uncommitted: dict = {}  # TopicPartition -> next offset, of finished batches
+        # Account-event partitions read while events wait for Redis (streams.ledger): not
+        # committed until those are applied, so a worker that dies leaves them to be read again.
+        self.held_accounts: dict = {}
         self.committed_at = 0.0
         self.consumer = None
 
@@ -157,6 +161,7 @@ class BatchReader:
                     await asyncio.sleep(1.0)
                     return
                 self.pending.popleft()
+                self._hold_accounts(envelope, commit)
                 self.uncommitted.update(commit)
             now = time.monotonic()
             if (self.uncommitted or self.committer.dirty) and (
@@ -173,6 +178,14 @@ class BatchReader:
                     await asyncio.sleep(1.0)
                     return
                 self.committed_at = now
+
+    def _hold_accounts(self, envelope: BatchEnvelope, commit: dict) -> None:
+        if envelope.held_accounts:
+            for tp in [tp for tp in commit if self.stream_of[tp.topic] == "account_events"]:
+                self.held_accounts[tp] = commit.pop(tp)
+        elif self.held_accounts:  # applied: commit what was read meanwhile
+            self.uncommitted.update(self.held_accounts)
+            self.held_accounts = {}
 
     async def _rewind(self) -> None:
         """Back to the last commit: the open transaction (if any) aborted, batches not yet
@@ -236,6 +249,8 @@ class FollowPartitions(ConsumerRebalanceListener):
             log.error("batches in flight not done %.0fs into a rebalance; left uncommitted for the new owner", timeout)
             async with reader.committer.lock:
                 await reader._rewind()
+        for tp in revoked:  # its events are read again by the new owner (applied once per event id)
+            reader.held_accounts.pop(tp, None)
         parts = {tp.partition for tp in revoked if tp.topic == reader.tx_topic}
         if parts:
             # Bounded: the new owner is waiting; past it, the new owner starts from an older save.

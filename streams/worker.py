@@ -263,6 +263,7 @@ def build_app(settings: Settings, driver=None):
                 publisher.begin_batch()
                 try:
                     n = path.score(envelope)
+                    envelope.held_accounts = driver.accounts.holding
                 except Exception as exc:
                     publisher.end_batch()
                     envelope.done.set_exception(exc)

@@ -94,11 +94,20 @@ def test_valkey_frozen_decisions_go_on_under_the_outage_policy_and_the_line_catc
     try:
         time.sleep(2)
         during = _decided(stack, "vk-")
+        # A limit change while Valkey is frozen: held in order, applied and stored when it answers
+        produce(stack, "account_events", [(b"vk-line", orjson.dumps({
+            "event_id": "vk-raise", "event_time": int(time.time() * 1000), "account_id": "vk-line",
+            "kind": "limit_change", "amount": 20_000_000.0}))])
         time.sleep(6)
         later = _decided(stack, "vk-")
     finally:
         os.kill(valkey_pid, signal.SIGCONT)
     assert later - during > 1000, f"decisions went on while Valkey was frozen ({during} -> {later})"
+    wait_for(lambda: int(r.hget("rs:credit:vk-line", "limit") or 0), 30, "the held limit change applied", worker,
+             ok=lambda cents: cents == 2_000_000_000)
+    wait_for(lambda: query(stack, "SELECT count() AS n FROM account_events FINAL WHERE event_id = 'vk-raise'"),
+             60, "the held limit change stored", worker, ok=lambda rows: rows[0]["n"] == 1)
+    assert "will retry from the last commit" not in worker.log_text(), "held, not read again and again"
     feeder.join(60)
     wait_for(lambda: _decided(stack, "vk-"), 120, f"{total} decision rows", worker, ok=lambda n: n == total)
     assert worker.proc.poll() is None, "the worker recovered by itself"

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         description="Per stream, how a decision is made while Redis (credit lines) is unreachable: open lets "
                     "it stand (an authorisation is reserved when Redis is back), closed declines an "
                     "authorisation and refers a loan to review. JSON, e.g. {\"transactions\": \"closed\"}.")
+    label_delays: dict[str, dict[str, str]] = Field(
+        {"transactions": {"chargeback": "1d"}},
+        description="Per labelled stream, how long each label source takes to speak (e.g. {\"transactions\": "
+                    "{\"chargeback\": \"7d\", \"analyst\": \"1d\"}}): a transaction with no fraud label counts as "
+                    "legit for the fraud model once the longest has passed. A replay with --label-delay uses that.")
     # --- ClickHouse ------------------------------------------------------------------------
     clickhouse_dsn: SecretStr = Field(
         SecretStr(""),
@@ -269,6 +274,17 @@ class Settings(BaseSettings):
 
             conf["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
         return conf
+
+    def label_maturity_ms(self, stream: str) -> int | None:
+        """When an unlabelled event of ``stream`` counts as a negative: the longest delay of
+        its label sources (None if none is configured)."""
+        from riskstream.streams.reading import ReplayError, parse_duration
+
+        delays = self.label_delays.get(stream) or {}
+        try:
+            return max((parse_duration(d) for d in delays.values()), default=None)
+        except ReplayError as exc:
+            raise ConfigError(f"label_delays[{stream!r}]: {exc}".replace("--label-delay ", "")) from None
 
     def pan_keys(self) -> tuple[int, bytes, list[tuple[int, bytes, int]]]:
         """(version, key) of the key that tokenizes, and the retired keys still matched as

@@ -82,7 +82,8 @@ class TransactionProcessor:
         if with_models:
             from riskstream.detectors.fraud import FraudModels
 
-            models = FraudModels()
+            maturity = settings.label_maturity_ms("transactions")
+            models = FraudModels(**({"maturity_ms": maturity} if maturity else {}))
         if not settings.step_up_score <= settings.review_score <= settings.decline_score:
             raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "
                               f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")

@@ -54,6 +54,11 @@ def run_replay(args: argparse.Namespace, settings: Settings | None = None) -> in
     processes = requested or default_processes()
     if not args.offline:
         settings.kafka_client_config()  # fail before reading a big file when there is no broker
+    if delay_ms and args.stream in ("transactions",):
+        # Its labels arrive this long after their events: the fraud model waits as long
+        # before it counts an unlabelled transaction as legit.
+        settings = settings.model_copy(update={"label_delays": {
+            **settings.label_delays, args.stream: {"replay": args.label_delay}}})
     t0 = time.perf_counter()
     data = load_input(args.file, args.stream, parse_maps(args.map), settings=settings,
                       label_column=args.label_column, label_delay_ms=delay_ms, validate=args.offline,

@@ -48,7 +48,8 @@ PUBLISHED_LOGREG = {"roc_auc": 0.871, "average_precision": 0.606, "card_precisio
 DELAY_MS = 7 * DAY_MS
 
 
-def simulate_and_featurize(days: int, customers: int, terminals: int, seed: int, batch: int, log=print):
+def simulate_and_featurize(days: int, customers: int, terminals: int, seed: int, batch: int, log=print,
+                           fixed_delay_ms: int = 0):
     from riskstream.detectors.features import FEATURE_NAMES, FeatureEngine
     from riskstream.schemas.transactions import TransactionBatch
     from riskstream.simulate import simulate
@@ -58,6 +59,10 @@ def simulate_and_featurize(days: int, customers: int, terminals: int, seed: int,
                    with_market=False, with_credit=False)
     tx, labels = sim.transactions, sim.labels
     n = len(tx["amount"])
+    if fixed_delay_ms:
+        row_of = {tid: i for i, tid in enumerate(tx["transaction_id"].tolist())}
+        at = np.array([tx["event_time"][row_of[e]] for e in labels["event_id"].tolist()], dtype=np.int64)
+        labels["label_time"] = at + fixed_delay_ms
     log(f"simulated {n:,} transactions, {int(tx['is_fraud'].sum()):,} fraudulent, "
         f"{len(labels['event_id']):,} labels in {time.perf_counter() - t0:.1f}s")
 
@@ -188,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=5000, help="Transactions per worker batch.")
     ap.add_argument("--no-ablation", action="store_true", help="Skip the imbalance-handling comparison.")
+    ap.add_argument("--label-delay", default="",
+                    help="Every label exactly this long after its transaction (e.g. 7d, as a replay with "
+                         "--label-delay), instead of the simulator's 30 min-30 days.")
     ap.add_argument("--maturity", default="",
                     help="Also run the main model with these maturities, e.g. 1d,7d: how long a transaction waits "
                          "with no fraud label before it is learned as legit (settings: label_delays).")
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    sim, X, names = simulate_and_featurize(args.days, args.customers, args.terminals, args.seed, args.batch, log)
+    sim, X, names = simulate_and_featurize(args.days, args.customers, args.terminals, args.seed, args.batch, log,
+                                           fixed_delay_ms=parse_duration(args.label_delay) if args.label_delay else 0)
     t = sim.transactions["event_time"]
     test_start = sim.start_ms + (args.days - 7) * DAY_MS
     test = t >= test_start
@@ -206,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = {"online (legit undersampled 10%)": {"negative_keep_rate": 0.1}}
     for text in filter(None, args.maturity.split(",")):
         configs[f"online, legit after {text}"] = {"negative_keep_rate": 0.1, "maturity_ms": parse_duration(text)}
+        configs[f"online, legit after {text}, frauds wait as long"] = {
+            "negative_keep_rate": 0.1, "maturity_ms": parse_duration(text), "positives_wait": True}
     if not args.no_ablation:
         configs["online, no imbalance handling"] = {"negative_keep_rate": 1.0}
         configs["online, fraud weight 20"] = {"negative_keep_rate": 1.0, "positive_weight": 20.0}

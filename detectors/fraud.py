@@ -76,7 +76,7 @@ class FraudScores:
 
 
 # Ring-buffer slot states.
-EMPTY, PENDING, LEARNED_NEG, LEARNED_POS = 0, 1, 2, 3
+EMPTY, PENDING, LEARNED_NEG, LEARNED_POS, POSITIVE_WAITING = 0, 1, 2, 3, 4
 
 
 class FraudModels(OutcomeMonitoring, Detector):
@@ -99,7 +99,7 @@ class FraudModels(OutcomeMonitoring, Detector):
                  positive_weight: float = 1.0, learning_rate: float = 0.05,
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
                  min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
-                 learn_every: int = 5000, learn_every_ms: int = DAY_MS):
+                 learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False):
         self.capacity = int(capacity)
         # When the model learns: once per ``learn_every`` decisions remembered (or per
         # ``learn_every_ms`` of event time, for a trickle of traffic), whatever settled since
@@ -131,6 +131,7 @@ class FraudModels(OutcomeMonitoring, Detector):
         self.held_negatives = int(held_negatives)
         self._held: list[np.ndarray] = []
         self.maturity_ms = int(maturity_ms)
+        self.positives_wait = bool(positives_wait)
         self.quality_capacity = int(quality_capacity)
         self._params = dict(negative_keep_rate=negative_keep_rate, positive_weight=positive_weight,
                             learning_rate=learning_rate, seed=seed)
@@ -331,7 +332,8 @@ class FraudModels(OutcomeMonitoring, Detector):
         entity = hash_ids(entity_ids) if entity_ids is not None else keys
         # The ring overwrites the oldest decisions; their id rows go stale (see `slots_of`).
         for ring, rows in self._ring_pieces(self._head, n):
-            self.stats["evicted_unsettled"] += int(np.count_nonzero(self._status[ring] == PENDING))
+            self.stats["evicted_unsettled"] += int(np.count_nonzero((self._status[ring] == PENDING)
+                                                                    | (self._status[ring] == POSITIVE_WAITING)))
             self._X[ring] = X[rows]
             self._time[ring] = times[rows]
             self._score[ring] = scores[rows]
@@ -375,13 +377,15 @@ class FraudModels(OutcomeMonitoring, Detector):
         if stop < min_rows:
             return 0
         slots = (self._cursor + np.arange(stop)) % self.capacity
-        slots = slots[self._status[slots] == PENDING]
+        status = self._status[slots]
+        slots, y = slots[(status == PENDING) | (status == POSITIVE_WAITING)], (status == POSITIVE_WAITING)
+        y = y[(status == PENDING) | (status == POSITIVE_WAITING)].astype(np.int8)
         self._cursor = int((self._cursor + stop) % self.capacity)
         self._span -= stop
         if len(slots) == 0:
             return 0
-        self._settle(slots, np.zeros(len(slots), np.int8), "matured")
-        self.stats["matured_negatives"] += len(slots)
+        self._settle(slots, y, "matured")
+        self.stats["matured_negatives"] += int(len(y) - y.sum())
         return len(slots)
 
     def _mature_prefix(self, cutoff: int) -> int:
@@ -468,6 +472,12 @@ class FraudModels(OutcomeMonitoring, Detector):
         self.stats["duplicate_labels"] += int((~fresh & ~correction).sum())
         if correction.any():
             self._drop_quality(slots[correction])
+        if self.positives_wait:
+            # A fraud label on a decision not yet mature waits for it: frauds and legit
+            # transactions of the same days are then learned together.
+            waiting = fresh & (y == 1) & (self._time[slots] > self._clock() - self.maturity_ms)
+            self._status[slots[waiting]] = POSITIVE_WAITING
+            fresh &= ~waiting
         learn = fresh | correction
         settled = 0
         if learn.any():

@@ -99,10 +99,12 @@ class Settings(BaseSettings):
                     "it stand (an authorisation is reserved when Redis is back), closed declines an "
                     "authorisation and refers a loan to review. JSON, e.g. {\"transactions\": \"closed\"}.")
     label_delays: dict[str, dict[str, str]] = Field(
-        {"transactions": {"chargeback": "1d"}},
-        description="Per labelled stream, how long each label source takes to speak (e.g. {\"transactions\": "
-                    "{\"chargeback\": \"7d\", \"analyst\": \"1d\"}}): a transaction with no fraud label counts as "
-                    "legit for the fraud model once the longest has passed. A replay with --label-delay uses that.")
+        default_factory=dict,
+        description="Per labelled stream, how long each label source takes to speak, e.g. {\"transactions\": "
+                    "{\"chargeback\": \"7d\", \"analyst\": \"1d\"}}: a transaction with no fraud label counts as "
+                    "legit for the fraud model once the longest has passed. Unset: after one day, which measured "
+                    "better when chargebacks take 2-30 days (docs/model-quality.md). A replay's --label-delay "
+                    "sets it for the replay.")
     # --- ClickHouse ------------------------------------------------------------------------
     clickhouse_dsn: SecretStr = Field(
         SecretStr(""),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 from pydantic import SecretStr
 
 from riskstream.settings import Settings
@@ -114,3 +115,16 @@ def test_a_short_batch_waits_the_linger_and_a_full_or_unlingered_one_does_not(tm
     assert batch_linger_s(1, settings) == batch_linger_s(99, settings) == 0.005
     assert batch_linger_s(100, settings) == batch_linger_s(250, settings) == 0.0
     assert batch_linger_s(1, settings.model_copy(update={"batch_linger_ms": 0})) == 0.0
+
+
+def test_the_fraud_model_waits_as_long_as_the_slowest_label_source(tmp_path):
+    from pydantic import SecretStr
+
+    from riskstream.settings import ConfigError
+
+    settings = Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32),
+                        label_delays={"transactions": {"chargeback": "7d", "analyst": "36h"}})
+    assert Driver(settings).transactions.models.maturity_ms == 7 * 86_400_000
+    assert Driver(Settings(data_dir=tmp_path, pan_key=SecretStr("k" * 32))).transactions.models.maturity_ms == 86_400_000
+    with pytest.raises(ConfigError, match="label_delays\\['transactions'\\].*'a week'"):
+        Driver(settings.model_copy(update={"label_delays": {"transactions": {"chargeback": "a week"}}}))

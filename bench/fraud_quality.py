@@ -41,6 +41,7 @@ import numpy as np
 from riskstream.detectors.evaluate import average_precision, card_precision_at_k, roc_auc
 from riskstream.detectors.fraud import FraudModels
 from riskstream.detectors.fraud_detectors import signed_log1p
+from riskstream.detectors.retrained import RetrainedTrees
 from riskstream.schemas.events import DAY_MS
 from riskstream.streams.reading import parse_duration
 
@@ -104,6 +105,7 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
     n = len(X)
     models = FraudModels(names, capacity=n + 1, **model_args)
     prob = np.empty(n, np.float32)
+    models.challenger_prob = np.full(n, np.nan, np.float32)  # the retrained trees' shadow scores
     lab_time = labels["label_time"].astype(np.int64)
     order = np.argsort(lab_time, kind="stable")
     lab_ids, lab_pos, lab_t = labels["event_id"][order], labels["is_positive"][order], lab_time[order]
@@ -113,6 +115,8 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
         stop = min(start + batch, n)
         scores = models.score(X[start:stop], names)
         prob[start:stop] = scores.probability
+        if scores.challenger is not None:
+            models.challenger_prob[start:stop] = scores.challenger
         models.remember(tx["transaction_id"][start:stop], X[start:stop], tx["event_time"][start:stop],
                         scores=scores.probability, entity_ids=tx["card_id"][start:stop])
         upto = int(np.searchsorted(lab_t, int(tx["event_time"][stop - 1]), side="right"))
@@ -136,6 +140,27 @@ def offline_baseline(sim, X, test_start_ms: int) -> np.ndarray:
     model = LogisticRegression(class_weight="balanced", max_iter=1000)
     model.fit(scaler.transform(signed_log1p(X[train])), y)
     return model.predict_proba(scaler.transform(signed_log1p(X)))[:, 1].astype(np.float32)
+
+
+def offline_trees(sim, X, test_start_ms: int, seed: int) -> dict[str, np.ndarray]:
+    """A random forest and LightGBM trained as the offline logistic regression is: the weeks
+    before the test week minus the delay week, frauds known by the test week's start."""
+    import lightgbm
+    from sklearn.ensemble import RandomForestClassifier
+
+    from riskstream.detectors.retrained import PARAMS
+
+    tx, labels = sim.transactions, sim.labels
+    train = tx["event_time"] < test_start_ms - DELAY_MS
+    known = labels["is_positive"].astype(bool) & (labels["label_time"] <= test_start_ms)
+    known_ids = set(labels["event_id"][known].tolist())
+    y = np.array([tid in known_ids for tid in tx["transaction_id"][train].tolist()], dtype=np.int8)
+    forest = RandomForestClassifier(n_estimators=100, max_depth=20, min_samples_leaf=5, n_jobs=2,
+                                    random_state=seed).fit(X[train], y)
+    booster = lightgbm.train({**PARAMS, "seed": seed}, lightgbm.Dataset(X[train], label=y), num_boost_round=200)
+    return {"offline random forest (100 trees), same training as the logistic regression":
+                forest.predict_proba(X)[:, 1].astype(np.float32),
+            "offline LightGBM (200 rounds), same training": booster.predict(X).astype(np.float32)}
 
 
 def metrics(sim, score: np.ndarray, test: np.ndarray) -> dict[str, float]:
@@ -193,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--batch", type=int, default=5000, help="Transactions per worker batch.")
     ap.add_argument("--no-ablation", action="store_true", help="Skip the imbalance-handling comparison.")
+    ap.add_argument("--challenger", action="store_true",
+                    help="Also the retrained LightGBM in shadow, and an offline random forest and LightGBM.")
     ap.add_argument("--label-delay", default="",
                     help="Every label exactly this long after its transaction (e.g. 7d, as a replay with "
                          "--label-delay), instead of the simulator's 30 min-30 days.")
@@ -232,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{label}: replay {seconds:.1f}s, learned rows {models.linear.n_learned:,}, "
             f"stats {models.stats}")
         main_models = main_models or models
+    if args.challenger:
+        _, models, seconds = replay_online(sim, X, names, args.batch, test_start, seed=args.seed,
+                                           negative_keep_rate=0.1, challenger=RetrainedTrees(seed=args.seed))
+        shadow = models.challenger_prob
+        log(f"retrained trees: {models.challenger.trainings} trainings, {models.challenger.train_seconds:.1f}s; "
+            f"test week scored {np.mean(~np.isnan(shadow[test])):.0%}")
+        results["retrained LightGBM in shadow (daily, last 21 days settled)"] = metrics(
+            sim, np.nan_to_num(shadow, nan=0.0), test)
+        results["retrained LightGBM in shadow (daily, last 21 days settled)"]["replay_s"] = seconds
+        for label, score in offline_trees(sim, X, test_start, args.seed).items():
+            results[label] = metrics(sim, score, test)
     offline = offline_baseline(sim, X, test_start)
     results["offline sklearn LogisticRegression(balanced)"] = metrics(sim, offline, test)
     anomaly_scores = np.concatenate([main_models.score(X[i:i + 50_000], names).anomaly for i in range(0, len(X), 50_000)])

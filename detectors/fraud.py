@@ -56,6 +56,7 @@ class FraudScores:
     contributions: np.ndarray
     values: np.ndarray
     feature_names: tuple[str, ...]
+    challenger: np.ndarray | None = None  # the retrained trees' probability, in shadow
 
     def top_indices(self, k: int = 3) -> np.ndarray:
         """Feature indices of the k largest contributions per row, largest first: int (n, k)."""
@@ -99,7 +100,8 @@ class FraudModels(OutcomeMonitoring, Detector):
                  positive_weight: float = 1.0, learning_rate: float = 0.05,
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
                  min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
-                 learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False):
+                 learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False,
+                 challenger=None):
         self.capacity = int(capacity)
         # When the model learns: once per ``learn_every`` decisions remembered (or per
         # ``learn_every_ms`` of event time, for a trickle of traffic), whatever settled since
@@ -132,6 +134,8 @@ class FraudModels(OutcomeMonitoring, Detector):
         self._held: list[np.ndarray] = []
         self.maturity_ms = int(maturity_ms)
         self.positives_wait = bool(positives_wait)
+        # detectors.retrained.RetrainedTrees: trained on the ring's settled decisions, in shadow
+        self.challenger = challenger
         self.quality_capacity = int(quality_capacity)
         self._params = dict(negative_keep_rate=negative_keep_rate, positive_weight=positive_weight,
                             learning_rate=learning_rate, seed=seed)
@@ -250,7 +254,8 @@ class FraudModels(OutcomeMonitoring, Detector):
             probability = sigmoid(contrib.sum(axis=1) + self.linear.offset_)
         else:  # computed all the same: warm-up costs what scoring costs
             probability = np.zeros(len(X), np.float32)
-        return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names)
+        challenger = self.challenger.score(X) if self.challenger is not None else None
+        return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names, challenger)
 
     # ----- event id -> ring slot ------------------------------------------------------------------
     # An open-addressing table of (event-id hash, slot) rows, probed by the feature engine's
@@ -360,6 +365,18 @@ class FraudModels(OutcomeMonitoring, Detector):
         if self.learn_every <= 1 or not self._update_due():
             self._learn_matured(min_rows=2048)  # settles them (quality, drift) in a few large pieces
         self._learn_queued()
+        self._retrain_if_due()
+
+    def _retrain_if_due(self) -> None:
+        """Hand the challenger the settled decisions of its window when its time has come."""
+        c = self.challenger
+        if c is None or not c.due(self._clock()):
+            return
+        now = self._clock()
+        used = self._ring_written()
+        status, t = self._status[:used], self._time[:used]
+        settled = ((status == LEARNED_POS) | (status == LEARNED_NEG)) & (t >= now - c.window_ms)
+        c.train(self._X[:used][settled], (status[settled] == LEARNED_POS).astype(np.int8), now)
 
     def _clock(self) -> int:
         """Event time "now" for maturity: the newest event seen, held back by the watermark."""

@@ -571,7 +571,8 @@ class FraudModels(OutcomeMonitoring, Detector):
                  "config": (self.capacity, self.maturity_ms, self.quality_capacity, self._params),
                  "warm_up": (self.min_positives, self.min_negatives, self.held_negatives, self._held),
                  "learning": (self.learn_every, self.learn_every_ms, self._queued, self._since_update,
-                              self._updated_at_ms)}
+                              self._updated_at_ms),
+                 "challenger": self.challenger.state() if self.challenger is not None else None}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -617,3 +618,5 @@ class FraudModels(OutcomeMonitoring, Detector):
             self.stats["settled_negatives"] = n - positives
         self._adwin = state["adwin"]
         self._alerts = state["alerts"]
+        if self.challenger is not None and state.get("challenger"):
+            self.challenger.load(state["challenger"])

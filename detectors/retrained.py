@@ -94,6 +94,18 @@ class RetrainedTrees:
             return None
         return booster.predict(X, num_threads=1).astype(np.float32)
 
+    def state(self) -> dict:
+        """What a checkpoint keeps: the model as LightGBM's text, and the schedule."""
+        self.wait()
+        return {"model": self.booster.model_to_string() if self.booster is not None else None,
+                "version": self.version, "next_at_ms": self.next_at_ms, "trainings": self.trainings}
+
+    def load(self, state: dict) -> None:
+        import lightgbm
+
+        self.booster = lightgbm.Booster(model_str=state["model"]) if state["model"] else None
+        self.version, self.next_at_ms, self.trainings = state["version"], state["next_at_ms"], state["trainings"]
+
     def wait(self) -> None:
         """Until a background training finishes (tests, shutdown)."""
         if self._thread is not None:

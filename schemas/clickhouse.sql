@@ -163,6 +163,9 @@ ALTER TABLE labels ADD COLUMN IF NOT EXISTS event_time DateTime64(3, 'UTC');
 ALTER TABLE positions ADD COLUMN IF NOT EXISTS desk LowCardinality(String);
 ALTER TABLE loan_applications ADD COLUMN IF NOT EXISTS attributes String;
 ALTER TABLE decisions ADD COLUMN IF NOT EXISTS granted Nullable(Float64);
+-- The retrained trees' probability in shadow (fraud_challenger=shadow; nan without a model)
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS challenger_score Float32 DEFAULT nan;
+ALTER TABLE decisions ADD COLUMN IF NOT EXISTS challenger_version LowCardinality(String) DEFAULT '';
 
 -- Rolling model quality from labels, and drift.
 CREATE TABLE IF NOT EXISTS model_quality (

@@ -53,7 +53,7 @@ class Driver:
     processors in event time; checkpoint and restore their models."""
 
     def __init__(self, settings: Settings, rules_holder=None, with_models: bool = True, ledger=None, watch=None,
-                 memory=None):
+                 memory=None, train_in_background: bool = False):
         self.settings = settings
         self.tokenizer = tokenizer_for(settings)
         # Credit lines and their early-warning state: in Redis for workers (shared by all), in
@@ -66,7 +66,7 @@ class Driver:
         self.folded: dict[int, int] = {}
         self.warning = EarlyWarning(watch if watch is not None else LocalWatch())
         self.transactions = TransactionProcessor(settings, self.tokenizer, rules_holder, with_models, self.ledger,
-                                                 self.warning)
+                                                 self.warning, train_in_background)
         self.loans = LoanProcessor(settings, ledger=self.ledger, warning=self.warning)
         self.market = MarketRiskProcessor(settings, {s.name: s.table for s in STREAMS.values() if s.processor == "market"})
         self.accounts = LedgerProcessor(self.ledger, self.warning)

@@ -58,6 +58,9 @@ class ScoredBatch:
     limits: list[dict[str, Any]] = field(default_factory=list)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     decided_at_ms: int = 0
+    # The retrained trees' probability in shadow (NaN before their first model), and their version
+    challenger_score: np.ndarray | None = None
+    challenger_version: str = ""
 
     @property
     def n(self) -> int:
@@ -127,6 +130,10 @@ class TransactionScorer:
         # Seconds spent in each stage since the scorer was built (the bench's stage profile).
         self.stage_seconds = dict.fromkeys(SCORER_STAGES, 0.0)
 
+    def _challenger_version(self) -> str:
+        challenger = self.models.challenger if self.models is not None else None
+        return challenger.version if challenger is not None else ""
+
     def process(self, batch: TransactionBatch, now_ms: int | None = None) -> ScoredBatch:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         n = batch.n
@@ -138,12 +145,14 @@ class TransactionScorer:
         if self.models is not None and n:
             X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
             scored = self.models.score(X, names)
+            challenger, challenger_version = scored.challenger, self._challenger_version()
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
             t2 = clock()
             self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
             model_version = self.models.version
         else:
-            scored = None
+            scored = challenger = None
+            challenger_version = ""
             score = np.zeros(n, dtype=np.float32)
             model_version = "none"
         t3 = clock()
@@ -155,6 +164,9 @@ class TransactionScorer:
         t5 = clock()
         out = ScoredBatch(batch, score, decision, reasons, ruleset.version, model_version,
                           limits=limits, features=feats, decided_at_ms=now_ms)
+        if challenger_version:
+            out.challenger_version = challenger_version
+            out.challenger_score = challenger if challenger is not None else np.full(n, np.nan, np.float32)
         out.alerts = self._alerts(out)
         t6 = clock()
         seconds = self.stage_seconds
@@ -456,6 +468,9 @@ def decision_table(scored: ScoredBatch):
         "model_version": _repeat(scored.model_version, n),
         "amount": _array(b.amount),
     })
+    if scored.challenger_score is not None:
+        table = table.append_column("challenger_score", _array(scored.challenger_score.astype(np.float32, copy=False)))
+        table = table.append_column("challenger_version", _repeat(scored.challenger_version, n))
     return table
 
 

@@ -67,7 +67,7 @@ class TransactionProcessor:
     """Card transactions: fraud scoring and decisions, on columnar batches."""
 
     def __init__(self, settings: Settings, tokenizer: PanTokenizer, rules_holder=None, with_models: bool = True,
-                 ledger=None, warning=None):
+                 ledger=None, warning=None, train_in_background: bool = False):
         from riskstream.detectors.features import FeatureEngine
         from riskstream.rules.compiler import RuleSetHolder
 
@@ -83,7 +83,14 @@ class TransactionProcessor:
             from riskstream.detectors.fraud import FraudModels
 
             maturity = settings.label_maturity_ms("transactions")
-            models = FraudModels(**({"maturity_ms": maturity} if maturity else {}))
+            challenger = None
+            if settings.fraud_challenger == "shadow":
+                from riskstream.detectors.retrained import RetrainedTrees
+
+                # A worker trains beside its decisions; a replay in line, at the same event times
+                # every run.
+                challenger = RetrainedTrees(background=train_in_background)
+            models = FraudModels(challenger=challenger, **({"maturity_ms": maturity} if maturity else {}))
         if not settings.step_up_score <= settings.review_score <= settings.decline_score:
             raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "
                               f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")

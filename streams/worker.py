@@ -212,7 +212,7 @@ def build_app(settings: Settings, driver=None):
     ledger = GuardedLedger(RedisLedger(hot_redis, int(settings.credit_dedup_days * 86_400)), guard)
     driver = driver or Driver(settings, ledger=ledger, watch=GuardedWatch(RedisWatch(hot_redis), guard),
                               memory=DecisionMemory(hot_redis, guard, settings.dedup_window_hours)
-                              if settings.dedup_window_hours > 0 else None)
+                              if settings.dedup_window_hours > 0 else None, train_in_background=True)
     publisher = OutputPublisher(settings, redis_client=hot_redis, transactional_id=output_transactions(settings),
                                 redis_guard=guard)
     state_store = StateStore(driver, redis_client, f"{settings.topic_prefix}{settings.consumer_group}")

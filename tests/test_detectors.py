@@ -522,3 +522,34 @@ def test_negatives_held_before_the_first_positive_are_the_newest_ones():
     X_all, y_all = learned[0]  # the hold and the first positives, in one call
     assert len(X_all) == 300 + len(pos) and int(y_all.sum()) == len(pos)
     np.testing.assert_array_equal(X_all[:300], X[matured - 300:matured].astype(np.float32))
+
+
+def test_retrained_trees_learn_from_settled_decisions_in_shadow_and_survive_a_checkpoint():
+    """The challenger trains on the ring's settled decision-time features once a day of event
+    time (in line here, as a replay does), scores beside the online model, and comes back
+    from a checkpoint with the same predictions."""
+    from riskstream.detectors.retrained import RetrainedTrees
+
+    rng = np.random.default_rng(4)
+    X, y = _fraud_data(rng, 12_000, fraud_rate=0.05)
+    ids = _ids("r", 12_000)
+    t = np.linspace(0, 6 * DAY_MS, 12_000).astype(np.int64)
+    models = FraudModels(NAMES, capacity=20_000, seed=1, challenger=RetrainedTrees(min_positives=20, rounds=50))
+    shadow = np.full(12_000, np.nan, np.float32)
+    for s in range(0, 12_000, 1000):
+        scores = models.score(X[s:s + 1000], NAMES)
+        if scores.challenger is not None:
+            shadow[s:s + 1000] = scores.challenger
+        models.remember(ids[s:s + 1000], X[s:s + 1000], t[s:s + 1000], scores=scores.probability)
+        frauds = np.flatnonzero(y[s:s + 1000]) + s
+        models.learn_from_labels(ids[frauds], np.ones(len(frauds), np.int8), t[frauds] + 3_600_000)
+    assert models.challenger.trainings >= 3 and models.challenger.version.startswith("gbdt-")
+    scored = ~np.isnan(shadow)
+    assert 0 < scored.sum() < len(shadow), "no say before the first model, then on every row"
+    from riskstream.detectors.evaluate import roc_auc
+
+    assert roc_auc(y[scored], shadow[scored]) > 0.9
+    twin = FraudModels(NAMES, capacity=20_000, challenger=RetrainedTrees())
+    twin.restore(models.checkpoint())
+    np.testing.assert_allclose(twin.score(X[:500], NAMES).challenger, models.score(X[:500], NAMES).challenger)
+    assert twin.challenger.version == models.challenger.version

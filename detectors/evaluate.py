@@ -118,10 +118,11 @@ def evaluation_sql(start: date, end_inclusive: date) -> str:
     end = end_inclusive + timedelta(days=1)
     return f"""
 SELECT d.event_id AS event_id, d.entity_id AS card, toRelativeDayNum(d.event_time) AS day,
-       d.score AS score, d.model_version AS model_version,
+       d.score AS score, d.model_version AS model_version, d.challenger_score AS challenger_score,
+       d.challenger_version AS challenger_version,
        ifNull(l.is_positive, 0) AS is_fraud, l.event_id != '' AS labelled
 FROM (
-    SELECT event_id, entity_id, event_time, score, model_version
+    SELECT event_id, entity_id, event_time, score, model_version, challenger_score, challenger_version
     FROM decisions FINAL
     WHERE stream = 'transactions'
       AND event_time >= toDateTime64('{start.isoformat()} 00:00:00', 3, 'UTC')
@@ -158,6 +159,25 @@ def evaluate(settings, start: date, end_inclusive: date) -> dict:
         "average_precision": average_precision(y, s),
         "card_precision_at_100": card_precision_at_k(day, card, s, y, k=100),
     })
+    # Per model, on the rows each had a say in: the champion once warmed up (before, the rules
+    # decided alone: the cold start), the retrained trees in shadow once trained.
+    cold = np.array([r["model_version"].startswith(("fraud-warming-up", "fraud-untrained", "none"))
+                     for r in rows], dtype=bool)
+    shadow = np.fromiter((np.nan if r["challenger_score"] is None else float(r["challenger_score"]) for r in rows),
+                         np.float64, n)  # NaN comes back as null
+    trained = ~np.isnan(shadow)
+    result["cold_start"] = {"decisions": int(cold.sum()), "days": int(len(np.unique(day[cold])))}
+    models = {}
+    for name, score, rows_of in (("champion (online logistic regression), after warm-up", s, ~cold),
+                                 ("champion, on the rows the challenger scored", s, trained),
+                                 ("challenger (retrained trees, in shadow)", shadow, trained)):
+        if rows_of.any() and y[rows_of].any() and not y[rows_of].all():
+            models[name] = {"decisions": int(rows_of.sum()), "frauds": int(y[rows_of].sum()),
+                            "roc_auc": roc_auc(y[rows_of], score[rows_of]),
+                            "average_precision": average_precision(y[rows_of], score[rows_of]),
+                            "card_precision_at_100": card_precision_at_k(day[rows_of], card[rows_of], score[rows_of],
+                                                                         y[rows_of], k=100)}
+    result["models"] = models
     return result
 
 

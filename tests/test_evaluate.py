@@ -124,3 +124,41 @@ def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
     # An empty window says so and points somewhere.
     assert main(["evaluate", "--from", "2023-01-01", "--to", "2023-01-02"]) == 1
     assert "Nothing to evaluate" in capsys.readouterr().out
+
+
+def test_evaluate_reports_the_cold_start_apart_and_each_model_on_its_own_rows(tmp_path, monkeypatch, capsys):
+    from riskstream.cli import main
+    from riskstream.settings import Settings
+    from riskstream.sinks.clickhouse import ensure_schema, open_client
+
+    rng = np.random.default_rng(5)
+    n = 900
+    t = np.sort(JAN1 + rng.uniform(0, 3 * DAY_S, n))
+    card = np.array([f"c{i}" for i in rng.integers(0, 120, n)])
+    fraud = rng.random(n) < 0.1
+    score = np.clip(rng.random(n) * 0.8 + 0.2 * fraud, 0, 1).astype(np.float32)
+    shadow = np.clip(rng.random(n) * 0.3 + 0.7 * fraud, 0, 1).astype(np.float32)
+    warm, trained = np.arange(n) < 200, np.arange(n) >= 400
+    decisions = [
+        {"event_id": f"t{i}", "stream": "transactions", "entity_id": card[i], "event_time": float(t[i]),
+         "decided_at": float(t[i]), "score": float(score[i]), "decision": "approve", "reasons": [],
+         "rules_version": "r1", "model_version": "fraud-warming-up-pos3of20-neg0of200" if warm[i] else "fraud-lr9-z9",
+         "amount": 10.0, **({"challenger_score": float(shadow[i]), "challenger_version": "gbdt-1-day1"} if trained[i] else {})}
+        for i in range(n)]
+    labels = [{"event_id": f"t{i}", "stream": "transactions", "label": "chargeback", "is_positive": 1,
+               "label_time": float(t[i]) + DAY_S, "entity_id": card[i], "source": "issuer"} for i in np.nonzero(fraud)[0]]
+    settings = Settings(data_dir=tmp_path)
+    client = open_client(settings)
+    ensure_schema(client)
+    client.raw_insert("decisions", None, b"\n".join(orjson.dumps(r) for r in decisions), fmt="JSONEachRow")
+    client.raw_insert("labels", None, b"\n".join(orjson.dumps(r) for r in labels), fmt="JSONEachRow")
+    client.close()
+    monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
+    assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03"]) == 0
+    out = capsys.readouterr().out
+    assert "cold start: 200 decisions" in out
+    champion = [line for line in out.splitlines() if "after warm-up" in line][0]
+    assert f"{n - 200:,}" in champion and f"{roc_auc(fraud[~warm], score[~warm]):.3f}" in champion
+    challenger = [line for line in out.splitlines() if "challenger (retrained trees" in line][0]
+    assert f"{average_precision(fraud[trained], shadow[trained]):.3f}" in challenger
+    assert average_precision(fraud[trained], shadow[trained]) > average_precision(fraud[trained], score[trained])

@@ -46,6 +46,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  ROC AUC                 {r['roc_auc']:.3f}")
     print(f"  average precision       {r['average_precision']:.3f}")
     print(f"  Card Precision@100/day  {r['card_precision_at_100']:.3f}")
+    cold = r.get("cold_start", {})
+    if cold.get("decisions"):
+        print(f"  cold start: {cold['decisions']:,} decisions on {cold['days']} day(s) decided by the rules and the "
+              "anomaly score while the model warmed up")
+    if r.get("models"):
+        print(f"  {'per model':<54} {'decisions':>10} {'frauds':>7} {'ROC AUC':>8} {'AP':>6} {'CP@100':>7}")
+        for name, m in r["models"].items():
+            print(f"  {name:<54} {m['decisions']:>10,} {m['frauds']:>7,} {m['roc_auc']:>8.3f} "
+                  f"{m['average_precision']:>6.3f} {m['card_precision_at_100']:>7.3f}")
     print("  (unlabelled decisions count as legit: evaluate days at least 7 days old, once chargebacks are in)")
     if r["frauds"] == 0:
         print("Next: no fraud labels in this window; load labels (`riskstream simulate` writes them) and rerun.")

@@ -118,7 +118,8 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
         if scores.challenger is not None:
             models.challenger_prob[start:stop] = scores.challenger
         models.remember(tx["transaction_id"][start:stop], X[start:stop], tx["event_time"][start:stop],
-                        scores=scores.probability, entity_ids=tx["card_id"][start:stop])
+                        scores=scores.probability, entity_ids=tx["card_id"][start:stop],
+                        challenger_scores=scores.challenger)
         upto = int(np.searchsorted(lab_t, int(tx["event_time"][stop - 1]), side="right"))
         if upto > fed:
             models.learn_from_labels(lab_ids[fed:upto], lab_pos[fed:upto], lab_t[fed:upto])
@@ -268,6 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         results["retrained LightGBM in shadow (daily, last 21 days settled)"] = metrics(
             sim, np.nan_to_num(shadow, nan=0.0), test)
         results["retrained LightGBM in shadow (daily, last 21 days settled)"]["replay_s"] = seconds
+        prob, models, _ = replay_online(sim, X, names, args.batch, test_start, seed=args.seed, negative_keep_rate=0.1,
+                                        challenger=RetrainedTrees(seed=args.seed), promote_margin=0.02)
+        promoted = [c["at_ms"] for c in models.comparisons if c["promoted"]]
+        log(f"promotion: {len(models.comparisons)} comparisons, promoted on day "
+            f"{(promoted[0] - sim.start_ms) / DAY_MS:.1f}" if promoted else "promotion: never promoted")
+        label = "online, the retrained trees deciding once they lead by 0.02"
+        results[label] = metrics(sim, prob, test)
+        friction_promoted = weekly_friction(sim, prob)
+        for w in friction_promoted:
+            log(f"  {label}, week {w['week']}: step-up or worse {w['step_up_or_worse']:.2%}, fraud at step-up or "
+                f"worse {w['fraud_recall_at_step_up']:.0%}")
         for label, score in offline_trees(sim, X, test_start, args.seed).items():
             results[label] = metrics(sim, score, test)
     offline = offline_baseline(sim, X, test_start)

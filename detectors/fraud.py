@@ -101,7 +101,7 @@ class FraudModels(OutcomeMonitoring, Detector):
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
                  min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
                  learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False,
-                 challenger=None):
+                 challenger=None, promote_margin: float | None = None):
         self.capacity = int(capacity)
         # When the model learns: once per ``learn_every`` decisions remembered (or per
         # ``learn_every_ms`` of event time, for a trickle of traffic), whatever settled since
@@ -136,6 +136,13 @@ class FraudModels(OutcomeMonitoring, Detector):
         self.positives_wait = bool(positives_wait)
         # detectors.retrained.RetrainedTrees: trained on the ring's settled decisions, in shadow
         self.challenger = challenger
+        # Whether the challenger decides: promoted once it beat the logistic regression on the
+        # settled decisions of the last ``compare_ms`` by ``promote_margin`` (AP and CP@100);
+        # ``promote_margin`` None: shadow only.
+        self.promote_margin = promote_margin
+        self.compare_ms = 7 * DAY_MS
+        self.promoted = False
+        self.comparisons: list[dict] = []
         self.quality_capacity = int(quality_capacity)
         self._params = dict(negative_keep_rate=negative_keep_rate, positive_weight=positive_weight,
                             learning_rate=learning_rate, seed=seed)
@@ -196,6 +203,7 @@ class FraudModels(OutcomeMonitoring, Detector):
         self._X = np.zeros((cap, d), np.float32)
         self._time = np.zeros(cap, np.int64)
         self._score = np.zeros(cap, np.float32)
+        self._cscore = np.full(cap, np.nan, np.float32)  # the challenger's decision-time probability
         self._key = np.zeros(cap, np.uint64)
         self._entity = np.zeros(cap, np.uint64)
         self._status = np.zeros(cap, np.int8)
@@ -223,6 +231,8 @@ class FraudModels(OutcomeMonitoring, Detector):
 
     @property
     def version(self) -> str:
+        if self.promoted and self.challenger is not None and self.challenger.booster is not None:
+            return self.challenger.version
         if self.feature_names is None:
             return "fraud-untrained"
         if not self.ready:  # decision rows say the model had no say, and how far it is
@@ -255,6 +265,8 @@ class FraudModels(OutcomeMonitoring, Detector):
         else:  # computed all the same: warm-up costs what scoring costs
             probability = np.zeros(len(X), np.float32)
         challenger = self.challenger.score(X) if self.challenger is not None else None
+        if self.promoted and challenger is not None:
+            probability = challenger
         return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names, challenger)
 
     # ----- event id -> ring slot ------------------------------------------------------------------
@@ -313,7 +325,7 @@ class FraudModels(OutcomeMonitoring, Detector):
     # ----- remembering decisions ---------------------------------------------------------------
     def remember(self, event_ids: np.ndarray, X: np.ndarray, event_time_ms: np.ndarray, *,
                  feature_names: Sequence[str] | None = None, scores: np.ndarray | None = None,
-                 entity_ids: np.ndarray | None = None) -> None:
+                 entity_ids: np.ndarray | None = None, challenger_scores: np.ndarray | None = None) -> None:
         """Keep the decision-time features of a scored batch until its label or maturity.
 
         ``scores``: the probabilities given at decision time (recomputed if omitted; identical
@@ -342,6 +354,7 @@ class FraudModels(OutcomeMonitoring, Detector):
             self._X[ring] = X[rows]
             self._time[ring] = times[rows]
             self._score[ring] = scores[rows]
+            self._cscore[ring] = np.nan if challenger_scores is None else challenger_scores[rows]
             self._key[ring] = keys[rows]
             self._entity[ring] = entity[rows]
             self._status[ring] = PENDING
@@ -375,8 +388,30 @@ class FraudModels(OutcomeMonitoring, Detector):
         now = self._clock()
         used = self._ring_written()
         status, t = self._status[:used], self._time[:used]
-        settled = ((status == LEARNED_POS) | (status == LEARNED_NEG)) & (t >= now - c.window_ms)
+        settled = (status == LEARNED_POS) | (status == LEARNED_NEG)
+        if self.promote_margin is not None and not self.promoted:
+            self._compare(np.flatnonzero(settled & (t >= now - self.compare_ms) & ~np.isnan(self._cscore[:used])
+                                         & ~np.isnan(self._score[:used])), now)
+        settled &= t >= now - c.window_ms
         c.train(self._X[:used][settled], (status[settled] == LEARNED_POS).astype(np.int8), now)
+
+    def _compare(self, rows: np.ndarray, now: int) -> None:
+        """Champion (the logistic regression) against the challenger on the same settled
+        decisions; the challenger is promoted when it leads on both AP and CP@100."""
+        from riskstream.detectors.evaluate import average_precision, card_precision_at_k
+
+        y = (self._status[rows] == LEARNED_POS).astype(np.int8)
+        if y.sum() < self.min_positives or y.all():
+            return
+        day, card = self._time[rows] // DAY_MS, self._entity[rows]
+        result = {"at_ms": now, "decisions": int(len(y)), "frauds": int(y.sum())}
+        for name, score in (("champion", self._score[rows]), ("challenger", self._cscore[rows])):
+            result[name] = {"average_precision": average_precision(y, score),
+                            "card_precision_at_100": card_precision_at_k(day, card, score, y, k=100)}
+        c, l = result["challenger"], result["champion"]
+        result["promoted"] = all(c[m] >= l[m] + self.promote_margin for m in c)
+        self.comparisons.append(result)
+        self.promoted = result["promoted"]
 
     def _clock(self) -> int:
         """Event time "now" for maturity: the newest event seen, held back by the watermark."""
@@ -554,7 +589,7 @@ class FraudModels(OutcomeMonitoring, Detector):
         return sum(a.nbytes for a in arrays)
 
     # ----- checkpoints ------------------------------------------------------------------------
-    _RING_ARRAYS = ("_X", "_time", "_score", "_key", "_entity", "_status", "_q_at")
+    _RING_ARRAYS = ("_X", "_time", "_score", "_cscore", "_key", "_entity", "_status", "_q_at")
     _QUALITY_ARRAYS = ("_q_time", "_q_score", "_q_y", "_q_entity", "_q_key")
 
     def _ring_written(self) -> int:
@@ -572,7 +607,8 @@ class FraudModels(OutcomeMonitoring, Detector):
                  "warm_up": (self.min_positives, self.min_negatives, self.held_negatives, self._held),
                  "learning": (self.learn_every, self.learn_every_ms, self._queued, self._since_update,
                               self._updated_at_ms),
-                 "challenger": self.challenger.state() if self.challenger is not None else None}
+                 "challenger": self.challenger.state() if self.challenger is not None else None,
+                 "promotion": (self.promote_margin, self.promoted, self.comparisons)}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -620,3 +656,5 @@ class FraudModels(OutcomeMonitoring, Detector):
         self._alerts = state["alerts"]
         if self.challenger is not None and state.get("challenger"):
             self.challenger.load(state["challenger"])
+        self.promote_margin, self.promoted, self.comparisons = state.get(
+            "promotion", (self.promote_margin, False, []))

@@ -88,11 +88,14 @@ class RetrainedTrees:
             self.train_seconds += time.perf_counter() - t0
 
     def score(self, X: np.ndarray) -> np.ndarray | None:
-        """Fraud probability of each row; None before the first model."""
+        """Fraud probability of each row; None before the first model. The model learned from
+        one legit transaction in ``1 / negative_rate``: its odds are scaled back by that rate,
+        so that the probability is one on the traffic as it is."""
         booster = self.booster
         if booster is None or len(X) == 0:
             return None
-        return booster.predict(X, num_threads=1).astype(np.float32)
+        p = booster.predict(X, num_threads=1)
+        return (p * self.negative_rate / (p * self.negative_rate + (1.0 - p))).astype(np.float32)
 
     def state(self) -> dict:
         """What a checkpoint keeps: the model as LightGBM's text, and the schedule."""

@@ -98,11 +98,15 @@ class Settings(BaseSettings):
         description="Per stream, how a decision is made while Redis (credit lines) is unreachable: open lets "
                     "it stand (an authorisation is reserved when Redis is back), closed declines an "
                     "authorisation and refers a loan to review. JSON, e.g. {\"transactions\": \"closed\"}.")
-    fraud_challenger: Literal["off", "shadow"] = Field(
+    fraud_challenger: Literal["off", "shadow", "promote"] = Field(
         "off", description="shadow: retrained LightGBM trees score every transaction beside the online model "
                            "(trained daily in event time on the settled decisions of the last 21 days; in a worker "
                            "in a background thread); their probability is stored in decisions.challenger_score. "
+                           "promote: the same, and they decide once they beat the online model by "
+                           "fraud_challenger_margin on the settled decisions of the last 7 days (AP and CP@100). "
                            "Costs a few µs a transaction to score (docs/model-quality.md).")
+    fraud_challenger_margin: float = Field(
+        0.02, ge=0, le=1, description="How far the challenger must lead on AP and on CP@100 to be promoted.")
     label_delays: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="Per labelled stream, how long each label source takes to speak, e.g. {\"transactions\": "

@@ -148,7 +148,8 @@ class TransactionScorer:
             challenger, challenger_version = scored.challenger, self._challenger_version()
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
             t2 = clock()
-            self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id)
+            self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id,
+                                 challenger_scores=challenger)
             model_version = self.models.version
         else:
             scored = challenger = None

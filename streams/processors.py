@@ -84,13 +84,15 @@ class TransactionProcessor:
 
             maturity = settings.label_maturity_ms("transactions")
             challenger = None
-            if settings.fraud_challenger == "shadow":
+            if settings.fraud_challenger != "off":
                 from riskstream.detectors.retrained import RetrainedTrees
 
                 # A worker trains beside its decisions; a replay in line, at the same event times
                 # every run.
                 challenger = RetrainedTrees(background=train_in_background)
-            models = FraudModels(challenger=challenger, **({"maturity_ms": maturity} if maturity else {}))
+            margin = settings.fraud_challenger_margin if settings.fraud_challenger == "promote" else None
+            models = FraudModels(challenger=challenger, promote_margin=margin,
+                                 **({"maturity_ms": maturity} if maturity else {}))
         if not settings.step_up_score <= settings.review_score <= settings.decline_score:
             raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "
                               f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")

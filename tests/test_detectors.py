@@ -553,3 +553,37 @@ def test_retrained_trees_learn_from_settled_decisions_in_shadow_and_survive_a_ch
     twin.restore(models.checkpoint())
     np.testing.assert_allclose(twin.score(X[:500], NAMES).challenger, models.score(X[:500], NAMES).challenger)
     assert twin.challenger.version == models.challenger.version
+
+
+@pytest.mark.parametrize("margin, promoted", [(0.02, True), (1.0, False)])
+def test_the_challenger_decides_once_it_leads_the_online_model_on_settled_decisions(margin, promoted):
+    """Fraud here is an interaction (either signal alone, not both) that a linear model cannot
+    rank and trees can: compared on the settled decisions of the last week, the trees lead
+    and take over (the version says so), unless the margin asked for is out of reach."""
+    from riskstream.detectors.retrained import RetrainedTrees
+
+    rng = np.random.default_rng(9)
+    n = 16_000
+    a, b = rng.random(n) < 0.15, rng.random(n) < 0.15
+    y = ((a ^ b) & (rng.random(n) < 0.35)).astype(np.int8)
+    X = np.column_stack([a + rng.normal(0, 0.1, n), b + rng.normal(0, 0.1, n),
+                         rng.lognormal(3, 0.5, n), rng.random(n)]).astype(np.float32)
+    ids, t = _ids("p", n), np.linspace(0, 16 * DAY_MS, n).astype(np.int64)
+    models = FraudModels(NAMES, capacity=20_000, seed=2, challenger=RetrainedTrees(min_positives=20, rounds=60),
+                         promote_margin=margin)
+    for s in range(0, n, 1000):
+        scores = models.score(X[s:s + 1000], NAMES)
+        models.remember(ids[s:s + 1000], X[s:s + 1000], t[s:s + 1000], scores=scores.probability,
+                        challenger_scores=scores.challenger)
+        frauds = np.flatnonzero(y[s:s + 1000]) + s
+        models.learn_from_labels(ids[frauds], np.ones(len(frauds), np.int8), t[frauds] + 3_600_000)
+    assert models.comparisons, "compared at each training once both had scored settled decisions"
+    assert models.promoted is promoted
+    last = models.score(X[:200], NAMES)
+    if promoted:
+        assert models.version.startswith("gbdt-")
+        np.testing.assert_array_equal(last.probability, last.challenger)
+        lead = models.comparisons[-1]
+        assert lead["challenger"]["average_precision"] >= lead["champion"]["average_precision"] + margin
+    else:
+        assert not models.version.startswith("gbdt-")

@@ -21,18 +21,19 @@ decision time, never from features recomputed at label time.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from river import drift
 
-from riskstream.detectors.base import PICKLE_PROTOCOL, Detector, DetectorError
+from riskstream.detectors.base import Detector, DetectorError
 from riskstream.detectors.fraud_detectors import (
     LinearFraudDetector, RobustZAnomalyDetector, hash_ids, sigmoid, signed_log1p,
 )
 from riskstream.detectors.fraud_monitoring import OutcomeMonitoring
+from riskstream.detectors.fraud_checkpoint import FraudCheckpoints
+from riskstream.detectors.retrained import ChallengerLifecycle
 from riskstream.detectors.id_index import index_insert, index_probe
 from riskstream.schemas.events import DAY_MS
 
@@ -80,7 +81,7 @@ class FraudScores:
 EMPTY, PENDING, LEARNED_NEG, LEARNED_POS, POSITIVE_WAITING = 0, 1, 2, 3, 4
 
 
-class FraudModels(OutcomeMonitoring, Detector):
+class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Detector):
     """Score batches, remember what was scored, learn from labels and maturity (on a schedule
     of its own, see ``learn_every``).
 
@@ -380,39 +381,6 @@ class FraudModels(OutcomeMonitoring, Detector):
         self._learn_queued()
         self._retrain_if_due()
 
-    def _retrain_if_due(self) -> None:
-        """Hand the challenger the settled decisions of its window when its time has come."""
-        c = self.challenger
-        if c is None or not c.due(self._clock()):
-            return
-        now = self._clock()
-        used = self._ring_written()
-        status, t = self._status[:used], self._time[:used]
-        settled = (status == LEARNED_POS) | (status == LEARNED_NEG)
-        if self.promote_margin is not None and not self.promoted:
-            self._compare(np.flatnonzero(settled & (t >= now - self.compare_ms) & ~np.isnan(self._cscore[:used])
-                                         & ~np.isnan(self._score[:used])), now)
-        settled &= t >= now - c.window_ms
-        c.train(self._X[:used][settled], (status[settled] == LEARNED_POS).astype(np.int8), now)
-
-    def _compare(self, rows: np.ndarray, now: int) -> None:
-        """Champion (the logistic regression) against the challenger on the same settled
-        decisions; the challenger is promoted when it leads on both AP and CP@100."""
-        from riskstream.detectors.evaluate import average_precision, card_precision_at_k
-
-        y = (self._status[rows] == LEARNED_POS).astype(np.int8)
-        if y.sum() < self.min_positives or y.all():
-            return
-        day, card = self._time[rows] // DAY_MS, self._entity[rows]
-        result = {"at_ms": now, "decisions": int(len(y)), "frauds": int(y.sum())}
-        for name, score in (("champion", self._score[rows]), ("challenger", self._cscore[rows])):
-            result[name] = {"average_precision": average_precision(y, score),
-                            "card_precision_at_100": card_precision_at_k(day, card, score, y, k=100)}
-        c, l = result["challenger"], result["champion"]
-        result["promoted"] = all(c[m] >= l[m] + self.promote_margin for m in c)
-        self.comparisons.append(result)
-        self.promoted = result["promoted"]
-
     def _clock(self) -> int:
         """Event time "now" for maturity: the newest event seen, held back by the watermark."""
         if self.watermark_ms is None:
@@ -587,74 +555,3 @@ class FraudModels(OutcomeMonitoring, Detector):
         arrays = (self._X, self._time, self._score, self._key, self._entity, self._status,
                   self._q_time, self._q_score, self._q_y, self._q_entity, self._q_key, self._id_index)
         return sum(a.nbytes for a in arrays)
-
-    # ----- checkpoints ------------------------------------------------------------------------
-    _RING_ARRAYS = ("_X", "_time", "_score", "_cscore", "_key", "_entity", "_status", "_q_at")
-    _QUALITY_ARRAYS = ("_q_time", "_q_score", "_q_y", "_q_entity", "_q_key")
-
-    def _ring_written(self) -> int:
-        """Ring slots written so far: all of them once the ring has wrapped."""
-        if self._head and not self._time[self._head:].any():
-            return self._head
-        return self.capacity if self._time.any() else 0
-
-    def checkpoint(self) -> bytes:
-        """Everything needed to continue: models, remembered decisions, quality, drift state.
-        A pickle: restore only checkpoints riskstream wrote (see ``detectors.base``)."""
-        state = {"feature_names": self.feature_names, "newest_event_ms": self.newest_event_ms,
-                 "stats": dict(self.stats), "adwin": self._adwin, "alerts": self._alerts,
-                 "config": (self.capacity, self.maturity_ms, self.quality_capacity, self._params),
-                 "warm_up": (self.min_positives, self.min_negatives, self.held_negatives, self._held),
-                 "learning": (self.learn_every, self.learn_every_ms, self._queued, self._since_update,
-                              self._updated_at_ms),
-                 "challenger": self.challenger.state() if self.challenger is not None else None,
-                 "promotion": (self.promote_margin, self.promoted, self.comparisons)}
-        if self.feature_names is not None:
-            state.update({
-                "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
-                "head": self._head, "cursor": self._cursor, "span": self._span, "q_n": self._q_n,
-                # The slots written so far, not the whole preallocated ring (a million rows of
-                # 36 float32 features is 191 MB; a worker's stop writes this checkpoint).
-                "arrays": {**{k: getattr(self, k)[:self._ring_written()] for k in self._RING_ARRAYS},
-                           **{k: getattr(self, k)[:min(self._q_n, self.quality_capacity)]
-                              for k in self._QUALITY_ARRAYS}},
-            })
-        return pickle.dumps(state, protocol=PICKLE_PROTOCOL)
-
-    def restore(self, blob: bytes) -> None:
-        state = pickle.loads(blob)  # our own checkpoints only
-        self.capacity, self.maturity_ms, self.quality_capacity, self._params = state["config"]
-        self.feature_names = None
-        self._column_maps = {}
-        if state["feature_names"] is not None:
-            self._init_features(tuple(state["feature_names"]))
-            self.linear.restore(state["supervised"])
-            self.anomaly.restore(state["anomaly"])
-            for k, v in state["arrays"].items():
-                getattr(self, k)[:len(v)] = v  # the written prefix; the rest stays as new
-            self._head, self._cursor, self._q_n = state["head"], state["cursor"], state["q_n"]
-            self._span = state["span"]
-            # Checkpoints written before ids were hashed with `id_hashes` (pandas SipHash)
-            # hold keys no label will match: their decisions still mature as negatives, but
-            # their labels count as missed.
-            self._rebuild_id_index()
-        self.newest_event_ms = state["newest_event_ms"]
-        (self.min_positives, self.min_negatives, self.held_negatives,
-         self._held) = state.get("warm_up", (self.min_positives, self.min_negatives, self.held_negatives, []))
-        (self.learn_every, self.learn_every_ms, self._queued, self._since_update,
-         self._updated_at_ms) = state.get("learning", (self.learn_every, self.learn_every_ms,
-                                                       {"labels": [], "matured": []}, 0, None))
-        self.stats = state["stats"]
-        if "settled_positives" not in self.stats:
-            # Checkpoints from before the warm-up count: what the quality history settled is
-            # the best record left (a model restored from one is not sent back to warm up).
-            n = min(self._q_n, self.quality_capacity) if state["feature_names"] is not None else 0
-            positives = int(np.count_nonzero(self._q_y[:n])) if n else 0
-            self.stats["settled_positives"] = positives
-            self.stats["settled_negatives"] = n - positives
-        self._adwin = state["adwin"]
-        self._alerts = state["alerts"]
-        if self.challenger is not None and state.get("challenger"):
-            self.challenger.load(state["challenger"])
-        self.promote_margin, self.promoted, self.comparisons = state.get(
-            "promotion", (self.promote_margin, False, []))

@@ -73,10 +73,20 @@ DAY_S = 86_400
 JAN1 = 1_704_067_200  # 2024-01-01T00:00Z
 
 
-def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
-    from riskstream.cli import main
+def _store(tmp_path, decisions: list[dict], labels: list[dict]) -> None:
+    """Decision and label rows into a fresh chDB under ``tmp_path``, as the sink writes them."""
     from riskstream.settings import Settings
     from riskstream.sinks.clickhouse import ensure_schema, open_client
+
+    client = open_client(Settings(data_dir=tmp_path))
+    ensure_schema(client)
+    client.raw_insert("decisions", None, b"\n".join(orjson.dumps(r) for r in decisions), fmt="JSONEachRow")
+    client.raw_insert("labels", None, b"\n".join(orjson.dumps(r) for r in labels), fmt="JSONEachRow")
+    client.close()
+
+
+def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
+    from riskstream.cli import main
 
     rng = np.random.default_rng(3)
     n = 600
@@ -101,12 +111,7 @@ def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
     labels += [{"event_id": "t0", "stream": "transactions", "label": "analyst_legit", "is_positive": 0,
                 "label_time": float(t[0]) + 3600, "entity_id": card[0], "source": "analyst"}]
 
-    settings = Settings(data_dir=tmp_path)
-    client = open_client(settings)
-    ensure_schema(client)
-    client.raw_insert("decisions", None, b"\n".join(orjson.dumps(r) for r in decisions), fmt="JSONEachRow")
-    client.raw_insert("labels", None, b"\n".join(orjson.dumps(r) for r in labels), fmt="JSONEachRow")
-    client.close()
+    _store(tmp_path, decisions, labels)
 
     monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
     assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03"]) == 0
@@ -128,8 +133,6 @@ def test_evaluate_command_on_chdb(tmp_path, monkeypatch, capsys):
 
 def test_evaluate_reports_the_cold_start_apart_and_each_model_on_its_own_rows(tmp_path, monkeypatch, capsys):
     from riskstream.cli import main
-    from riskstream.settings import Settings
-    from riskstream.sinks.clickhouse import ensure_schema, open_client
 
     rng = np.random.default_rng(5)
     n = 900
@@ -147,12 +150,7 @@ def test_evaluate_reports_the_cold_start_apart_and_each_model_on_its_own_rows(tm
         for i in range(n)]
     labels = [{"event_id": f"t{i}", "stream": "transactions", "label": "chargeback", "is_positive": 1,
                "label_time": float(t[i]) + DAY_S, "entity_id": card[i], "source": "issuer"} for i in np.nonzero(fraud)[0]]
-    settings = Settings(data_dir=tmp_path)
-    client = open_client(settings)
-    ensure_schema(client)
-    client.raw_insert("decisions", None, b"\n".join(orjson.dumps(r) for r in decisions), fmt="JSONEachRow")
-    client.raw_insert("labels", None, b"\n".join(orjson.dumps(r) for r in labels), fmt="JSONEachRow")
-    client.close()
+    _store(tmp_path, decisions, labels)
     monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
     assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03"]) == 0
     out = capsys.readouterr().out

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="Per stream, how a decision is made while Redis (credit lines) is unreachable: open lets "
                     "it stand (an authorisation is reserved when Redis is back), closed declines an "
                     "authorisation and refers a loan to review. JSON, e.g. {\"transactions\": \"closed\"}.")
+    review_budget: float = Field(
+        0.0, ge=0, lt=0.5, description="Review at most this share of a day's transactions (e.g. 0.005): the model's "
+                                       "review threshold becomes the score quantile that gives it, and model-driven "
+                                       "reviews past it are stepped up instead. 0: review_score decides.")
+    step_up_budget: float = Field(
+        0.0, ge=0, lt=0.5, description="Step up at most this share of a day's transactions (e.g. 0.02), as "
+                                       "review_budget. 0: step_up_score decides.")
     fraud_challenger: Literal["off", "shadow", "promote"] = Field(
         "off", description="shadow: retrained LightGBM trees score every transaction beside the online model "
                            "(trained daily in event time on the settled decisions of the last 21 days; in a worker "

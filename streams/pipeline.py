@@ -121,11 +121,12 @@ def rule_columns(batch: TransactionBatch, feats: dict[str, np.ndarray], score: n
 class TransactionScorer:
     """Features, rules, models and the decision for transaction batches (state in memory)."""
 
-    def __init__(self, features, rules, models=None, policy: DecisionPolicy | None = None):
+    def __init__(self, features, rules, models=None, policy: DecisionPolicy | None = None, budget=None):
         self.features = features  # detectors.features.FeatureEngine
         self.rules = rules  # rules.compiler.RuleSetHolder
         self.models = models  # detectors.fraud.FraudModels or None
         self.policy = policy or DecisionPolicy()
+        self.budget = budget  # streams.alert_budget.AlertBudget: thresholds from a review capacity
         self.blocks = BlockList()
         # Seconds spent in each stage since the scorer was built (the bench's stage profile).
         self.stage_seconds = dict.fromkeys(SCORER_STAGES, 0.0)
@@ -198,10 +199,16 @@ class TransactionScorer:
         blocked = self.blocks.violations(batch)
         hard_decline = hit_any["decline"] | hit_any["block_card"] | blocked
         allow = hit_any["allow"] & ~hard_decline
+        step_up_at, review_at = (self.budget.thresholds(p.step_up_score, p.review_score) if self.budget is not None
+                                 else (p.step_up_score, p.review_score))
         model_decline = (score >= p.decline_score) & ~hard_decline & ~allow
-        review = (hit_any["review"] | (score >= p.review_score)) & ~hard_decline & ~allow & ~model_decline
-        step_up = ((hit_any["step_up"] | hit_any["cut_limit"] | (score >= p.step_up_score))
+        review = (hit_any["review"] | (score >= review_at)) & ~hard_decline & ~allow & ~model_decline
+        step_up = ((hit_any["step_up"] | hit_any["cut_limit"] | (score >= step_up_at))
                    & ~hard_decline & ~allow & ~model_decline & ~review)
+        if self.budget is not None:
+            self.budget.keep_within(batch.event_time_ms, score, review, step_up, hit_any["review"],
+                                    hit_any["step_up"] | hit_any["cut_limit"])
+            self.budget.observe(score)
         decision[step_up] = "step_up"
         decision[review] = "review"
         decision[model_decline | hard_decline] = "decline"
@@ -210,8 +217,8 @@ class TransactionScorer:
         hit_rows = np.zeros(n, dtype=bool)
         if outcome is not None and len(outcome.rule_ids):
             hit_rows |= outcome.hits.any(axis=0)
-        flagged = hit_rows | blocked | (score >= p.step_up_score)
-        model_rows = np.flatnonzero(score >= p.step_up_score)
+        flagged = hit_rows | blocked | (score >= step_up_at)
+        model_rows = np.flatnonzero(score >= step_up_at)
         model_text = model_reasons(scored, score, model_rows)
         for i in np.flatnonzero(flagged).tolist():
             row: list[str] = []

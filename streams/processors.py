@@ -98,7 +98,12 @@ class TransactionProcessor:
                               f"(got {settings.step_up_score}, {settings.review_score}, {settings.decline_score})")
         policy = DecisionPolicy(decline_score=settings.decline_score, review_score=settings.review_score,
                                 step_up_score=settings.step_up_score)
-        self.scorer = TransactionScorer(self.features, self.rules, models, policy)
+        budget = None
+        if settings.review_budget or settings.step_up_budget:
+            from riskstream.streams.alert_budget import AlertBudget
+
+            budget = AlertBudget(settings.review_budget, settings.step_up_budget)
+        self.scorer = TransactionScorer(self.features, self.rules, models, policy, budget)
         self.ledger = ledger  # streams.ledger: credit lines the transactions draw on
         self.warning = warning  # streams.early_warning: signs of trouble on those lines
         self.near_utilisation = settings.credit_near_utilisation

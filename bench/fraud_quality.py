@@ -127,16 +127,21 @@ def replay_online(sim, X, names, batch: int, test_start_ms: int, **model_args) -
     return prob, models, time.perf_counter() - t0
 
 
+def offline_training(sim, test_start_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """The offline models' training rows and labels: the transactions before the test week
+    less the delay week, fraud when its label was known by the test week's start."""
+    tx, labels = sim.transactions, sim.labels
+    train = tx["event_time"] < test_start_ms - DELAY_MS
+    known = labels["is_positive"].astype(bool) & (labels["label_time"] <= test_start_ms)
+    known_ids = set(labels["event_id"][known].tolist())
+    return train, np.array([tid in known_ids for tid in tx["transaction_id"][train].tolist()], dtype=np.int8)
+
+
 def offline_baseline(sim, X, test_start_ms: int) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    tx, labels = sim.transactions, sim.labels
-    t = tx["event_time"]
-    train = t < test_start_ms - DELAY_MS
-    known = labels["is_positive"].astype(bool) & (labels["label_time"] <= test_start_ms)
-    known_ids = set(labels["event_id"][known].tolist())
-    y = np.array([tid in known_ids for tid in tx["transaction_id"][train].tolist()], dtype=np.int8)
+    train, y = offline_training(sim, test_start_ms)
     scaler = StandardScaler().fit(signed_log1p(X[train]))
     model = LogisticRegression(class_weight="balanced", max_iter=1000)
     model.fit(scaler.transform(signed_log1p(X[train])), y)
@@ -151,11 +156,7 @@ def offline_trees(sim, X, test_start_ms: int, seed: int) -> dict[str, np.ndarray
 
     from riskstream.detectors.retrained import PARAMS
 
-    tx, labels = sim.transactions, sim.labels
-    train = tx["event_time"] < test_start_ms - DELAY_MS
-    known = labels["is_positive"].astype(bool) & (labels["label_time"] <= test_start_ms)
-    known_ids = set(labels["event_id"][known].tolist())
-    y = np.array([tid in known_ids for tid in tx["transaction_id"][train].tolist()], dtype=np.int8)
+    train, y = offline_training(sim, test_start_ms)
     forest = RandomForestClassifier(n_estimators=100, max_depth=20, min_samples_leaf=5, n_jobs=2,
                                     random_state=seed).fit(X[train], y)
     booster = lightgbm.train({**PARAMS, "seed": seed}, lightgbm.Dataset(X[train], label=y), num_boost_round=200)

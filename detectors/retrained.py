@@ -115,9 +115,6 @@ class RetrainedTrees:
             self._thread.join()
 
 
-_LEARNED_NEG, _LEARNED_POS = 2, 3  # ring slot states of detectors.fraud
-
-
 class ChallengerLifecycle:
     """``FraudModels``' side of the challenger: hand it the ring's settled decisions when its
     training is due, and compare it with the logistic regression first (promotion). Uses the
@@ -127,25 +124,28 @@ class ChallengerLifecycle:
 
     def _retrain_if_due(self) -> None:
         """Hand the challenger the settled decisions of its window when its time has come."""
+        from riskstream.detectors.fraud import LEARNED_NEG, LEARNED_POS  # (fraud imports this module)
+
         c = self.challenger
         if c is None or not c.due(self._clock()):
             return
         now = self._clock()
         used = self._ring_written()
         status, t = self._status[:used], self._time[:used]
-        settled = (status == _LEARNED_POS) | (status == _LEARNED_NEG)
+        settled = (status == LEARNED_POS) | (status == LEARNED_NEG)
         if self.promote_margin is not None and not self.promoted:
             self._compare(np.flatnonzero(settled & (t >= now - self.compare_ms) & ~np.isnan(self._cscore[:used])
                                          & ~np.isnan(self._score[:used])), now)
         settled &= t >= now - c.window_ms
-        c.train(self._X[:used][settled], (status[settled] == _LEARNED_POS).astype(np.int8), now)
+        c.train(self._X[:used][settled], (status[settled] == LEARNED_POS).astype(np.int8), now)
 
     def _compare(self, rows: np.ndarray, now: int) -> None:
         """Champion (the logistic regression) against the challenger on the same settled
         decisions; the challenger is promoted when it leads on both AP and CP@100."""
         from riskstream.detectors.evaluate import average_precision, card_precision_at_k
+        from riskstream.detectors.fraud import LEARNED_POS
 
-        y = (self._status[rows] == _LEARNED_POS).astype(np.int8)
+        y = (self._status[rows] == LEARNED_POS).astype(np.int8)
         if y.sum() < self.min_positives or y.all():
             return
         day, card = self._time[rows] // DAY_MS, self._entity[rows]

@@ -53,6 +53,8 @@ class PanTokenizer:
         self.retired = tuple(r for r in retired if r.version != version)
         # Fields tokenized like card numbers in every stream's rows (settings.personal_fields).
         self.personal_fields = tuple(personal_fields)
+        names = b"|".join(re.escape(n.encode()) for n in self.personal_fields)
+        self._fields_re = re.compile(rb'("(?:' + names + rb')"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)') if names else None
         # Old token -> new token of the cards seen while a retired key is still matched.
         self.moved: OrderedDict[str, str] = OrderedDict()
         self.max_moved = max_moved
@@ -93,16 +95,10 @@ class PanTokenizer:
     def mask_fields(self, payload: bytes) -> bytes:
         """A message's personal fields masked, whether or not it parses (a dead letter's
         original bytes): ``"name": <value>`` becomes ``"name": "<token>"``."""
-        if not self.personal_fields:
+        if self._fields_re is None:
             return payload
-        return self._field_run().sub(lambda m: m.group(1) + b'"' + self.token(
+        return self._fields_re.sub(lambda m: m.group(1) + b'"' + self.token(
             m.group(2).strip(b'"').decode(errors="replace")).encode() + b'"', payload)
-
-    def _field_run(self) -> "re.Pattern[bytes]":
-        if not hasattr(self, "_fields_re"):
-            names = b"|".join(re.escape(n.encode()) for n in self.personal_fields)
-            self._fields_re = re.compile(rb'("(?:' + names + rb')"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)')
-        return self._fields_re
 
     def mask(self, payload: bytes) -> bytes:
         """Replace every digit run that looks like a card number with its token."""

@@ -122,17 +122,15 @@ class DecisionMemory:
         self.recalled = 0  # transactions given their earlier decision
         self.lost = 0  # decisions forgotten unwritten (past max_unwritten during an outage)
 
-    def recall(self, topic: str, ids: np.ndarray, event_time_ms: np.ndarray) -> dict[int, Earlier]:
-        """Rows (indexes into ``ids``) decided before, with their earlier decision."""
+    def recall(self, topic: str, ids: np.ndarray, event_time_ms: np.ndarray,
+               hashes: np.ndarray | None = None) -> dict[int, Earlier]:
+        """Rows (indexes into ``ids``) decided before, with their earlier decision (``hashes``:
+        ``id_hashes(ids)``, when the caller has them)."""
         found: dict[int, Earlier] = {}
-        if self.unwritten and self.guard.up:
-            try:
-                self.guard.call(self._write_unwritten)
-            except RedisUnavailable:
-                pass
+        self._flush()
         if not len(ids):
             return found
-        hashes = id_hashes(ids)
+        hashes = id_hashes(ids) if hashes is None else hashes
         hours = event_time_ms // HOUR_MS
         groups = [(f"{self.prefix}{topic}:{h}", np.flatnonzero(hours == h)) for h in np.unique(hours).tolist()]
         for key, rows in groups:  # first the ones still waiting to be written (Redis down)
@@ -158,13 +156,14 @@ class DecisionMemory:
             self._recall_script(keys=[key], args=[hashes[rows].tobytes()], client=pipe)
         return pipe.execute()
 
-    def remember(self, topic: str, scored, rows: np.ndarray) -> None:
-        """Remember the decisions of ``rows`` of a scored batch."""
+    def remember(self, topic: str, scored, rows: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Remember the decisions of ``rows`` of a scored batch (``hashes``: the id hashes of
+        the scored batch's rows, when the caller has them)."""
         if not len(rows):
             return
         b = scored.batch
         records = np.empty(len(rows), dtype=_RECORD)
-        records["id"] = id_hashes(b.transaction_id[rows])
+        records["id"] = id_hashes(b.transaction_id[rows]) if hashes is None else hashes[rows]
         records["code"] = _codes(scored.decision[rows])
         records["score"] = scored.score[rows]
         records["partition"] = b.partition[rows]
@@ -212,6 +211,7 @@ class DecisionMemory:
     def recall_decisions(self, topic: str, ids: list[str], event_time_ms: list[int]) -> dict[int, dict]:
         """Rows decided before: their decision message, and under ``"alerts"`` what it raised."""
         found: dict[int, dict] = {}
+        self._flush()
         if not ids:
             return found
         keys = [f"{self.prefix}{topic}:{t // HOUR_MS}" for t in event_time_ms]
@@ -245,6 +245,14 @@ class DecisionMemory:
             self.guard.call(self._write_unwritten)
         except RedisUnavailable:
             self._bound()
+
+    def _flush(self) -> None:
+        """Write the decisions kept while Redis was down, once it answers again."""
+        if self.unwritten and self.guard.up:
+            try:
+                self.guard.call(self._write_unwritten)
+            except RedisUnavailable:
+                pass
 
     def _write_unwritten(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -280,12 +288,13 @@ def _by_event(items: list[dict]) -> dict[str, list[dict]]:
 def decide_once(memory: DecisionMemory, process, batch, topic: str, folded: dict[int, int],
                 versions: tuple[str, str] = ("", "")):
     """Process a transaction batch so that a transaction seen before is decided and folded
-    once: ``process(sub_batch) -> Outputs`` scores the rows to score; ``folded`` is, per
+    once: ``process(sub_batch) -> Outputs`` scores the rows to score (maybe none); ``folded`` is, per
     partition, the last offset the feature state holds. Returns the batch's Outputs, rows in
     input order."""
     n = batch.n
     ids = batch.transaction_id
-    earlier = memory.recall(topic, ids, batch.event_time_ms)
+    hashes = id_hashes(ids)  # once, for the look-up and the write
+    earlier = memory.recall(topic, ids, batch.event_time_ms, hashes)
     parts, offs = batch.partition, batch.offset
     skip = np.zeros(n, dtype=bool)
     for i, e in earlier.items():
@@ -301,7 +310,7 @@ def decide_once(memory: DecisionMemory, process, batch, topic: str, folded: dict
                 copy_of[i] = j
                 skip[i] = True
     scoring = np.flatnonzero(~skip)
-    out = process(batch if len(scoring) == n else batch.take(scoring), len(scoring) > 0)
+    out = process(batch if len(scoring) == n else batch.take(scoring))
     scored = out.scored
     if scored is not None and scored.n:
         new = np.ones(scored.n, dtype=bool)
@@ -313,7 +322,8 @@ def decide_once(memory: DecisionMemory, process, batch, topic: str, folded: dict
                 if k is not None and not skip[i]:  # the same record, folded again: its first decision
                     scored.decision[k], scored.score[k], scored.reasons[k] = e.decision, e.score, list(e.reasons)
                     new[k] = False
-        memory.remember(topic, scored, np.flatnonzero(new))
+        # A batch retried row by row may have lost rows to dead letters: hash what is left then.
+        memory.remember(topic, scored, np.flatnonzero(new), hashes[scoring] if scored.n == len(scoring) else None)
     if not skip.any():
         return out
     out.scored = _with_repeats(batch, scored, earlier, copy_of, skip, versions)

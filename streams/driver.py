@@ -139,12 +139,8 @@ class Driver:
         if self.memory is None or not batch.n:
             out = self.transactions.process(batch, dead, values, topic)
         else:
-            def score(rows: TransactionBatch, any_rows: bool) -> Outputs:
-                if not any_rows:
-                    return Outputs("transactions", dead=dead if dead is not None else [])
-                return self.transactions.process(rows, dead, values, topic)
-
-            out = decide_once(self.memory, score, batch, topic, self.folded,
+            out = decide_once(self.memory, lambda rows: self.transactions.process(rows, dead, values, topic),
+                              batch, topic, self.folded,
                               (self.rules.current.version, self.transactions.version))
         self._note_folded(batch)
         out.learned = self._learn_due("transactions")

@@ -299,7 +299,7 @@ def decision_mix(settings: Settings) -> dict[str, Any]:
 
     client = open_client(settings)
     try:
-        rows = client.query("SELECT decision, count(), countIf(model_version LIKE 'fraud-warming-up%') "
+        rows = client.query("SELECT decision, count(), countIf(model_version LIKE 'fraud-warming-up%' OR model_version LIKE 'fraud-proving%') "
                             "FROM decisions FINAL GROUP BY decision").result_rows
     finally:
         client.close()

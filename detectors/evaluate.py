@@ -161,7 +161,7 @@ def evaluate(settings, start: date, end_inclusive: date) -> dict:
     })
     # Per model, on the rows each had a say in: the champion once warmed up (before, the rules
     # decided alone: the cold start), the retrained trees in shadow once trained.
-    cold = np.array([r["model_version"].startswith(("fraud-warming-up", "fraud-untrained", "none"))
+    cold = np.array([r["model_version"].startswith(("fraud-warming-up", "fraud-proving", "fraud-untrained", "none"))
                      for r in rows], dtype=bool)
     shadow = np.fromiter((np.nan if r["challenger_score"] is None else float(r["challenger_score"]) for r in rows),
                          np.float64, n)  # NaN comes back as null

@@ -33,7 +33,7 @@ from riskstream.detectors.fraud_detectors import (
 )
 from riskstream.detectors.fraud_monitoring import OutcomeMonitoring
 from riskstream.detectors.fraud_checkpoint import FraudCheckpoints
-from riskstream.detectors.retrained import ChallengerLifecycle
+from riskstream.detectors.champion import ChampionChoice
 from riskstream.detectors.id_index import index_insert, index_probe
 from riskstream.schemas.events import DAY_MS
 
@@ -57,7 +57,10 @@ class FraudScores:
     contributions: np.ndarray
     values: np.ndarray
     feature_names: tuple[str, ...]
-    challenger: np.ndarray | None = None  # the retrained trees' probability, in shadow
+    challenger: np.ndarray | None = None  # the retrained trees' probability (odds corrected, not calibrated)
+    online: np.ndarray | None = None  # the online logistic regression's probability (not calibrated)
+    shadow: np.ndarray | None = None  # the model that does not decide, calibrated as it would decide
+    shadow_version: str = ""
 
     def top_indices(self, k: int = 3) -> np.ndarray:
         """Feature indices of the k largest contributions per row, largest first: int (n, k)."""
@@ -81,7 +84,7 @@ class FraudScores:
 EMPTY, PENDING, LEARNED_NEG, LEARNED_POS, POSITIVE_WAITING = 0, 1, 2, 3, 4
 
 
-class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Detector):
+class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector):
     """Score batches, remember what was scored, learn from labels and maturity (on a schedule
     of its own, see ``learn_every``).
 
@@ -102,7 +105,7 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
                  min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
                  learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False,
-                 challenger=None, promote_margin: float | None = None):
+                 challenger=None, promote_margin: float | None = None, calibrate: bool = False):
         self.capacity = int(capacity)
         # When the model learns: once per ``learn_every`` decisions remembered (or per
         # ``learn_every_ms`` of event time, for a trickle of traffic), whatever settled since
@@ -136,14 +139,10 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
         self.maturity_ms = int(maturity_ms)
         self.positives_wait = bool(positives_wait)
         # detectors.retrained.RetrainedTrees: trained on the ring's settled decisions, in shadow
+        # until it wins a comparison or is pinned (detectors.champion); ``calibrate``: Platt
+        # scaling of the deciding model on settled decisions.
         self.challenger = challenger
-        # Whether the challenger decides: promoted once it beat the logistic regression on the
-        # settled decisions of the last ``compare_ms`` by ``promote_margin`` (AP and CP@100);
-        # ``promote_margin`` None: shadow only.
-        self.promote_margin = promote_margin
-        self.compare_ms = 7 * DAY_MS
-        self.promoted = False
-        self.comparisons: list[dict] = []
+        self._init_champion(promote_margin, calibrate)
         self.quality_capacity = int(quality_capacity)
         self._params = dict(negative_keep_rate=negative_keep_rate, positive_weight=positive_weight,
                             learning_rate=learning_rate, seed=seed)
@@ -205,6 +204,7 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
         self._time = np.zeros(cap, np.int64)
         self._score = np.zeros(cap, np.float32)
         self._cscore = np.full(cap, np.nan, np.float32)  # the challenger's decision-time probability
+        self._lrscore = np.full(cap, np.nan, np.float32)  # the online model's, uncalibrated
         self._key = np.zeros(cap, np.uint64)
         self._entity = np.zeros(cap, np.uint64)
         self._status = np.zeros(cap, np.int8)
@@ -232,13 +232,18 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
 
     @property
     def version(self) -> str:
-        if self.promoted and self.challenger is not None and self.challenger.booster is not None:
-            return self.challenger.version
+        """The version of the model that decides (detectors.champion)."""
+        return self._champion_version() or self.online_version
+
+    @property
+    def online_version(self) -> str:
         if self.feature_names is None:
             return "fraud-untrained"
         if not self.ready:  # decision rows say the model had no say, and how far it is
             return (f"fraud-warming-up-pos{self.stats['settled_positives']}of{self.min_positives}"
                     f"-neg{self.stats['settled_negatives']}of{self.min_negatives}")
+        if not self.proven:  # trained, scoring in shadow until its first calibration
+            return f"fraud-proving-lr{self.linear.n_learned}"
         return f"fraud-lr{self.linear.n_learned}-z{self.anomaly.n_learned}"
 
     # ----- scoring ----------------------------------------------------------------------------
@@ -262,13 +267,13 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
         X = self._columns(X, feature_names)
         contrib = self.linear.contributions(X)
         if self.ready:
-            probability = sigmoid(contrib.sum(axis=1) + self.linear.offset_)
+            online = sigmoid(contrib.sum(axis=1) + self.linear.offset_)
         else:  # computed all the same: warm-up costs what scoring costs
-            probability = np.zeros(len(X), np.float32)
+            online = np.zeros(len(X), np.float32)
         challenger = self.challenger.score(X) if self.challenger is not None else None
-        if self.promoted and challenger is not None:
-            probability = challenger
-        return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names, challenger)
+        probability, shadow, shadow_version = self._choose(X, online, challenger)
+        return FraudScores(probability, self.anomaly.score_many(X), contrib, X, self.feature_names, challenger,
+                           online, shadow, shadow_version)
 
     # ----- event id -> ring slot ------------------------------------------------------------------
     # An open-addressing table of (event-id hash, slot) rows, probed by the feature engine's
@@ -326,7 +331,8 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
     # ----- remembering decisions ---------------------------------------------------------------
     def remember(self, event_ids: np.ndarray, X: np.ndarray, event_time_ms: np.ndarray, *,
                  feature_names: Sequence[str] | None = None, scores: np.ndarray | None = None,
-                 entity_ids: np.ndarray | None = None, challenger_scores: np.ndarray | None = None) -> None:
+                 entity_ids: np.ndarray | None = None, challenger_scores: np.ndarray | None = None,
+                 online_scores: np.ndarray | None = None) -> None:
         """Keep the decision-time features of a scored batch until its label or maturity.
 
         ``scores``: the probabilities given at decision time (recomputed if omitted; identical
@@ -343,9 +349,13 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
         keys = hash_ids(event_ids)
         times = np.asarray(event_time_ms, dtype=np.int64)
         if not self.ready:  # no model opinion at decision time: kept out of quality and drift
+            scores = online_scores = np.full(n, np.nan, np.float32)
+        elif scores is None or online_scores is None:
+            scored = self.score(X, self.feature_names)
+            scores = scored.probability if scores is None else scores
+            online_scores = scored.online if online_scores is None else online_scores
+        if not self.proven and self.deciding == "online":  # scored in shadow only, to calibrate
             scores = np.full(n, np.nan, np.float32)
-        elif scores is None:
-            scores = self.score(X, self.feature_names).probability
         scores = np.asarray(scores, dtype=np.float32)
         entity = hash_ids(entity_ids) if entity_ids is not None else keys
         # The ring overwrites the oldest decisions; their id rows go stale (see `slots_of`).
@@ -356,6 +366,7 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
             self._time[ring] = times[rows]
             self._score[ring] = scores[rows]
             self._cscore[ring] = np.nan if challenger_scores is None else challenger_scores[rows]
+            self._lrscore[ring] = online_scores[rows]
             self._key[ring] = keys[rows]
             self._entity[ring] = entity[rows]
             self._status[ring] = PENDING
@@ -379,7 +390,7 @@ class FraudModels(OutcomeMonitoring, ChallengerLifecycle, FraudCheckpoints, Dete
         if self.learn_every <= 1 or not self._update_due():
             self._learn_matured(min_rows=2048)  # settles them (quality, drift) in a few large pieces
         self._learn_queued()
-        self._retrain_if_due()
+        self._daily()
 
     def _clock(self) -> int:
         """Event time "now" for maturity: the newest event seen, held back by the watermark."""

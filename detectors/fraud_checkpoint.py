@@ -12,7 +12,7 @@ from riskstream.detectors.base import PICKLE_PROTOCOL
 
 class FraudCheckpoints:
     # ----- checkpoints ------------------------------------------------------------------------
-    _RING_ARRAYS = ("_X", "_time", "_score", "_cscore", "_key", "_entity", "_status", "_q_at")
+    _RING_ARRAYS = ("_X", "_time", "_score", "_cscore", "_lrscore", "_key", "_entity", "_status", "_q_at")
     _QUALITY_ARRAYS = ("_q_time", "_q_score", "_q_y", "_q_entity", "_q_key")
 
     def _ring_written(self) -> int:
@@ -31,7 +31,8 @@ class FraudCheckpoints:
                  "learning": (self.learn_every, self.learn_every_ms, self._queued, self._since_update,
                               self._updated_at_ms),
                  "challenger": self.challenger.state() if self.challenger is not None else None,
-                 "promotion": (self.promote_margin, self.promoted, self.comparisons)}
+                 "promotion": (self.promote_margin, self.promoted, self.comparisons),
+                 "calibration": (self.calibrations, self.calibrated_at_ms)}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -81,3 +82,4 @@ class FraudCheckpoints:
             self.challenger.load(state["challenger"])
         self.promote_margin, self.promoted, self.comparisons = state.get(
             "promotion", (self.promote_margin, False, []))
+        self.calibrations, self.calibrated_at_ms = state.get("calibration", ({}, None))

@@ -47,6 +47,7 @@ class RetrainedTrees:
         self.next_at_ms: int | None = None
         self.trainings = 0
         self.train_seconds = 0.0
+        self.last_training: dict = {}  # what the newest model was trained on
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -64,6 +65,7 @@ class RetrainedTrees:
         self.next_at_ms = now_ms + self.every_ms
         if int(y.sum()) < self.min_positives:
             return False
+        self.last_training = {"trained_at_ms": int(now_ms), "decisions": int(len(y)), "frauds": int(y.sum())}
         rng = np.random.default_rng(self.seed + self.trainings)
         keep = (y == 1) | (rng.random(len(y)) < self.negative_rate)
         X, y = np.ascontiguousarray(X[keep]), y[keep]
@@ -113,48 +115,3 @@ class RetrainedTrees:
         """Until a background training finishes (tests, shutdown)."""
         if self._thread is not None:
             self._thread.join()
-
-
-class ChallengerLifecycle:
-    """``FraudModels``' side of the challenger: hand it the ring's settled decisions when its
-    training is due, and compare it with the logistic regression first (promotion). Uses the
-    ring of ``detectors.fraud`` (``_X``, ``_time``, ``_score``, ``_cscore``, ``_entity``,
-    ``_status``) and ``challenger``, ``promote_margin``, ``promoted``, ``compare_ms``,
-    ``comparisons``, ``min_positives``."""
-
-    def _retrain_if_due(self) -> None:
-        """Hand the challenger the settled decisions of its window when its time has come."""
-        from riskstream.detectors.fraud import LEARNED_NEG, LEARNED_POS  # (fraud imports this module)
-
-        c = self.challenger
-        if c is None or not c.due(self._clock()):
-            return
-        now = self._clock()
-        used = self._ring_written()
-        status, t = self._status[:used], self._time[:used]
-        settled = (status == LEARNED_POS) | (status == LEARNED_NEG)
-        if self.promote_margin is not None and not self.promoted:
-            self._compare(np.flatnonzero(settled & (t >= now - self.compare_ms) & ~np.isnan(self._cscore[:used])
-                                         & ~np.isnan(self._score[:used])), now)
-        settled &= t >= now - c.window_ms
-        c.train(self._X[:used][settled], (status[settled] == LEARNED_POS).astype(np.int8), now)
-
-    def _compare(self, rows: np.ndarray, now: int) -> None:
-        """Champion (the logistic regression) against the challenger on the same settled
-        decisions; the challenger is promoted when it leads on both AP and CP@100."""
-        from riskstream.detectors.evaluate import average_precision, card_precision_at_k
-        from riskstream.detectors.fraud import LEARNED_POS
-
-        y = (self._status[rows] == LEARNED_POS).astype(np.int8)
-        if y.sum() < self.min_positives or y.all():
-            return
-        day, card = self._time[rows] // DAY_MS, self._entity[rows]
-        result = {"at_ms": now, "decisions": int(len(y)), "frauds": int(y.sum())}
-        for name, score in (("champion", self._score[rows]), ("challenger", self._cscore[rows])):
-            result[name] = {"average_precision": average_precision(y, score),
-                            "card_precision_at_100": card_precision_at_k(day, card, score, y, k=100)}
-        c, l = result["challenger"], result["champion"]
-        result["promoted"] = all(c[m] >= l[m] + self.promote_margin for m in c)
-        self.comparisons.append(result)
-        self.promoted = result["promoted"]
-

@@ -107,7 +107,10 @@ def demo_credit_line(tx: dict, start_ms: int, end_ms: int) -> list[dict]:
 def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStream:
     from riskstream.simulate import simulate
 
-    days = 14 if n_transactions >= 20_000 else 7
+    # Eight weeks: chargebacks take 2-30 days, so a fraud model needs weeks of settled labels
+    # to show what it does; over 14 days it warmed up on day 6 and half the frauds never got
+    # a label (docs/model-quality.md, the demo).
+    days = 56 if n_transactions >= 20_000 else 7
     customers = max(50, int(n_transactions / (days * 2.2)) + 1)
     terminals = max(20, customers // 4)
     now_ms = int(time.time() * 1000)

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
                            "promote: the same, and they decide once they beat the online model by "
                            "fraud_challenger_margin on the settled decisions of the last 7 days (AP and CP@100). "
                            "Costs a few µs a transaction to score (docs/model-quality.md).")
+    fraud_calibration: Literal["platt", "off"] = Field(
+        "platt", description="platt: the deciding fraud model's probability is calibrated once a day of event "
+                             "time on the settled decisions of the last 7 days (Platt scaling), so that the "
+                             "thresholds are fraud rates; off: the model's own probability.")
     fraud_challenger_margin: float = Field(
         0.02, ge=0, le=1, description="How far the challenger must lead on AP and on CP@100 to be promoted.")
     label_delays: dict[str, dict[str, str]] = Field(
@@ -151,6 +155,12 @@ class Settings(BaseSettings):
         description="How long the output producer gathers decisions into one request. Every decision "
                     "waits up to this long: 5 suits the embedded broker (fewer, larger requests); on "
                     "Kafka, 0-1 for the lowest latency.",
+    )
+    partition_lead_ms: int = Field(
+        3_600_000, ge=0,
+        description="While a backlog is drained, a transaction partition this far ahead in event time of "
+                    "the slowest one with records left is paused until it catches up (labels, maturity and "
+                    "learning wait for the slowest). 0: no pausing.",
     )
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000,

@@ -267,7 +267,9 @@ class Driver:
         models = self.transactions.models
         stats = models.stats if models is not None else {}
         return (f"event-time watermark {self.newest_event_ms}, labels waiting {len(self.clock)} (repeats ignored {self.seen_labels.repeats}), "
-                f"fraud model {self.transactions.version} {stats}, credit model {self.loans.version}")
+                f"fraud model {self.transactions.version} {stats}"
+                + (f", calibration {models.calibration_summary()}" if models is not None else "")
+                + f", credit model {self.loans.version}")
 
 
 def batch_linger_s(received: int, settings: Settings) -> float:

@@ -131,10 +131,6 @@ class TransactionScorer:
         # Seconds spent in each stage since the scorer was built (the bench's stage profile).
         self.stage_seconds = dict.fromkeys(SCORER_STAGES, 0.0)
 
-    def _challenger_version(self) -> str:
-        challenger = self.models.challenger if self.models is not None else None
-        return challenger.version if challenger is not None else ""
-
     def process(self, batch: TransactionBatch, now_ms: int | None = None) -> ScoredBatch:
         now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
         n = batch.n
@@ -146,11 +142,13 @@ class TransactionScorer:
         if self.models is not None and n:
             X = np.column_stack([feats[k] for k in names]).astype(np.float32, copy=False)
             scored = self.models.score(X, names)
-            challenger, challenger_version = scored.challenger, self._challenger_version()
+            # The model that does not decide scores in shadow (detectors.champion): its
+            # probability and version go to the decision's challenger columns.
+            challenger, challenger_version = scored.shadow, scored.shadow_version
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
             t2 = clock()
             self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id,
-                                 challenger_scores=challenger)
+                                 challenger_scores=scored.challenger, online_scores=scored.online)
             model_version = self.models.version
         else:
             scored = challenger = None

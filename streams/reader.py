@@ -25,6 +25,7 @@ from aiokafka import ConsumerRebalanceListener
 
 from riskstream.schemas.registry import STREAMS
 from riskstream.settings import Settings
+from riskstream.streams.alignment import PartitionAligner
 from riskstream.streams.driver import Driver, batch_linger_s
 from riskstream.streams.state import StateStore
 
@@ -66,6 +67,8 @@ class BatchReader:
         self.held_accounts: dict = {}
         self.committed_at = 0.0
         self.consumer = None
+        self.aligner = PartitionAligner(settings.partition_lead_ms)
+        self.delivered_at: dict = {}  # transaction TopicPartition -> when it last brought records
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -206,13 +209,15 @@ class BatchReader:
             else:
                 self.consumer.seek(tp, committed)
         self.uncommitted.clear()
+        self.aligner.drop()
 
     async def next_batch(self) -> BatchEnvelope | None:
         """The next fetched batch (None when idle), registered for an in-order commit."""
         most = self.settings.batch_max_events
         await self.settle()
-        data = await self.consumer.getmany(timeout_ms=50, max_records=most)
-        if not data:  # idle: nothing to amortise a commit over
+        # Records held back for alignment are ready now: no waiting for the broker then.
+        data = await self.consumer.getmany(timeout_ms=0 if self.aligner.holding() else 50, max_records=most)
+        if not data and not self.aligner.holding():  # idle: nothing to amortise a commit over
             await self.settle(commit_now=True)
             return None
         got = sum(map(len, data.values()))
@@ -221,6 +226,9 @@ class BatchReader:
             await asyncio.sleep(linger)
             for tp, records in (await self.consumer.getmany(timeout_ms=0, max_records=most - got)).items():
                 data.setdefault(tp, []).extend(records)
+        data = await self._aligned(data)
+        if not data:
+            return None
         envelope = BatchEnvelope(done=asyncio.get_running_loop().create_future())
         commit: dict = {}
         for tp, records in data.items():
@@ -228,6 +236,36 @@ class BatchReader:
             commit[tp] = records[-1].offset + 1
         self.pending.append((envelope, commit))
         return envelope
+
+
+    # A partition counts as having more to read while the broker's high watermark says so, or
+    # while it brought records this recently (Tansu's high watermark lags behind its log).
+    RECENTLY_DELIVERED_S = 1.0
+
+    async def _aligned(self, data: dict) -> dict:
+        """Transaction partitions cut to the lead over the slowest (``streams.alignment``); a
+        partition with records held back is paused until they are all handed on."""
+        if self.aligner.lead_ms <= 0:
+            return data
+        now = time.monotonic()
+        tx = {tp: records for tp, records in data.items() if tp.topic == self.tx_topic}
+        for tp in tx:
+            self.delivered_at[tp] = now
+        has_more = {}
+        for tp in self.consumer.assignment():
+            if tp.topic == self.tx_topic:
+                high = self.consumer.highwater(tp)
+                has_more[tp] = (now - self.delivered_at.get(tp, 0.0) <= self.RECENTLY_DELIVERED_S
+                                or (high is not None and high > await self.consumer.position(tp)))
+        out = {tp: records for tp, records in data.items() if tp.topic != self.tx_topic}
+        out.update(self.aligner.take(tx, has_more))
+        holding = self.aligner.holding() & set(has_more)
+        paused = {tp for tp in self.consumer.paused() if tp.topic == self.tx_topic}
+        if holding - paused:
+            self.consumer.pause(*(holding - paused))
+        if paused - holding:
+            self.consumer.resume(*(paused - holding))
+        return out
 
 
 class FollowPartitions(ConsumerRebalanceListener):
@@ -251,6 +289,7 @@ class FollowPartitions(ConsumerRebalanceListener):
                 await reader._rewind()
         for tp in revoked:  # its events are read again by the new owner (applied once per event id)
             reader.held_accounts.pop(tp, None)
+        reader.aligner.drop(revoked)
         parts = {tp.partition for tp in revoked if tp.topic == reader.tx_topic}
         if parts:
             # Bounded: the new owner is waiting; past it, the new owner starts from an older save.

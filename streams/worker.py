@@ -362,7 +362,7 @@ class ModelAudit:
 
     @staticmethod
     def stage(version: str) -> str:
-        for prefix in ("fraud-untrained", "fraud-warming-up", "fraud-lr"):
+        for prefix in ("fraud-untrained", "fraud-warming-up", "fraud-proving", "fraud-lr"):
             if version.startswith(prefix):
                 return prefix
         return version.rstrip("0123456789").rstrip("-") + ("-prior" if version.endswith("-0") else "-learning")

@@ -1,0 +1,76 @@
+"""Platt scaling: a model's score mapped to the fraud rate it stands for on recent settled
+decisions, so that a probability of 0.3 means about 30% and a threshold means what it says.
+
+Why Platt rather than isotonic regression: a fraud week settles a few hundred frauds, and
+isotonic regression fitted on that few steps and flattens the top of the ranking into ties
+(which costs AP and Card Precision@k); Platt's two parameters on the score's logit are
+monotone, so the ranking and every rank metric stay as they were. Why it is needed at all:
+the online logistic regression learns from one legit transaction in ten (its odds are ten
+times too high), and the trees' odds correction assumes the traffic they were trained on.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> raw = rng.uniform(0.01, 0.99, 20_000)
+>>> truth = raw / (raw + 10 * (1 - raw))  # the score's odds are ten times too high
+>>> y = (rng.random(20_000) < truth).astype(np.int8)
+>>> c = PlattCalibration.fit(raw, y)
+>>> round(float(c.apply(np.array([0.5]))[0]), 2)  # odds 1 / 10
+0.09
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class PlattCalibration:
+    """``sigmoid(slope * logit(score) + intercept)``; the identity is slope 1, intercept 0."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    decisions: int = 0  # what it was fitted on
+    frauds: int = 0
+
+    @classmethod
+    def fit(cls, score: np.ndarray, y: np.ndarray, iterations: int = 50) -> "PlattCalibration":
+        """Maximum likelihood by Newton's method on Platt's smoothed targets (a fraud counts
+        (N+ + 1) / (N+ + 2), a legit one 1 / (N- + 2)), which keeps the fit finite when the
+        scores separate the classes perfectly."""
+        z = _logit(score)
+        y = np.asarray(y).astype(bool)
+        n_pos = int(y.sum())
+        n_neg = len(y) - n_pos
+        t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        a, b = 1.0, float(np.log((n_pos + 1.0) / (n_neg + 1.0)))
+        for _ in range(iterations):
+            p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+            w = np.maximum(p * (1 - p), 1e-12)
+            g = np.array([np.dot(p - t, z), np.sum(p - t)])
+            h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-9 * np.eye(2)
+            step = np.linalg.solve(h, g)
+            a, b = a - step[0], b - step[1]
+            if abs(step).max() < 1e-9:
+                break
+        if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:  # no usable ranking: leave scores alone
+            return cls(decisions=len(y), frauds=n_pos)
+        return cls(float(a), float(b), len(y), n_pos)
+
+    def apply(self, score: np.ndarray) -> np.ndarray:
+        if self.slope == 1.0 and self.intercept == 0.0:
+            return np.asarray(score, dtype=np.float32)
+        z = self.slope * _logit(score) + self.intercept
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def describe(self) -> str:
+        return (f"platt slope {self.slope:.3f} intercept {self.intercept:+.3f} "
+                f"({self.frauds} frauds in {self.decisions:,} settled decisions)")

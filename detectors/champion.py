@@ -1,0 +1,199 @@
+"""Which fraud model decides, and what its probability means: ``FraudModels``' side of the
+model lifecycle (a mixin of :class:`riskstream.detectors.fraud.FraudModels`).
+
+* **Champion and challenger.** The online logistic regression decides until the retrained
+  trees (``detectors.retrained``) beat it on the settled decisions of the last 7 days by
+  ``promote_margin`` on both AP and Card Precision@100; the trees then decide, and go back to
+  the shadow when the logistic regression leads them by as much. Both scores are kept per
+  decision in the ring (``_lrscore``, ``_cscore``), so each comparison is of decision-time
+  scores on the same decisions.
+* **A pinned champion.** An operator can pin the online model or any registered tree version
+  (``riskstream models promote|rollback``, through the control topic): ``pin``. Automatic
+  promotion then waits until the pin is released (``pin("auto")``).
+* **Calibration.** Once a day of event time, each model's decision-time scores on the settled
+  decisions of the last 7 days fit a Platt scaling (``detectors.calibration``); the deciding
+  model's probability goes through it, so that the thresholds mean fraud rates.
+* **New versions** of the trees go to the worker's registry (``take_new_versions``).
+
+Uses the ring of ``detectors.fraud`` (``_X``, ``_time``, ``_score``, ``_lrscore``,
+``_cscore``, ``_entity``, ``_status``) and ``challenger``, ``ready``, ``min_positives``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from riskstream.detectors.calibration import PlattCalibration
+
+DAY_MS = 86_400_000
+ONLINE, AUTO = "online", "auto"
+
+
+class ChampionChoice:
+    def _init_champion(self, promote_margin: float | None, calibrate: bool) -> None:
+        # promote_margin None: the trees stay in shadow unless pinned.
+        self.promote_margin = promote_margin
+        self.compare_ms = 7 * DAY_MS
+        self.promoted = False
+        self.comparisons: list[dict] = []
+        self.pinned: str | None = None  # None: automatic; "online"; or a tree version
+        self._pinned_trees = None  # detectors.retrained.RetrainedTrees of the pinned version
+        self.calibrate = calibrate
+        self.calibrations: dict[str, PlattCalibration] = {}  # "online" / "trees"
+        self.calibrated_at_ms: int | None = None
+        self._tried_at_positives = -1
+        self._registered: str | None = None  # the newest tree version handed to the registry
+
+    # ----- who decides ------------------------------------------------------------------------
+    @property
+    def deciding(self) -> str:
+        """"online", "trees" (the newest retrained trees) or "pinned" (an older tree version)."""
+        if self.pinned == ONLINE:
+            return ONLINE
+        if self.pinned is not None and self._pinned_trees is not None:
+            return "pinned"
+        c = self.challenger
+        if self.pinned is None and self.promoted and c is not None and c.booster is not None:
+            return "trees"
+        return ONLINE
+
+    def pin(self, version: str, model_text: str | None = None, negative_rate: float = 0.25) -> None:
+        """Make ``version`` decide ("online", a tree version with its LightGBM text, or "auto"
+        to let the comparisons decide again). Raises ``KeyError`` for a tree version given
+        without its text."""
+        from riskstream.detectors.retrained import RetrainedTrees
+
+        if version == AUTO:
+            self.pinned, self._pinned_trees = None, None
+            return
+        if version == ONLINE:
+            self.pinned, self._pinned_trees = ONLINE, None
+            return
+        c = self.challenger
+        if model_text is None and c is not None and c.version == version and c.booster is not None:
+            trees = RetrainedTrees(negative_rate=c.negative_rate)
+            trees.booster, trees.version = c.booster, version  # a trained booster is never changed
+        elif model_text is None:
+            raise KeyError(f"tree version {version} needs its model text")
+        else:
+            trees = RetrainedTrees(negative_rate=negative_rate)
+            trees.load({"model": model_text, "version": version, "next_at_ms": None, "trainings": 0})
+        self.pinned, self._pinned_trees = version, trees
+
+    def _champion_version(self) -> str | None:
+        kind = self.deciding
+        if kind == "pinned":
+            return self._pinned_trees.version
+        if kind == "trees":
+            return self.challenger.version
+        return None  # the online model's own version
+
+    @property
+    def proven(self) -> bool:
+        """Whether the online model decides: warmed up (``ready``) and, with calibration on,
+        calibrated on settled decisions it scored, so that its first probabilities already
+        mean fraud rates (uncalibrated, they ran 20-80 times too high)."""
+        return self.ready and (not self.calibrate or ONLINE in self.calibrations)
+
+    def _choose(self, X: np.ndarray, online: np.ndarray, trees: np.ndarray | None):
+        """(probability that decides, shadow probability, the shadow's version or "")."""
+        kind = self.deciding
+        if kind == ONLINE:
+            probability = self._calibrated(ONLINE, online) if self.proven else np.zeros_like(online)
+            if trees is None:
+                return probability, None, ""
+            return probability, self._calibrated("trees", trees), self.challenger.version
+        raw = self._pinned_trees.score(X) if kind == "pinned" else trees
+        shadow = self._calibrated(ONLINE, online) if self.proven else None
+        return self._calibrated("trees", raw), shadow, (self.online_version if shadow is not None else "")
+
+    def _calibrated(self, model: str, p: np.ndarray) -> np.ndarray:
+        cal = self.calibrations.get(model) if self.calibrate else None
+        return p if cal is None else cal.apply(p)
+
+    def calibration_summary(self) -> str:
+        if not self.calibrate:
+            return "off"
+        return "; ".join(f"{m} {c.describe()}" for m, c in self.calibrations.items()) or "not fitted yet"
+
+    # ----- the daily schedule: calibration, comparison, training --------------------------------
+    def _daily(self) -> None:
+        now = self._clock()
+        if now is None:
+            return
+        if self.calibrate and self.ready and ONLINE not in self.calibrations \
+                and self.stats["settled_positives"] != self._tried_at_positives:
+            self._tried_at_positives = self.stats["settled_positives"]  # (a ring scan: only on news)
+            self._fit_calibrations(now)
+        if self.calibrated_at_ms is None:
+            self.calibrated_at_ms = now
+        elif now - self.calibrated_at_ms >= DAY_MS:
+            self.calibrated_at_ms = now
+            self._fit_calibrations(now)
+        self._retrain_if_due()
+
+    def _settled_recent(self, since_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        from riskstream.detectors.fraud import LEARNED_NEG, LEARNED_POS  # (fraud imports this module)
+
+        used = self._ring_written()
+        status = self._status[:used]
+        rows = np.flatnonzero(((status == LEARNED_POS) | (status == LEARNED_NEG)) & (self._time[:used] >= since_ms))
+        return rows, (status[rows] == LEARNED_POS).astype(np.int8)
+
+    def _fit_calibrations(self, now: int) -> None:
+        if not self.calibrate:
+            return
+        rows, y = self._settled_recent(now - self.compare_ms)
+        for model, scores in ((ONLINE, self._lrscore), ("trees", self._cscore)):
+            s = scores[rows]
+            known = ~np.isnan(s)
+            if y[known].sum() >= self.min_positives and (y[known] == 0).sum() >= 200:
+                self.calibrations[model] = PlattCalibration.fit(s[known], y[known])
+
+    def _retrain_if_due(self) -> None:
+        """Hand the challenger the settled decisions of its window when its time has come,
+        after comparing it with the online model (promotion, demotion)."""
+        c = self.challenger
+        now = self._clock()
+        if c is None or not c.due(now):
+            return
+        self._fit_calibrations(now)  # a promoted challenger decides calibrated from its first batch
+        rows, y = self._settled_recent(now - max(self.compare_ms, c.window_ms))
+        if self.promote_margin is not None:
+            recent = (self._time[rows] >= now - self.compare_ms) & ~np.isnan(self._cscore[rows]) \
+                & ~np.isnan(self._lrscore[rows])
+            self._compare(rows[recent], y[recent], now)
+        window = self._time[rows] >= now - c.window_ms
+        c.train(self._X[rows[window]], y[window], now)
+
+    def take_new_versions(self) -> list[dict]:
+        """The newest tree version, with its LightGBM text, once, for the registry (a
+        background training is picked up once it has finished)."""
+        c = self.challenger
+        if c is None or c.booster is None or c.version == self._registered:
+            return []
+        self._registered = c.version
+        return [{"version": c.version, **c.last_training, "window_days": c.window_ms / DAY_MS,
+                 "negative_rate": c.negative_rate, "comparison": self.comparisons[-1] if self.comparisons else None,
+                 "model": c.booster.model_to_string()}]
+
+    def _compare(self, rows: np.ndarray, y: np.ndarray, now: int) -> None:
+        """The online model against the trees on the same settled decisions (their
+        decision-time scores): the trees decide once they lead on both AP and CP@100 by the
+        margin, and go back to the shadow once the online model leads them by as much."""
+        from riskstream.detectors.evaluate import average_precision, card_precision_at_k
+
+        if y.sum() < self.min_positives or y.all():
+            return
+        day, card = self._time[rows] // DAY_MS, self._entity[rows]
+        result = {"at_ms": now, "decisions": int(len(y)), "frauds": int(y.sum())}
+        for name, score in (("champion", self._lrscore[rows]), ("challenger", self._cscore[rows])):
+            result[name] = {"average_precision": average_precision(y, score),
+                            "card_precision_at_100": card_precision_at_k(day, card, score, y, k=100)}
+        c, l, m = result["challenger"], result["champion"], self.promote_margin
+        if not self.promoted:
+            self.promoted = all(c[k] >= l[k] + m for k in c)
+        elif all(l[k] >= c[k] + m for k in c):
+            self.promoted = False
+        result["promoted"] = self.promoted
+        self.comparisons.append(result)

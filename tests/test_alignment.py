@@ -1,0 +1,63 @@
+"""Transaction partitions drained together in event time (streams/alignment.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from riskstream.streams.alignment import PartitionAligner, record_event_time
+
+HOUR = 3_600_000
+BASE = 1_790_000_000_000  # 2026-09
+
+
+@dataclass
+class Record:
+    offset: int
+    value: bytes
+
+
+def records(start_hour: int, hours: int, per_hour: int = 4, first_offset: int = 0) -> list[Record]:
+    return [Record(first_offset + i, orjson.dumps({"event_time": BASE + start_hour * HOUR + i * HOUR // per_hour}))
+            for i in range(hours * per_hour)]
+
+
+def test_a_partition_days_ahead_waits_for_the_slowest_and_nothing_is_dropped():
+    aligner = PartitionAligner(lead_ms=HOUR)
+    ahead = records(0, 72)  # three days, all in one fetch
+    behind = records(0, 72)  # the same three days, a fetch of 8 hours at a time
+    fetches = [behind[i:i + 32] for i in range(0, len(behind), 32)]
+    handed: dict[str, list[Record]] = {"p0": [], "p1": []}
+    first = True
+    while fetches or aligner.holding():
+        fetched = {"p1": fetches.pop(0)} if fetches else {}
+        if first:
+            fetched["p0"], first = ahead, False
+        out = aligner.take(fetched, has_more={"p0": True, "p1": bool(fetches)})
+        for p, rs in out.items():
+            handed[p] += rs
+        if fetches:  # while p1 has more to read, p0 never runs more than the lead ahead of it
+            p1_at = record_event_time(handed["p1"][-1])
+            assert record_event_time(handed["p0"][-1]) <= p1_at + HOUR
+        assert aligner.holding() <= {"p0", "p1"}
+    assert [r.offset for r in handed["p0"]] == [r.offset for r in ahead]  # all of it, in order
+    assert [r.offset for r in handed["p1"]] == [r.offset for r in behind]
+
+
+def test_the_slowest_partition_always_moves_and_unreadable_records_pass():
+    aligner = PartitionAligner(lead_ms=HOUR)
+    bad = [Record(0, b"{not json"), *records(50, 2, first_offset=1)]
+    out = aligner.take({"p0": bad, "p1": records(0, 1)}, has_more={"p0": True, "p1": True})
+    assert len(out["p1"]) == 4  # the slowest moves
+    assert [r.offset for r in out["p0"]] == [0]  # the unreadable one goes on (the driver dead-letters it)
+    assert aligner.holding() == {"p0"}
+
+
+def test_lead_zero_hands_everything_on_and_a_drop_forgets_what_was_held():
+    assert PartitionAligner(0).take({"p0": records(0, 48), "p1": records(0, 1)},
+                                    has_more={"p0": True, "p1": True})["p0"][-1].offset == 191
+    aligner = PartitionAligner(HOUR)
+    aligner.take({"p0": records(0, 48), "p1": records(0, 1)}, has_more={"p0": True, "p1": True})
+    aligner.drop({"p0"})
+    assert aligner.holding() == set()

@@ -13,6 +13,7 @@ from riskstream.settings import ConfigError
 # Modules that add subcommands; imported lazily so that `riskstream --help` stays fast.
 COMMAND_MODULES = [f"riskstream.commands.{name}" for name in (
     "stack", "demo", "chaos", "worker", "replay", "sql", "grafana", "simulate", "rules", "limits", "credit_line", "evaluate",
+    "models",
     "var_backtest",
     "bench",
 )]

@@ -23,9 +23,11 @@ RULES_TOPIC = "rules"
 RULESET_KEY = b"ruleset"
 LIMITS_KEY = b"limits"
 CREDIT_KEY = b"credit_policy"
+FRAUD_MODEL_KEY = b"fraud_model"  # which fraud model decides (streams.model_registry)
 PENDING_PREFIX = b"pending:"  # a proposed change waiting for approval; workers ignore it
 DECIDED_PREFIX = b"decided:"  # its approval or rejection
-SUBJECTS = {RULESET_KEY: "rule set", LIMITS_KEY: "limit set", CREDIT_KEY: "credit policy"}
+SUBJECTS = {RULESET_KEY: "rule set", LIMITS_KEY: "limit set", CREDIT_KEY: "credit policy",
+            FRAUD_MODEL_KEY: "fraud model"}
 
 
 # ======================================================================================
@@ -93,6 +95,15 @@ def publish_credit_policy(settings: Any, text: str, source: str, timeout: float 
     from riskstream.rules.credit_policy import load_credit_policy
 
     return _publish_validated(settings, CREDIT_KEY, text, source, load_credit_policy, timeout, who)
+
+
+def publish_fraud_champion(settings: Any, version: str, reason: str = "", timeout: float = 10.0,
+                           who: str | None = None) -> dict[str, Any]:
+    """Which fraud model decides: a registered tree version, ``online`` or ``auto`` (checked
+    against the registry by ``riskstream models``)."""
+    text = f"champion: {version}\n" + (f"reason: {reason}\n" if reason else "")
+    return _publish(settings, FRAUD_MODEL_KEY, {"version": version, "source_name": "riskstream models",
+                                                "text": text}, timeout, who)
 
 
 def _publish_validated(settings: Any, key: bytes, text: str, source: str, load, timeout: float,
@@ -198,6 +209,8 @@ def _validate_again(key: bytes, pending: dict[str, Any]) -> None:
     text, source = pending["text"], pending.get("source_name", "pending change")
     if key == RULESET_KEY:
         validate_rule_set(text, source, list_files=pending.get("list_files") or None)
+    elif key == FRAUD_MODEL_KEY:
+        return  # a version name, checked against the registry when it was proposed
     else:
         {LIMITS_KEY: load_limits, CREDIT_KEY: load_credit_policy}[key](text, source)
 

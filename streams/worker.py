@@ -64,11 +64,13 @@ class RuleFeed:
     published is compiled in the background and swapped in; the newest limit set goes to the
     market processor. A set that fails leaves the old one in force."""
 
-    def __init__(self, settings: Settings, rules_holder, market=None, loans=None):
+    def __init__(self, settings: Settings, rules_holder, market=None, loans=None, models=None, registry=None):
         self.settings = settings
         self.rules = rules_holder
         self.market = market  # streams.market.MarketRiskProcessor
         self.loans = loans  # streams.loans.LoanProcessor
+        self.models = models  # detectors.fraud.FraudModels: pinned to the champion said here
+        self.registry = registry  # streams.model_registry.ModelRegistry: the versions' texts
         self.consumer = None
 
     async def start(self) -> None:
@@ -99,6 +101,9 @@ class RuleFeed:
         ``credit_policy``) or a rule set."""
         if key in (b"limits", b"credit_policy"):
             self._swap(key, value)
+            return
+        if key == b"fraud_model":
+            self._pin(value)
             return
         if key != b"ruleset":  # a change waiting for approval, or its decision: not in force
             return
@@ -131,6 +136,28 @@ class RuleFeed:
             log.error("%s on the rules topic refused, the previous one stays in force: %s", noun, exc)
             return
         log.warning("%s %s in force", noun, loaded.version)
+
+
+    def _pin(self, value: bytes) -> None:
+        """The fraud model an operator chose (``riskstream models promote|rollback``)."""
+        if self.models is None:
+            return
+        try:
+            version = orjson.loads(value)["version"]
+            meta = self.registry.get(version) if version not in ("online", "auto") else {}
+            text = self.registry.model_text(version) if version not in ("online", "auto") else None
+            if meta is None or (text is None and version not in ("online", "auto")):
+                raise KeyError(f"version {version} is not in the model registry")
+            self.models.pin(version, text, negative_rate=meta.get("negative_rate", 0.25))
+        except Exception as exc:
+            log.error("fraud model choice on the rules topic refused, the model deciding stays: %s", exc)
+            return
+        log.warning("fraud model %s in force (%s)", version, self.models.version)
+        if version != "auto":
+            try:  # what a rollback returns to; the periodic report notes it too
+                self.registry.note_champion(version, "pinned", self.settings.worker_name or f"pid {os.getpid()}")
+            except Exception as exc:
+                log.error("model registry not told of the pinned model: %s", exc)
 
 
 def held_channel(app, maxsize: int):
@@ -201,6 +228,7 @@ def build_app(settings: Settings, driver=None):
     from riskstream.streams.outputs import publish
     from riskstream.streams.reader import BatchReader
     from riskstream.streams.decision_memory import DecisionMemory
+    from riskstream.streams.model_registry import ModelRegistry, sync_registry
     from riskstream.streams.redis_outage import GuardedLedger, GuardedWatch, RedisGuard
     from riskstream.streams.state import StateStore
 
@@ -220,7 +248,8 @@ def build_app(settings: Settings, driver=None):
         log.warning("restored model state from Redis: %s", driver.summary())
     path = TransactionPath(driver, publisher)
     reader = BatchReader(settings, driver, state_store, publisher)
-    rule_feed = RuleFeed(settings, driver.rules, driver.market, driver.loans)
+    registry = ModelRegistry(redis_client)
+    rule_feed = RuleFeed(settings, driver.rules, driver.market, driver.loans, driver.transactions.models, registry)
     watchdog = ShutdownWatchdog(settings.shutdown_timeout_s + 1.5)
     model_audit = ModelAudit(settings)
 
@@ -321,6 +350,13 @@ def build_app(settings: Settings, driver=None):
         await delivered(lambda: publish(driver.upkeep(), publisher))
         log.warning("%s", driver.summary())
         await asyncio.to_thread(model_audit.check, driver)
+        try:
+            await asyncio.to_thread(sync_registry, registry, driver.transactions.models,
+                                    settings.worker_name or f"pid {os.getpid()}")
+        except Exception as exc:  # Redis away: the next report tries again
+            log.error("model registry not updated: %s", exc)
+            if driver.transactions.models is not None:
+                driver.transactions.models._registered = None
 
     @app.timer(interval=settings.state_checkpoint_interval_s)
     async def checkpoint_state() -> None:

@@ -53,7 +53,7 @@ class PlattCalibration:
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         a, b = 1.0, float(np.log((n_pos + 1.0) / (n_neg + 1.0)))
         for _ in range(iterations):
-            p = 1.0 / (1.0 + np.exp(-(a * z + b)))
+            p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -40, 40)))
             w = np.maximum(p * (1 - p), 1e-12)
             g = np.array([np.dot(p - t, z), np.sum(p - t)])
             h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-9 * np.eye(2)
@@ -69,7 +69,7 @@ class PlattCalibration:
         if self.slope == 1.0 and self.intercept == 0.0:
             return np.asarray(score, dtype=np.float32)
         z = self.slope * _logit(score) + self.intercept
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))).astype(np.float32)
 
     def describe(self) -> str:
         return (f"platt slope {self.slope:.3f} intercept {self.intercept:+.3f} "

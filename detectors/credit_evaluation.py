@@ -22,29 +22,7 @@ from datetime import date, timedelta
 import numpy as np
 import orjson
 
-from riskstream.detectors.evaluate import roc_auc
-
-# A decile's calibration gap is judged only where its default rate can be known to within a
-# point (the binomial standard error at the decile's mean PD): 100 cases at 30% give +/-4.6
-# points, so a 2-point gap there is noise.
-MAX_RATE_SE = 0.01
-
-
-def calibration_table(pd: np.ndarray, defaulted: np.ndarray, bins: int = 10) -> list[dict]:
-    """Equal-count bins of PD (lowest first): cases, mean PD, observed default rate, gap."""
-    order = np.argsort(pd, kind="stable")
-    out = []
-    for part in np.array_split(order, bins):
-        if not len(part):
-            continue
-        mean_pd, observed = float(pd[part].mean()), float(defaulted[part].mean())
-        # The rate's standard error if the PDs were right (the observed rate's own is 0 at 0%).
-        se = (mean_pd * (1 - mean_pd) / len(part)) ** 0.5
-        out.append({"n": int(len(part)), "pd_from": float(pd[part].min()), "pd_to": float(pd[part].max()),
-                    "mean_pd": mean_pd, "default_rate": observed, "gap": observed - mean_pd, "rate_se": se,
-                    "judged": bool(se <= MAX_RATE_SE)})
-    return out
-
+from riskstream.detectors.evaluate import calibration_table, roc_auc
 
 def credit_sql(start: date, end_inclusive: date) -> str:
     end = end_inclusive + timedelta(days=1)

@@ -112,6 +112,54 @@ def card_precision_at_k(day: np.ndarray, card: np.ndarray, score: np.ndarray,
     return float(np.mean(hits / k))
 
 
+# A bin's calibration gap is judged only where its observed rate can be known to within a
+# point (the binomial standard error at the bin's mean probability): 100 cases at 30% give
+# +/-4.6 points, so a 2-point gap there is noise.
+MAX_RATE_SE = 0.01
+# Fraud probabilities cluster near 0: bins by value, not equal counts, show the top apart.
+FRAUD_BINS = (0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.35, 0.6, 0.9, 1.0)
+
+
+def calibration_table(p: np.ndarray, y: np.ndarray, bins: int = 10,
+                      edges: tuple[float, ...] | None = None) -> list[dict]:
+    """Predicted probability against the observed rate, lowest first: ``bins`` equal-count
+    bins, or bins between ``edges``. Per bin: cases, range, mean probability, observed rate,
+    gap, and whether the gap can be judged (``MAX_RATE_SE``). Keys keep the credit names
+    (``mean_pd``, ``default_rate``)."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if edges is None:
+        parts = np.array_split(np.argsort(p, kind="stable"), bins)
+    else:
+        which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+        parts = [np.flatnonzero(which == b) for b in range(len(edges) - 1)]
+    out = []
+    for part in parts:
+        if not len(part):
+            continue
+        mean_p, observed = float(p[part].mean()), float(y[part].mean())
+        # The rate's standard error if the probabilities were right (the observed rate's own is 0 at 0%).
+        se = (mean_p * (1 - mean_p) / len(part)) ** 0.5
+        out.append({"n": int(len(part)), "pd_from": float(p[part].min()), "pd_to": float(p[part].max()),
+                    "mean_pd": mean_p, "default_rate": observed, "gap": observed - mean_p, "rate_se": se,
+                    "judged": bool(se <= MAX_RATE_SE)})
+    return out
+
+
+def at_budget(day: np.ndarray, score: np.ndarray, y: np.ndarray, share: float) -> dict:
+    """Each day, the top ``share`` of its transactions by score flagged (what a review queue
+    of that size would see): precision and recall of the flagged over the whole period."""
+    flagged = np.zeros(len(score), bool)
+    for d in np.unique(day):
+        rows = np.flatnonzero(day == d)
+        k = int(share * len(rows))
+        if k:
+            flagged[rows[np.argsort(-score[rows], kind="stable")[:k]]] = True
+    hits = int(np.count_nonzero(flagged & (y == 1)))
+    return {"share": share, "flagged": int(flagged.sum()),
+            "precision": hits / flagged.sum() if flagged.any() else float("nan"),
+            "recall": hits / y.sum() if y.any() else float("nan")}
+
+
 def evaluation_sql(start: date, end_inclusive: date) -> str:
     # Labels folded to one row per event (any positive label makes it a fraud); decisions
     # without a label are legit, which is how delayed chargebacks work once labels matured.
@@ -136,8 +184,10 @@ SETTINGS join_use_nulls = 0
 """
 
 
-def evaluate(settings, start: date, end_inclusive: date) -> dict:
-    """Metrics for the decisions of [start, end_inclusive] against their labels."""
+def evaluate(settings, start: date, end_inclusive: date, budgets: tuple[float, float] = (0.005, 0.02)) -> dict:
+    """Metrics for the decisions of [start, end_inclusive] against their labels; per model
+    also precision and recall at the review and step-up ``budgets`` (shares of a day's
+    transactions) and a calibration table."""
     from riskstream.sinks.clickhouse import run_query
 
     raw = run_query(settings, evaluation_sql(start, end_inclusive), "json")
@@ -167,16 +217,26 @@ def evaluate(settings, start: date, end_inclusive: date) -> dict:
                          np.float64, n)  # NaN comes back as null
     trained = ~np.isnan(shadow)
     result["cold_start"] = {"decisions": int(cold.sum()), "days": int(len(np.unique(day[cold])))}
+    # The model that decides and the one in shadow (detectors.champion): the online logistic
+    # regression and the retrained trees trade places when the trees are promoted.
+    trees_decide = np.array([r["model_version"].startswith("gbdt-") for r in rows], dtype=bool)
     models = {}
-    for name, score, rows_of in (("champion (online logistic regression), after warm-up", s, ~cold),
-                                 ("champion, on the rows the challenger scored", s, trained),
-                                 ("challenger (retrained trees, in shadow)", shadow, trained)):
+    for name, score, rows_of in (("deciding model, after warm-up", s, ~cold),
+                                 ("  of which the online logistic regression", s, ~cold & ~trees_decide),
+                                 ("  of which retrained trees", s, trees_decide),
+                                 ("deciding model, where a shadow scored", s, trained),
+                                 ("shadow (the model not deciding)", shadow, trained)):
+        if name.startswith("  ") and not trees_decide.any():  # one model decided: no split
+            continue
         if rows_of.any() and y[rows_of].any() and not y[rows_of].all():
-            models[name] = {"decisions": int(rows_of.sum()), "frauds": int(y[rows_of].sum()),
-                            "roc_auc": roc_auc(y[rows_of], score[rows_of]),
-                            "average_precision": average_precision(y[rows_of], score[rows_of]),
-                            "card_precision_at_100": card_precision_at_k(day[rows_of], card[rows_of], score[rows_of],
-                                                                         y[rows_of], k=100)}
+            sc, yy, dd = score[rows_of], y[rows_of], day[rows_of]
+            models[name] = {"decisions": int(rows_of.sum()), "frauds": int(yy.sum()),
+                            "roc_auc": roc_auc(yy, sc), "average_precision": average_precision(yy, sc),
+                            "card_precision_at_100": card_precision_at_k(dd, card[rows_of], sc, yy, k=100),
+                            "review_budget": at_budget(dd, sc, yy, budgets[0]),
+                            "step_up_budget": at_budget(dd, sc, yy, budgets[1]),
+                            "calibration": calibration_table(sc, yy, edges=FRAUD_BINS),
+                            "_scores": (sc, yy)}
     result["models"] = models
     return result
 

@@ -587,3 +587,64 @@ def test_the_challenger_decides_once_it_leads_the_online_model_on_settled_decisi
         assert lead["challenger"]["average_precision"] >= lead["champion"]["average_precision"] + margin
     else:
         assert not models.version.startswith("gbdt-")
+
+
+def _stream(models, X, y, ids, t, batch=1000):
+    for s in range(0, len(X), batch):
+        scores = models.score(X[s:s + batch], NAMES)
+        models.remember(ids[s:s + batch], X[s:s + batch], t[s:s + batch], scores=scores.probability,
+                        challenger_scores=scores.challenger, online_scores=scores.online)
+        frauds = np.flatnonzero(y[s:s + batch]) + s
+        models.learn_from_labels(ids[frauds], np.ones(len(frauds), np.int8), t[frauds] + 3_600_000)
+
+
+def test_with_calibration_the_online_model_decides_once_calibrated_and_its_probability_is_a_fraud_rate():
+    """The online model learns from one legit decision in ten, so its own probability runs
+    high; calibrated on settled decisions it scored in shadow, its mean probability is near
+    the fraud rate, and until that calibration it has no say (version fraud-proving-...)."""
+    rng = np.random.default_rng(11)
+    n = 30_000
+    X, y = _fraud_data(rng, n, fraud_rate=0.02)
+    ids, t = _ids("c", n), np.linspace(0, 10 * DAY_MS, n).astype(np.int64)
+    models = FraudModels(NAMES, capacity=40_000, seed=3, calibrate=True)
+    seen_proving = False
+    for s in range(0, n, 1000):
+        _stream(models, X[s:s + 1000], y[s:s + 1000], ids[s:s + 1000], t[s:s + 1000])
+        if models.ready and not models.proven:
+            seen_proving = True
+            assert models.version.startswith("fraud-proving-")
+            assert not models.score(X[:100], NAMES).probability.any()
+    assert seen_proving and models.proven and "online" in models.calibrations
+    fresh_X, fresh_y = _fraud_data(np.random.default_rng(12), 20_000, fraud_rate=0.02)
+    scored = models.score(fresh_X, NAMES)
+    calibrated, raw = float(scored.probability.mean()), float(scored.online.mean())
+    assert 0.5 * fresh_y.mean() < calibrated < 2 * fresh_y.mean(), (calibrated, fresh_y.mean())
+    assert raw > 3 * calibrated  # what the thresholds would have seen without it
+    twin = FraudModels(NAMES, capacity=40_000, calibrate=True)
+    twin.restore(models.checkpoint())
+    np.testing.assert_allclose(twin.score(fresh_X[:500], NAMES).probability, scored.probability[:500], rtol=1e-5)
+
+
+def test_a_pinned_model_decides_until_the_pin_is_released():
+    from riskstream.detectors.retrained import RetrainedTrees
+
+    rng = np.random.default_rng(4)
+    X, y = _fraud_data(rng, 12_000, fraud_rate=0.05)
+    models = FraudModels(NAMES, capacity=20_000, seed=1, challenger=RetrainedTrees(min_positives=20, rounds=30))
+    _stream(models, X, y, _ids("q", 12_000), np.linspace(0, 6 * DAY_MS, 12_000).astype(np.int64))
+    trained = models.challenger.version
+    text = models.challenger.booster.model_to_string()
+    assert models.deciding == "online" and not models.version.startswith("gbdt-")
+    models.pin(trained)  # the newest trees, by name
+    assert models.version == trained
+    np.testing.assert_allclose(models.score(X[:300], NAMES).probability, models.challenger.score(X[:300]))
+    with pytest.raises(KeyError):
+        models.pin("gbdt-99-day1")  # an older version needs its text from the registry
+    models.pin("gbdt-1-day0", text)
+    assert models.version == "gbdt-1-day0"
+    shadow = models.score(X[:300], NAMES)
+    assert shadow.shadow_version.startswith("fraud-lr")  # the online model scores in shadow meanwhile
+    models.pin("online")
+    assert models.deciding == "online"
+    models.pin("auto")
+    assert models.pinned is None and models.deciding == "online"  # not promoted: no comparison won

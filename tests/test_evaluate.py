@@ -152,11 +152,26 @@ def test_evaluate_reports_the_cold_start_apart_and_each_model_on_its_own_rows(tm
                "label_time": float(t[i]) + DAY_S, "entity_id": card[i], "source": "issuer"} for i in np.nonzero(fraud)[0]]
     _store(tmp_path, decisions, labels)
     monkeypatch.setenv("RISKSTREAM_DATA_DIR", str(tmp_path))
-    assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03"]) == 0
+    assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03", "--review-budget", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "cold start: 200 decisions" in out
-    champion = [line for line in out.splitlines() if "after warm-up" in line][0]
+    champion = [line for line in out.splitlines() if line.startswith("  deciding model, after warm-up")][0]
     assert f"{n - 200:,}" in champion and f"{roc_auc(fraud[~warm], score[~warm]):.3f}" in champion
-    challenger = [line for line in out.splitlines() if "challenger (retrained trees" in line][0]
+    challenger = [line for line in out.splitlines() if line.startswith("  shadow (the model not deciding)")][0]
     assert f"{average_precision(fraud[trained], shadow[trained]):.3f}" in challenger
     assert average_precision(fraud[trained], shadow[trained]) > average_precision(fraud[trained], score[trained])
+    # At a review budget of 5% a day: the top 5% of each day's rows by the shadow's score.
+    day = ((t[trained] - JAN1) // DAY_S).astype(int)
+    s, y = shadow[trained], fraud[trained]
+    flagged = np.concatenate([np.flatnonzero(day == d)[np.argsort(-s[day == d], kind="stable")[:int(0.05 * (day == d).sum())]]
+                              for d in np.unique(day)])
+    assert f"{y[flagged].mean():.3f} / {y[flagged].sum() / y.sum():.3f}" in challenger
+
+    # The calibration table and the chart.
+    png = tmp_path / "models.png"
+    assert main(["evaluate", "--from", "2024-01-01", "--to", "2024-01-03", "--review-budget", "0.05",
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("     ") and "given" in line]
+    assert rows and all("seen" in line for line in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000

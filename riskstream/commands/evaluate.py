@@ -30,10 +30,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         if args.stream == "loan_applications":
             return _credit(settings, args)
-        r = evaluate(settings, args.start, args.to)
+        budgets = (args.review_budget or settings.review_budget or 0.005,
+                   args.step_up_budget or settings.step_up_budget or 0.02)
+        r = evaluate(settings, args.start, args.to, budgets)
     except QueryError as exc:
         print(f"riskstream evaluate: ClickHouse said:\n{str(exc)[:2000]}", file=sys.stderr)
         return 1
+    scores = {name: m.pop("_scores") for name, m in r.get("models", {}).items()}
+    if args.plot and scores:
+        from riskstream.detectors.evaluation_plot import plot_models
+
+        plot_models(args.plot, r, scores)
     if args.json:
         print(orjson.dumps(r).decode())
         return 0 if r["decisions"] else 1
@@ -51,11 +58,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  cold start: {cold['decisions']:,} decisions on {cold['days']} day(s) decided by the rules and the "
               "anomaly score while the model warmed up")
     if r.get("models"):
-        print(f"  {'per model':<54} {'decisions':>10} {'frauds':>7} {'ROC AUC':>8} {'AP':>6} {'CP@100':>7}")
+        review, step_up = next(iter(r["models"].values()))["review_budget"]["share"], \
+            next(iter(r["models"].values()))["step_up_budget"]["share"]
+        print(f"  {'per model':<42} {'decisions':>10} {'frauds':>7} {'ROC AUC':>8} {'AP':>6} {'CP@100':>7}   "
+              f"precision / recall at {review:.1%} a day (review), {step_up:.1%} (step-up)")
         for name, m in r["models"].items():
-            print(f"  {name:<54} {m['decisions']:>10,} {m['frauds']:>7,} {m['roc_auc']:>8.3f} "
-                  f"{m['average_precision']:>6.3f} {m['card_precision_at_100']:>7.3f}")
+            rb, sb = m["review_budget"], m["step_up_budget"]
+            print(f"  {name:<42} {m['decisions']:>10,} {m['frauds']:>7,} {m['roc_auc']:>8.3f} "
+                  f"{m['average_precision']:>6.3f} {m['card_precision_at_100']:>7.3f}   "
+                  f"{rb['precision']:.3f} / {rb['recall']:.3f}, {sb['precision']:.3f} / {sb['recall']:.3f}")
+        for name, m in r["models"].items():
+            if name.startswith("  "):
+                continue
+            print(f"  calibration, {name}: probability given -> fraud rate seen")
+            for row in m["calibration"]:
+                thin = "" if row["judged"] else "  (too few to judge)"
+                print(f"    {row['pd_from']:7.2%}-{row['pd_to']:7.2%}  {row['n']:>8,}  given {row['mean_pd']:7.2%}  "
+                      f"seen {row['default_rate']:7.2%}  gap {row['gap']:+7.2%}{thin}")
     print("  (unlabelled decisions count as legit: evaluate days at least 7 days old, once chargebacks are in)")
+    if args.plot:
+        print(f"Chart: {args.plot}")
     if r["frauds"] == 0:
         print("Next: no fraud labels in this window; load labels (`riskstream simulate` writes them) and rerun.")
     else:
@@ -111,6 +133,12 @@ def register(sub) -> None:
     p.add_argument("--from", dest="start", type=_day, help="First day, YYYY-MM-DD (UTC); default: the first decided.")
     p.add_argument("--to", type=_day, help="Last day, inclusive, YYYY-MM-DD (UTC); default: the last decided.")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--review-budget", type=float, help="share of a day's transactions a review queue takes, for "
+                   "precision and recall at it (default: RISKSTREAM_REVIEW_BUDGET, else 0.005)")
+    p.add_argument("--step-up-budget", type=float, help="the same for step-ups (default: RISKSTREAM_STEP_UP_BUDGET, "
+                   "else 0.02)")
+    p.add_argument("--plot", metavar="PNG", help="also draw each model's precision-recall curve and calibration "
+                   "into this PNG file")
     p.set_defaults(run=_cmd_evaluate)
 
 

@@ -30,7 +30,7 @@ ONLINE, AUTO = "online", "auto"
 
 
 class ChampionChoice:
-    def _init_champion(self, promote_margin: float | None, calibrate: bool) -> None:
+    def _init_champion(self, promote_margin: float | None, calibrate: bool, prove_auc: float | None) -> None:
         # promote_margin None: the trees stay in shadow unless pinned.
         self.promote_margin = promote_margin
         self.compare_ms = 7 * DAY_MS
@@ -42,6 +42,10 @@ class ChampionChoice:
         self.calibrations: dict[str, PlattCalibration] = {}  # "online" / "trees"
         self.calibrated_at_ms: int | None = None
         self._tried_at_positives = -1
+        # The online model decides once it has proven itself on settled decisions it scored in
+        # shadow: ROC AUC at least ``prove_auc`` (None: no bar), and calibrated (with calibration on).
+        self.prove_auc = prove_auc
+        self.proof: dict | None = None
         self._registered: str | None = None  # the newest tree version handed to the registry
 
     # ----- who decides ------------------------------------------------------------------------
@@ -90,10 +94,13 @@ class ChampionChoice:
 
     @property
     def proven(self) -> bool:
-        """Whether the online model decides: warmed up (``ready``) and, with calibration on,
-        calibrated on settled decisions it scored, so that its first probabilities already
-        mean fraud rates (uncalibrated, they ran 20-80 times too high)."""
-        return self.ready and (not self.calibrate or ONLINE in self.calibrations)
+        """Whether the online model decides: warmed up (``ready``), then proven on the settled
+        decisions it scored in shadow (``_try_proof``): ranking them well enough, and with
+        calibration on calibrated on them, so that its first probabilities already mean fraud
+        rates (uncalibrated, they ran 20-80 times too high)."""
+        if not self.ready:
+            return False
+        return self.proof is not None or (not self.calibrate and self.prove_auc is None)
 
     def _choose(self, X: np.ndarray, online: np.ndarray, trees: np.ndarray | None):
         """(probability that decides, shadow probability, the shadow's version or "")."""
@@ -121,10 +128,9 @@ class ChampionChoice:
         now = self._clock()
         if now is None:
             return
-        if self.calibrate and self.ready and ONLINE not in self.calibrations \
-                and self.stats["settled_positives"] != self._tried_at_positives:
+        if self.ready and not self.proven and self.stats["settled_positives"] != self._tried_at_positives:
             self._tried_at_positives = self.stats["settled_positives"]  # (a ring scan: only on news)
-            self._fit_calibrations(now)
+            self._try_proof(now)
         if self.calibrated_at_ms is None:
             self.calibrated_at_ms = now
         elif now - self.calibrated_at_ms >= DAY_MS:
@@ -139,6 +145,25 @@ class ChampionChoice:
         status = self._status[:used]
         rows = np.flatnonzero(((status == LEARNED_POS) | (status == LEARNED_NEG)) & (self._time[:used] >= since_ms))
         return rows, (status[rows] == LEARNED_POS).astype(np.int8)
+
+    def _try_proof(self, now: int) -> None:
+        """The online model's record on the settled decisions of the last 7 days that it scored
+        in shadow: it decides from now on if it ranks them with ROC AUC >= ``prove_auc``."""
+        from riskstream.detectors.evaluate import roc_auc
+
+        rows, y = self._settled_recent(now - self.compare_ms)
+        s = self._lrscore[rows]
+        known = ~np.isnan(s)
+        s, y = s[known], y[known]
+        if y.sum() < self.min_positives or (y == 0).sum() < 200:
+            return
+        auc = roc_auc(y, s)
+        if self.prove_auc is not None and not auc >= self.prove_auc:
+            return
+        self._fit_calibrations(now)
+        if self.calibrate and ONLINE not in self.calibrations:
+            return
+        self.proof = {"at_ms": int(now), "roc_auc": float(auc), "decisions": int(len(y)), "frauds": int(y.sum())}
 
     def _fit_calibrations(self, now: int) -> None:
         if not self.calibrate:

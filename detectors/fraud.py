@@ -105,7 +105,8 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
                  quality_capacity: int = 500_000, drift_delta: float = 0.002, seed: int = 0,
                  min_positives: int = 20, min_negatives: int = 200, held_negatives: int = 100_000,
                  learn_every: int = 5000, learn_every_ms: int = DAY_MS, positives_wait: bool = False,
-                 challenger=None, promote_margin: float | None = None, calibrate: bool = False):
+                 challenger=None, promote_margin: float | None = None, calibrate: bool = False,
+                 prove_auc: float | None = None):
         self.capacity = int(capacity)
         # When the model learns: once per ``learn_every`` decisions remembered (or per
         # ``learn_every_ms`` of event time, for a trickle of traffic), whatever settled since
@@ -142,7 +143,7 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         # until it wins a comparison or is pinned (detectors.champion); ``calibrate``: Platt
         # scaling of the deciding model on settled decisions.
         self.challenger = challenger
-        self._init_champion(promote_margin, calibrate)
+        self._init_champion(promote_margin, calibrate, prove_auc)
         self.quality_capacity = int(quality_capacity)
         self._params = dict(negative_keep_rate=negative_keep_rate, positive_weight=positive_weight,
                             learning_rate=learning_rate, seed=seed)
@@ -242,7 +243,7 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         if not self.ready:  # decision rows say the model had no say, and how far it is
             return (f"fraud-warming-up-pos{self.stats['settled_positives']}of{self.min_positives}"
                     f"-neg{self.stats['settled_negatives']}of{self.min_negatives}")
-        if not self.proven:  # trained, scoring in shadow until its first calibration
+        if not self.proven:  # trained, scoring in shadow until it has proven itself
             return f"fraud-proving-lr{self.linear.n_learned}"
         return f"fraud-lr{self.linear.n_learned}-z{self.anomaly.n_learned}"
 

@@ -32,7 +32,7 @@ class FraudCheckpoints:
                               self._updated_at_ms),
                  "challenger": self.challenger.state() if self.challenger is not None else None,
                  "promotion": (self.promote_margin, self.promoted, self.comparisons),
-                 "calibration": (self.calibrations, self.calibrated_at_ms)}
+                 "calibration": (self.calibrations, self.calibrated_at_ms, self.proof)}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -82,4 +82,4 @@ class FraudCheckpoints:
             self.challenger.load(state["challenger"])
         self.promote_margin, self.promoted, self.comparisons = state.get(
             "promotion", (self.promote_margin, False, []))
-        self.calibrations, self.calibrated_at_ms = state.get("calibration", ({}, None))
+        self.calibrations, self.calibrated_at_ms, self.proof = state.get("calibration", ({}, None, None))

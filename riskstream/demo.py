@@ -253,6 +253,8 @@ def start_worker(settings: Settings, stack_state: dict, index: int = 0) -> subpr
                 "RISKSTREAM_WORKER_NAME": f"worker-{index}"})
     if settings.limits_file:
         env["RISKSTREAM_LIMITS_FILE"] = settings.limits_file
+    for name, share in DEMO_BUDGETS.items():  # thresholds from a review capacity, unless set
+        env.setdefault(name, str(share))
     log = settings.data_dir.resolve() / "logs" / f"worker-{index}.log"
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "riskstream", "worker"], env=env, stdout=out,
@@ -367,6 +369,7 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
         dead = int(run_query(settings, "SELECT count() FROM dead_letters FINAL", "tsv").split()[-1])
         market = _market_summary(settings, stream.counts.get("market", 0))
         credit = _credit_summary(settings)
+        fraud = _fraud_summary(settings)
     finally:
         stack.stop()
     decided = counter.counts["transactions"] + counter.counts["loan_applications"]
@@ -378,7 +381,7 @@ def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) 
     print(f"ClickHouse: {stored:,} decisions stored for {expected:,} decided events "
           f"({'exactly one each' if stored == expected else 'MISMATCH'}); {dead} dead letters "
           f"({stream.malformed} malformed records injected). Worker stopped in {stop_s:.1f}s.")
-    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts + credit + market)
+    print("\nDecisions:\n" + summary + "Alerts:\n" + alerts + fraud + credit + market)
     print(f"Data: {settings.data_dir.resolve()}. Look further with, for example:\n"
           '  riskstream sql "SELECT decision, count() FROM decisions FINAL GROUP BY decision"\n'
           '  riskstream sql "SELECT event_id, score, reasons FROM decisions FINAL WHERE decision = \'decline\' LIMIT 5"\n'
@@ -410,6 +413,55 @@ def _market_summary(settings: Settings, ticks: int, timeout: float = 60.0) -> st
     return ("Market risk: portfolios nearest their 99% VaR limit (150,000):\n" + top
             + f"{DEMO_PORTFOLIO}'s limits (it buys past its gross limit, then sells):\n" + states
             + "Portfolio controls (Redis rs:limit:portfolio:<id> and the limits topic):\n" + controls)
+
+
+# The demo's review queue and step-up capacity, as shares of a day's transactions: the model's
+# thresholds follow from them (streams.alert_budget).
+DEMO_BUDGETS = {"RISKSTREAM_REVIEW_BUDGET": 0.005, "RISKSTREAM_STEP_UP_BUDGET": 0.012}
+
+# Friction and recall of the fraud side after the first week: legit transactions (no fraud label)
+# stepped up or worse by anything but the credit line, and labelled frauds stopped.
+FRICTION_SQL = """
+WITH (SELECT min(event_time) FROM decisions FINAL WHERE stream = 'transactions') AS t0
+SELECT countIf(d.decision != 'approve' AND NOT l.is_positive AND NOT arrayExists(
+           r -> startsWith(r, 'OVER_LIMIT') OR startsWith(r, 'NEAR_LIMIT'), d.reasons)) / countIf(NOT l.is_positive) AS friction,
+       countIf(d.decision != 'approve' AND l.is_positive) / countIf(l.is_positive) AS recall,
+       countIf(l.is_positive) AS frauds
+FROM decisions AS d FINAL
+LEFT JOIN (SELECT event_id, max(is_positive) AS is_positive FROM labels FINAL GROUP BY event_id) AS l
+  ON d.event_id = l.event_id
+WHERE d.stream = 'transactions' AND d.event_time >= t0 + INTERVAL 7 DAY
+"""
+
+
+def _fraud_summary(settings: Settings) -> str:
+    """How the fraud model did on the labels that came back: when it took over from the
+    rules, how it ranked since, and the friction and recall of the fraud decisions."""
+    from datetime import date
+
+    from riskstream.detectors.evaluate import evaluate
+    from riskstream.sinks.clickhouse import run_query
+
+    r = evaluate(settings, date(2000, 1, 1), date(2100, 1, 1))
+    if not r["decisions"]:
+        return ""
+    cold = r.get("cold_start", {})
+    m = r.get("models", {}).get("deciding model, after warm-up")
+    lines = [f"Fraud model: {r['frauds']:,} frauds labelled by the end of the stream; the rules and the anomaly score "
+             f"decided alone for the first {cold.get('days', 0)} of {r['days']} days, while the model warmed up and "
+             "proved itself on settled labels."]
+    if m:
+        rb = m["review_budget"]
+        lines.append(f"  since then: ROC AUC {m['roc_auc']:.3f}, average precision {m['average_precision']:.3f}, "
+                     f"Card Precision@100 {m['card_precision_at_100']:.3f}; the top {rb['share']:.1%} of each day "
+                     f"holds {rb['recall']:.0%} of the labelled frauds at precision {rb['precision']:.0%}.")
+    row = orjson.loads(run_query(settings, FRICTION_SQL, "json").splitlines()[0])
+    lines.append(f"  after the first week: {float(row['friction']):.2%} of legit transactions stepped up or worse by "
+                 f"fraud rules and the model (budgets: review {DEMO_BUDGETS['RISKSTREAM_REVIEW_BUDGET']:.1%}, step-up "
+                 f"{DEMO_BUDGETS['RISKSTREAM_STEP_UP_BUDGET']:.1%} a day); {float(row['recall']):.0%} of the "
+                 f"{int(row['frauds']):,} labelled frauds stepped up or stopped. Per model and calibration: "
+                 "riskstream evaluate")
+    return "\n".join(lines) + "\n"
 
 
 def _credit_summary(settings: Settings) -> str:

@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         "platt", description="platt: the deciding fraud model's probability is calibrated once a day of event "
                              "time on the settled decisions of the last 7 days (Platt scaling), so that the "
                              "thresholds are fraud rates; off: the model's own probability.")
+    fraud_proof_auc: float = Field(
+        0.8, ge=0, le=1, description="The online fraud model decides once it ranks the settled decisions it "
+                                     "scored in shadow (the last 7 days) with at least this ROC AUC; until then "
+                                     "the rules and the anomaly score decide. 0: as soon as it has warmed up.")
     fraud_challenger_margin: float = Field(
         0.02, ge=0, le=1, description="How far the challenger must lead on AP and on CP@100 to be promoted.")
     label_delays: dict[str, dict[str, str]] = Field(

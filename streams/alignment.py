@@ -10,7 +10,8 @@ learned nothing of those days. Seen in the demo: 4 partitions days apart, and it
 still warming up on day 11 of 28 for want of fraud labels that had come on day 5.
 
 So :class:`PartitionAligner` hands on a partition's records only up to ``lead_ms`` past the
-slowest partition that still has records to read, and holds the rest back: the reader pauses
+slowest partition that still has records to read (or past the slowest partition's share of a
+full batch, when that reaches further), and holds the rest back: the reader pauses
 a partition while some of it is held (no refetching; nothing is committed past what was
 handed on), and serves the held records first once the others have caught up. The slowest
 partition always moves, so nothing waits for good; a partition with nothing left to read
@@ -37,8 +38,13 @@ def record_event_time(record: Any) -> int | None:
 
 
 class PartitionAligner:
-    def __init__(self, lead_ms: int, event_time: Callable[[Any], int | None] = record_event_time):
+    def __init__(self, lead_ms: int, event_time: Callable[[Any], int | None] = record_event_time,
+                 batch: int = 5000):
         self.lead_ms = int(lead_ms)
+        # A batch has a fixed cost (a few ms of publishing, commits and Redis round trips): the
+        # slowest partition hands on at least its share of a full batch, and the others come
+        # up to the same event time, so batches stay full when an hour of traffic is small.
+        self.batch = int(batch)
         self.event_time = event_time
         self.held: dict[Hashable, list[Any]] = {}  # partition -> records read but not handed on
         self.last_time: dict[Hashable, int] = {}  # partition -> event time of the last handed on
@@ -78,7 +84,7 @@ class PartitionAligner:
         """The slowest partition still to be read, plus the lead; None: no limit."""
         if self.lead_ms <= 0:
             return None
-        standing = []
+        standing = []  # (event time, the partition's records pending)
         for tp in set(pending) | set(has_more):
             records = pending.get(tp)
             if records:  # where it stands: its first record not yet handed on
@@ -88,8 +94,14 @@ class PartitionAligner:
             else:
                 continue
             if t is not None:
-                standing.append(t)
-        return min(standing) + self.lead_ms if standing else None
+                standing.append((t, records or []))
+        if not standing:
+            return None
+        t, records = min(standing, key=lambda s: s[0])
+        share = self.batch // max(1, sum(1 for _, r in standing if r))
+        if share and len(records) > share:
+            t = max(t, self.event_time(records[share - 1]) or t)
+        return t + self.lead_ms
 
     def _cut(self, records: list[Any], limit: int) -> int:
         """How many of ``records`` are at or before ``limit``: a partition is in event-time

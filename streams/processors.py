@@ -93,6 +93,7 @@ class TransactionProcessor:
             margin = settings.fraud_challenger_margin if settings.fraud_challenger == "promote" else None
             models = FraudModels(challenger=challenger, promote_margin=margin,
                                  calibrate=settings.fraud_calibration == "platt",
+                                 prove_auc=settings.fraud_proof_auc or None,
                                  **({"maturity_ms": maturity} if maturity else {}))
         if not settings.step_up_score <= settings.review_score <= settings.decline_score:
             raise ConfigError("score thresholds must rise: step_up_score <= review_score <= decline_score "

@@ -67,7 +67,7 @@ class BatchReader:
         self.held_accounts: dict = {}
         self.committed_at = 0.0
         self.consumer = None
-        self.aligner = PartitionAligner(settings.partition_lead_ms)
+        self.aligner = PartitionAligner(settings.partition_lead_ms, batch=settings.batch_max_events)
         self.delivered_at: dict = {}  # transaction TopicPartition -> when it last brought records
 
     async def start(self) -> None:

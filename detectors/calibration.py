@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPS = 1e-6
+EPS = 1e-38  # probabilities are float32: as small as they come, still apart on the logit scale
+# Slopes a calibration may have: outside, the scores hardly rank the outcomes (or a fit on few
+# frauds ran away), and a steep slope squeezed a whole day's scores into float32 ties.
+SLOPES = (0.05, 20.0)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -42,34 +45,47 @@ class PlattCalibration:
     frauds: int = 0
 
     @classmethod
-    def fit(cls, score: np.ndarray, y: np.ndarray, iterations: int = 50) -> "PlattCalibration":
-        """Maximum likelihood by Newton's method on Platt's smoothed targets (a fraud counts
+    def fit(cls, score: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None,
+            iterations: int = 50) -> "PlattCalibration | None":
+        """Maximum likelihood by damped Newton steps on Platt's smoothed targets (a fraud counts
         (N+ + 1) / (N+ + 2), a legit one 1 / (N- + 2)), which keeps the fit finite when the
-        scores separate the classes perfectly."""
+        scores separate the classes perfectly; ``weight``: how many cases each row stands for (a
+        sample of the legit ones). None when the scores do not rank (a slope outside
+        ``SLOPES``): the caller keeps the calibration it has."""
         z = _logit(score)
         y = np.asarray(y).astype(bool)
-        n_pos = int(y.sum())
-        n_neg = len(y) - n_pos
+        c = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        n_pos, n_neg = float(c[y].sum()), float(c[~y].sum())
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+        def loss(a: float, b: float) -> float:
+            u = a * z + b
+            return float(np.dot(c, np.logaddexp(0, u) - t * u))
+
         a, b = 1.0, float(np.log((n_pos + 1.0) / (n_neg + 1.0)))
+        current = loss(a, b)
         for _ in range(iterations):
-            p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -40, 40)))
-            w = np.maximum(p * (1 - p), 1e-12)
-            g = np.array([np.dot(p - t, z), np.sum(p - t)])
+            p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -700, 700)))
+            w = c * np.maximum(p * (1 - p), 1e-12)
+            g = np.array([np.dot(c * (p - t), z), np.dot(c, p - t)])
             h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-9 * np.eye(2)
             step = np.linalg.solve(h, g)
-            a, b = a - step[0], b - step[1]
-            if abs(step).max() < 1e-9:
+            scale = 1.0
+            while scale > 1e-4 and not loss(a - scale * step[0], b - scale * step[1]) <= current:
+                scale /= 2  # a full Newton step can overshoot far from the optimum
+            a, b = a - scale * step[0], b - scale * step[1]
+            previous, current = current, loss(a, b)
+            if previous - current < 1e-9 * max(1.0, abs(current)):
                 break
-        if not (np.isfinite(a) and np.isfinite(b)) or a <= 0:  # no usable ranking: leave scores alone
-            return cls(decisions=len(y), frauds=n_pos)
-        return cls(float(a), float(b), len(y), n_pos)
+        if not (np.isfinite(a) and np.isfinite(b)) or not SLOPES[0] <= a <= SLOPES[1]:
+            return None
+        return cls(float(a), float(b), len(y), int(y.sum()))
 
     def apply(self, score: np.ndarray) -> np.ndarray:
         if self.slope == 1.0 and self.intercept == 0.0:
             return np.asarray(score, dtype=np.float32)
         z = self.slope * _logit(score) + self.intercept
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))).astype(np.float32)
 
     def describe(self) -> str:
         return (f"platt slope {self.slope:.3f} intercept {self.intercept:+.3f} "

@@ -146,34 +146,69 @@ class ChampionChoice:
         rows = np.flatnonzero(((status == LEARNED_POS) | (status == LEARNED_NEG)) & (self._time[:used] >= since_ms))
         return rows, (status[rows] == LEARNED_POS).astype(np.int8)
 
+    # The models are judged and calibrated as they are now, on the settled decisions of the last
+    # 7 days: every fraud, and a sample of this many legit ones weighted for all of them.
+    LEGIT_SAMPLE = 20_000
+
+    def _settled_sample(self, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(rows, outcomes, weights), or None while too few have settled to judge."""
+        rows, y = self._settled_recent(now - self.compare_ms)
+        legit = np.flatnonzero(y == 0)
+        if y.sum() < self.min_positives or len(legit) < 200:
+            return None
+        weight = np.ones(len(rows))
+        if len(legit) > self.LEGIT_SAMPLE:
+            keep = np.zeros(len(rows), bool)
+            keep[np.random.default_rng(len(rows)).choice(legit, self.LEGIT_SAMPLE, replace=False)] = True
+            keep[y == 1] = True
+            weight[y == 0] = len(legit) / self.LEGIT_SAMPLE
+            rows, y, weight = rows[keep], y[keep], weight[keep]
+        return rows, y, weight
+
     def _try_proof(self, now: int) -> None:
-        """The online model's record on the settled decisions of the last 7 days that it scored
-        in shadow: it decides from now on if it ranks them with ROC AUC >= ``prove_auc``."""
+        """The online model decides from now on if it ranks the settled decisions of the last
+        7 days with ROC AUC >= ``prove_auc``, both by the scores it gave them in shadow (its
+        record) and as it is now (in the demo, a model that passed on its record alone gave
+        most of the next two days' traffic one score), and is calibrated on them."""
         from riskstream.detectors.evaluate import roc_auc
 
-        rows, y = self._settled_recent(now - self.compare_ms)
-        s = self._lrscore[rows]
-        known = ~np.isnan(s)
-        s, y = s[known], y[known]
-        if y.sum() < self.min_positives or (y == 0).sum() < 200:
+        sample = self._settled_sample(now)
+        if sample is None:
             return
-        auc = roc_auc(y, s)
-        if self.prove_auc is not None and not auc >= self.prove_auc:
+        rows, y, _ = sample
+        record = self._lrscore[rows]
+        known = ~np.isnan(record)
+        if y[known].sum() < self.min_positives:
             return
-        self._fit_calibrations(now)
+        auc = roc_auc(y[known], record[known])
+        now_auc = roc_auc(y, self._online_probability(self._X[rows]))
+        if self.prove_auc is not None and not (auc >= self.prove_auc and now_auc >= self.prove_auc):
+            return
+        self._fit_calibrations(now, sample)
         if self.calibrate and ONLINE not in self.calibrations:
             return
-        self.proof = {"at_ms": int(now), "roc_auc": float(auc), "decisions": int(len(y)), "frauds": int(y.sum())}
+        self.proof = {"at_ms": int(now), "roc_auc": float(auc), "roc_auc_now": float(now_auc),
+                      "decisions": int(len(y)), "frauds": int(y.sum())}
 
-    def _fit_calibrations(self, now: int) -> None:
+    def _fit_calibrations(self, now: int, sample=None) -> None:
+        """Platt scalings of the online model and the trees as they are now (not of the scores
+        they gave: a model's scale moves as it learns, and a scaling fitted on last week's
+        scores sent a day of the new model's scores below what float32 can tell apart)."""
         if not self.calibrate:
             return
-        rows, y = self._settled_recent(now - self.compare_ms)
-        for model, scores in ((ONLINE, self._lrscore), ("trees", self._cscore)):
-            s = scores[rows]
-            known = ~np.isnan(s)
-            if y[known].sum() >= self.min_positives and (y[known] == 0).sum() >= 200:
-                self.calibrations[model] = PlattCalibration.fit(s[known], y[known])
+        sample = sample or self._settled_sample(now)
+        if sample is None:
+            return
+        rows, y, weight = sample
+        X = self._X[rows]
+        c = self.challenger
+        for model, score in ((ONLINE, lambda: self._online_probability(X) if self.ready else None),
+                             ("trees", lambda: c.score(X) if c is not None else None)):
+            p = score()
+            if p is not None:
+                fitted = PlattCalibration.fit(p, y, weight)
+                if fitted is not None:  # else the calibration in force stays
+                    self.calibrations[model] = fitted
 
     def _retrain_if_due(self) -> None:
         """Hand the challenger the settled decisions of its window when its time has come,

@@ -264,6 +264,10 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         X = np.asarray(X, dtype=np.float32)
         return X if cols is None else X[:, cols]
 
+    def _online_probability(self, X: np.ndarray) -> np.ndarray:
+        """The online logistic regression's own probability for rows in model column order."""
+        return sigmoid(self.linear.contributions(X).sum(axis=1) + self.linear.offset_)
+
     def score(self, X: np.ndarray, feature_names: Sequence[str]) -> FraudScores:
         X = self._columns(X, feature_names)
         contrib = self.linear.contributions(X)

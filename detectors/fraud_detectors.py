@@ -304,7 +304,9 @@ class LinearFraudDetector(Detector):
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    z = np.clip(np.asarray(z, dtype=np.float32), -30, 30)
+    # Clipped where float32 still tells values apart (sigmoid(-80) ~ 1.8e-35): clipped at -30, a
+    # model whose logits had drifted below it gave a day's traffic one score, and no ranking.
+    z = np.clip(np.asarray(z, dtype=np.float32), -80, 80)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 

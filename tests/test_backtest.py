@@ -69,7 +69,9 @@ def history(tmp_path_factory):
     path = write_simulation(sim, root / "tx.parquet")[0]
     # Small batches: the replay learns a label at the next batch start, so this keeps the
     # worker's card fraud rates close to the exact ones.
-    settings = Settings(data_dir=root / "rs", batch_max_events=100)
+    # The model's own probability from its warm-up on (no proof, no calibration): the rule on
+    # `score` needs scores to act on in a 10-day history.
+    settings = Settings(data_dir=root / "rs", batch_max_events=100, fraud_calibration="off", fraud_proof_auc=0)
     data = reading.load_input(path, "transactions", settings=settings, label_column="is_fraud",
                              label_delay_ms=LABEL_DELAY_MS)
     engine = CapturingDriver(settings)

@@ -106,9 +106,9 @@ def test_in_process_figures(report):
         assert 0 < run["tps_with_close"] <= run["tps"]
         mix = run["decision_mix"]
         assert sum(mix["share"].values()) == pytest.approx(1.0, abs=1e-3) and mix["share"]["approve"] > 0.5
-        # Split by card over processes, each model gets a share of the labels: in the quick
-        # run's 20k transactions (under a day) they may still be warming up at the end.
-        assert (0 < mix["model_ready_share"] <= 1) if processes == "1" else (0 <= mix["model_ready_share"] <= 1)
+        # In the quick run's 20k transactions (under a day) the model is still warming up or
+        # proving itself on a week of settled labels (docs/model-quality.md) at the end.
+        assert 0 <= mix["model_ready_share"] <= 1
     assert report["offline_replay"]["engine_only"]["labels"] > 0
     assert report["state_bytes_per_card"] > 0
     assert report["memory"]["tracked_entities"]["card"] == report["memory"]["cards"]

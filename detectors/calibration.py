@@ -31,8 +31,8 @@ SLOPES = (0.05, 20.0)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - 1e-15)  # (1 - 1e-38 is 1 in float64)
+    return np.log(p) - np.log1p(-p)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class ChampionChoice:
         self.calibrate = calibrate
         self.calibrations: dict[str, PlattCalibration] = {}  # "online" / "trees"
         self.calibrated_at_ms: int | None = None
-        self._tried_at_positives = -1
+        self._tried_at = (-1, 0, 0)  # (settled frauds, decisions remembered, event time) at the last proof attempt
         # The online model decides once it has proven itself on settled decisions it scored in
         # shadow: ROC AUC at least ``prove_auc`` (None: no bar), and calibrated (with calibration on).
         self.prove_auc = prove_auc
@@ -128,8 +128,12 @@ class ChampionChoice:
         now = self._clock()
         if now is None:
             return
-        if self.ready and not self.proven and self.stats["settled_positives"] != self._tried_at_positives:
-            self._tried_at_positives = self.stats["settled_positives"]  # (a ring scan: only on news)
+        # A proof attempt scans the ring and scores a sample (~10-30 ms): only on new frauds,
+        # and at most once per PROOF_EVERY decisions or day of event time (a trickle of traffic).
+        tried_at = self._tried_at
+        if self.ready and not self.proven and self.stats["settled_positives"] != tried_at[0] and (
+                self.stats["remembered"] - tried_at[1] >= self.PROOF_EVERY or now - tried_at[2] >= DAY_MS):
+            self._tried_at = (self.stats["settled_positives"], self.stats["remembered"], now)
             self._try_proof(now)
         if self.calibrated_at_ms is None:
             self.calibrated_at_ms = now
@@ -149,6 +153,7 @@ class ChampionChoice:
     # The models are judged and calibrated as they are now, on the settled decisions of the last
     # 7 days: every fraud, and a sample of this many legit ones weighted for all of them.
     LEGIT_SAMPLE = 20_000
+    PROOF_EVERY = 20_000
 
     def _settled_sample(self, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(rows, outcomes, weights), or None while too few have settled to judge."""

@@ -20,9 +20,10 @@ from typing import Any
 
 import orjson
 
+from riskstream.detectors.champion import AUTO, ONLINE
+
 PREFIX = "rs:model:fraud"
 KEEP = 30
-ONLINE, AUTO = "online", "auto"
 
 
 class ModelRegistry:

@@ -142,18 +142,21 @@ class RuleFeed:
         """The fraud model an operator chose (``riskstream models promote|rollback``)."""
         if self.models is None:
             return
+        from riskstream.detectors.champion import AUTO, ONLINE
+
         try:
             version = orjson.loads(value)["version"]
-            meta = self.registry.get(version) if version not in ("online", "auto") else {}
-            text = self.registry.model_text(version) if version not in ("online", "auto") else None
-            if meta is None or (text is None and version not in ("online", "auto")):
+            named = version in (ONLINE, AUTO)  # not a registered tree version
+            meta = {} if named else self.registry.get(version)
+            text = None if named else self.registry.model_text(version)
+            if meta is None or (text is None and not named):
                 raise KeyError(f"version {version} is not in the model registry")
             self.models.pin(version, text, negative_rate=meta.get("negative_rate", 0.25))
         except Exception as exc:
             log.error("fraud model choice on the rules topic refused, the model deciding stays: %s", exc)
             return
         log.warning("fraud model %s in force (%s)", version, self.models.version)
-        if version != "auto":
+        if version != AUTO:
             try:  # what a rollback returns to; the periodic report notes it too
                 self.registry.note_champion(version, "pinned", self.settings.worker_name or f"pid {os.getpid()}")
             except Exception as exc:

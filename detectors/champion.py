@@ -10,9 +10,13 @@ model lifecycle (a mixin of :class:`riskstream.detectors.fraud.FraudModels`).
 * **A pinned champion.** An operator can pin the online model or any registered tree version
   (``riskstream models promote|rollback``, through the control topic): ``pin``. Automatic
   promotion then waits until the pin is released (``pin("auto")``).
-* **Calibration.** Once a day of event time, each model's decision-time scores on the settled
-  decisions of the last 7 days fit a Platt scaling (``detectors.calibration``); the deciding
-  model's probability goes through it, so that the thresholds mean fraud rates.
+* **Proof and calibration.** After warm-up the online model scores in shadow until it ranks
+  the settled decisions of the judging window (the last week, or back until it holds 50 settled
+  frauds, at most 4 weeks) with ROC AUC of at least ``prove_auc``, by the
+  scores it gave them and as it is now (``_try_proof``). Then, and once a day of event time,
+  each model as it is now is scored on those decisions to fit a Platt scaling
+  (``detectors.calibration``); the deciding model's probability goes through it, so that the
+  thresholds mean fraud rates.
 * **New versions** of the trees go to the worker's registry (``take_new_versions``).
 
 Uses the ring of ``detectors.fraud`` (``_X``, ``_time``, ``_score``, ``_lrscore``,
@@ -34,6 +38,11 @@ class ChampionChoice:
         # promote_margin None: the trees stay in shadow unless pinned.
         self.promote_margin = promote_margin
         self.compare_ms = 7 * DAY_MS
+        # Proof and calibration look back a week, or further until the window holds
+        # JUDGE_FRAUDS settled frauds (at most ``judge_ms``): chargebacks take weeks, so a
+        # week's settled decisions hold few frauds, and a fixed 4 weeks kept a model judged by
+        # the days before it learned (docs/model-quality.md, the demo).
+        self.judge_ms = 28 * DAY_MS
         self.promoted = False
         self.comparisons: list[dict] = []
         self.pinned: str | None = None  # None: automatic; "online"; or a tree version
@@ -150,14 +159,22 @@ class ChampionChoice:
         rows = np.flatnonzero(((status == LEARNED_POS) | (status == LEARNED_NEG)) & (self._time[:used] >= since_ms))
         return rows, (status[rows] == LEARNED_POS).astype(np.int8)
 
-    # The models are judged and calibrated as they are now, on the settled decisions of the last
-    # 7 days: every fraud, and a sample of this many legit ones weighted for all of them.
+    # The models are judged and calibrated as they are now, on the settled decisions of the
+    # judging window: every fraud, and a sample of this many legit ones weighted for all of them.
+    JUDGE_FRAUDS = 50
     LEGIT_SAMPLE = 20_000
     PROOF_EVERY = 20_000
 
     def _settled_sample(self, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """(rows, outcomes, weights), or None while too few have settled to judge."""
-        rows, y = self._settled_recent(now - self.compare_ms)
+        """(rows, outcomes, weights) of the judging window (see ``judge_ms``), or None while
+        too few have settled to judge."""
+        rows, y = self._settled_recent(now - self.judge_ms)
+        fraud_times = np.sort(self._time[rows[y == 1]])[::-1]
+        if len(fraud_times) >= self.JUDGE_FRAUDS:
+            days = -(-(now - int(fraud_times[self.JUDGE_FRAUDS - 1])) // DAY_MS)  # whole days back
+            since = now - max(self.compare_ms, days * DAY_MS)
+            inside = self._time[rows] >= since
+            rows, y = rows[inside], y[inside]
         legit = np.flatnonzero(y == 0)
         if y.sum() < self.min_positives or len(legit) < 200:
             return None
@@ -171,10 +188,10 @@ class ChampionChoice:
         return rows, y, weight
 
     def _try_proof(self, now: int) -> None:
-        """The online model decides from now on if it ranks the settled decisions of the last
-        7 days with ROC AUC >= ``prove_auc``, both by the scores it gave them in shadow (its
-        record) and as it is now (in the demo, a model that passed on its record alone gave
-        most of the next two days' traffic one score), and is calibrated on them."""
+        """The online model decides from now on if it ranks the settled decisions of the judging
+        window with ROC AUC >= ``prove_auc``, both by the scores it gave them in shadow (its
+        record, out of sample) and as it is now (it has learned since), and is calibrated on
+        them."""
         from riskstream.detectors.evaluate import roc_auc
 
         sample = self._settled_sample(now)
@@ -183,8 +200,8 @@ class ChampionChoice:
         rows, y, _ = sample
         record = self._lrscore[rows]
         known = ~np.isnan(record)
-        if y[known].sum() < self.min_positives:
-            return
+        if y[known].sum() < max(self.min_positives, self.JUDGE_FRAUDS):
+            return  # judged on frauds it scored in shadow, enough of them to tell
         auc = roc_auc(y[known], record[known])
         now_auc = roc_auc(y, self._online_probability(self._X[rows]))
         if self.prove_auc is not None and not (auc >= self.prove_auc and now_auc >= self.prove_auc):
@@ -197,8 +214,7 @@ class ChampionChoice:
 
     def _fit_calibrations(self, now: int, sample=None) -> None:
         """Platt scalings of the online model and the trees as they are now (not of the scores
-        they gave: a model's scale moves as it learns, and a scaling fitted on last week's
-        scores sent a day of the new model's scores below what float32 can tell apart)."""
+        they gave: a model's scale moves as it learns)."""
         if not self.calibrate:
             return
         sample = sample or self._settled_sample(now)

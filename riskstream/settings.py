@@ -114,11 +114,13 @@ class Settings(BaseSettings):
                            "Costs a few µs a transaction to score (docs/model-quality.md).")
     fraud_calibration: Literal["platt", "off"] = Field(
         "platt", description="platt: the deciding fraud model's probability is calibrated once a day of event "
-                             "time on the settled decisions of the last 7 days (Platt scaling), so that the "
+                             "time on the settled decisions of the last 7 days, or back until 50 settled frauds (Platt "
+                             "scaling), so that the "
                              "thresholds are fraud rates; off: the model's own probability.")
     fraud_proof_auc: float = Field(
         0.8, ge=0, le=1, description="The online fraud model decides once it ranks the settled decisions it "
-                                     "scored in shadow (the last 7 days) with at least this ROC AUC; until then "
+                                     "scored in shadow (the last 7 days, or back until 50 settled frauds, at most "
+                                     "28) with at least this ROC AUC; until then "
                                      "the rules and the anomaly score decide. 0: as soon as it has warmed up.")
     fraud_challenger_margin: float = Field(
         0.02, ge=0, le=1, description="How far the challenger must lead on AP and on CP@100 to be promoted.")

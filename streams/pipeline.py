@@ -147,9 +147,9 @@ class TransactionScorer:
             challenger, challenger_version = scored.shadow, scored.shadow_version
             score = np.clip(np.asarray(scored.probability, dtype=np.float32), 0.0, 1.0)
             t2 = clock()
+            model_version = self.models.version  # the version that scored: remember may learn and move it
             self.models.remember(batch.transaction_id, X, batch.event_time_ms, scores=score, entity_ids=batch.card_id,
                                  challenger_scores=scored.challenger, online_scores=scored.online)
-            model_version = self.models.version
         else:
             scored = challenger = None
             challenger_version = ""

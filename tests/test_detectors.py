@@ -648,3 +648,33 @@ def test_a_pinned_model_decides_until_the_pin_is_released():
     assert models.deciding == "online"
     models.pin("auto")
     assert models.pinned is None and models.deciding == "online"  # not promoted: no comparison won
+
+
+def test_the_online_model_is_proven_on_its_recent_record_reaching_back_for_enough_frauds():
+    """Proof judges the scores the model gave in shadow on the settled decisions of the last
+    week, or back until they hold 50 settled frauds. Here frauds are reported 6 days late, so a
+    week holds about 10: the window reaches back, and once the days it reaches are ones the
+    model ranked, it decides; the days of noise before it do not hold it back for long."""
+    rng = np.random.default_rng(21)
+    per_day, days = 2000, 26
+    n = per_day * days
+    X, y = _fraud_data(rng, n, fraud_rate=0.005)
+    ids, t = _ids("p", n), np.arange(n, dtype=np.int64) * (DAY_MS // per_day)
+    # The decision-time scores in shadow: noise for 8 days, then ranking the frauds.
+    record = np.where(t >= 8 * DAY_MS, 0.3 * y + 0.7 * rng.random(n), rng.random(n)).astype(np.float32)
+    models = FraudModels(NAMES, capacity=60_000, seed=5, calibrate=True, prove_auc=0.8)
+    proven_on_day = None
+    for s in range(0, n, 1000):
+        rows = slice(s, s + 1000)
+        scores = models.score(X[rows], NAMES)
+        models.remember(ids[rows], X[rows], t[rows], scores=scores.probability, online_scores=record[rows])
+        reported = np.flatnonzero(y & (t + 6 * DAY_MS >= t[s]) & (t + 6 * DAY_MS < t[s] + 1000 * (DAY_MS // per_day)))
+        models.learn_from_labels(ids[reported], np.ones(len(reported), np.int8), t[reported] + 6 * DAY_MS)
+        if models.proven and proven_on_day is None:
+            proven_on_day = int(t[s]) // DAY_MS
+    assert proven_on_day is not None and 15 <= proven_on_day <= 22, proven_on_day
+    proof = models.proof
+    assert proof["roc_auc"] >= 0.8 and proof["frauds"] >= models.JUDGE_FRAUDS
+    # The window reached back past the week, and not to the start.
+    window_days = proof["decisions"] / per_day
+    assert 7.5 < window_days < proven_on_day - 2, window_days

@@ -202,3 +202,29 @@ def test_arrow_blocks_stay_under_the_message_limit():
     assert len(blocks) > 1 and all(len(b) <= MAX_BLOCK_BYTES for b in blocks)
     rows = sum(pa.ipc.open_stream(b).read_all().num_rows for b in blocks)
     assert rows == n
+
+
+def test_a_decision_carries_the_model_version_that_scored_it():
+    """Remembering a batch can settle enough outcomes to change the model (here it warms up):
+    the batch's decisions still name the version that scored them, not the one after."""
+    from riskstream.detectors.fraud import FraudModels
+
+    holder = RuleSetHolder(available_columns=[*FEATURE_NAMES, "score", "card_id", "merchant_id", *TRANSACTION_OPTIONAL])
+    holder.load(RULES, "test.yaml")
+    models = FraudModels(learn_every=1, min_positives=20, min_negatives=200)
+    scorer = TransactionScorer(FeatureEngine(), holder, models=models)
+    rng = np.random.default_rng(5)
+
+    def batch(prefix: str, at_ms: int) -> TransactionBatch:
+        return _batch([{"transaction_id": f"{prefix}{i}", "event_time": at_ms + i, "card_id": f"c{i % 50}",
+                        "amount": float(rng.lognormal(3, 1))} for i in range(2500)])
+
+    first = scorer.process(batch("a", NOW), now_ms=NOW)
+    frauds = np.array([f"a{i}" for i in range(0, 2500, 80)], dtype=object)
+    models.learn_from_labels(frauds, np.ones(len(frauds), np.int8), np.full(len(frauds), NOW + 1000))
+    before = models.version
+    # The first batch matures (more than the 2,048 decisions maturity waits for) as this one is remembered.
+    second = scorer.process(batch("b", NOW + 2 * 86_400_000), now_ms=NOW)
+    assert before.startswith("fraud-warming-up") and not models.version.startswith("fraud-warming-up")
+    assert first.model_version.startswith("fraud-warming-up")
+    assert second.model_version == before and not second.score.any()  # scored while warming up

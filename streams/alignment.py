@@ -11,9 +11,10 @@ still warming up on day 11 of 28 for want of fraud labels that had come on day 5
 
 So :class:`PartitionAligner` hands on a partition's records only up to ``lead_ms`` past the
 slowest partition that still has records to read (or past the slowest partition's share of a
-full batch, when that reaches further), and holds the rest back: the reader pauses
-a partition while some of it is held (no refetching; nothing is committed past what was
-handed on), and serves the held records first once the others have caught up. The slowest
+full batch, when that reaches further), and holds the rest back: the reader leaves a
+partition out of its fetches while some of it is held (what the consumer has prefetched of it
+stays; nothing is committed past what was handed on), and serves the held records first once
+the others have caught up. The slowest
 partition always moves, so nothing waits for good; a partition with nothing left to read
 holds nobody back. In steady state every partition is within the lead, and the cost is one
 JSON parse per partition per batch.

@@ -215,16 +215,21 @@ class BatchReader:
         """The next fetched batch (None when idle), registered for an in-order commit."""
         most = self.settings.batch_max_events
         await self.settle()
-        # Records held back for alignment are ready now: no waiting for the broker then.
-        data = await self.consumer.getmany(timeout_ms=0 if self.aligner.holding() else 50, max_records=most)
-        if not data and not self.aligner.holding():  # idle: nothing to amortise a commit over
+        # Records held back for alignment are ready now: no waiting for the broker then. Their
+        # partitions are left out of the fetch, which keeps what the consumer has prefetched of
+        # them (pausing them would drop it, and the broker would be asked for it again).
+        holding = self.aligner.holding()
+        fetch = [tp for tp in self.consumer.assignment() if tp not in holding] if holding else []
+        data = await self.consumer.getmany(*fetch, timeout_ms=0 if holding else 50, max_records=most) \
+            if fetch or not holding else {}
+        if not data and not holding:  # idle: nothing to amortise a commit over
             await self.settle(commit_now=True)
             return None
         got = sum(map(len, data.values()))
         linger = batch_linger_s(got, self.settings)  # a trickle: give the batch a moment to fill
-        if linger:
+        if linger and (fetch or not holding):
             await asyncio.sleep(linger)
-            for tp, records in (await self.consumer.getmany(timeout_ms=0, max_records=most - got)).items():
+            for tp, records in (await self.consumer.getmany(*fetch, timeout_ms=0, max_records=most - got)).items():
                 data.setdefault(tp, []).extend(records)
         data = await self._aligned(data)
         if not data:
@@ -244,7 +249,7 @@ class BatchReader:
 
     async def _aligned(self, data: dict) -> dict:
         """Transaction partitions cut to the lead over the slowest (``streams.alignment``); a
-        partition with records held back is paused until they are all handed on."""
+        partition with records held back is not fetched until they are all handed on."""
         if self.aligner.lead_ms <= 0:
             return data
         now = time.monotonic()
@@ -259,12 +264,6 @@ class BatchReader:
                                 or (high is not None and high > await self.consumer.position(tp)))
         out = {tp: records for tp, records in data.items() if tp.topic != self.tx_topic}
         out.update(self.aligner.take(tx, has_more))
-        holding = self.aligner.holding() & set(has_more)
-        paused = {tp for tp in self.consumer.paused() if tp.topic == self.tx_topic}
-        if holding - paused:
-            self.consumer.pause(*(holding - paused))
-        if paused - holding:
-            self.consumer.resume(*(paused - holding))
         return out
 
 

@@ -258,6 +258,9 @@ def build_app(settings: Settings, driver=None):
 
     app = faust_app(settings)
     app.driver, app.publisher, app.stats = driver, publisher, path.stats
+    # The reader's consumer joins its group while Faust starts (run_worker schedules it): on
+    # the embedded broker every group join takes 3 s, and Faust joins a group of its own first.
+    app.reader, app.reader_started = reader, None
     batches = held_channel(app, maxsize=2)
     acks: set[asyncio.Future] = set()
 
@@ -312,7 +315,7 @@ def build_app(settings: Settings, driver=None):
         """Runs the batch reader; commits after each batch is published."""
 
         async def on_start(self) -> None:
-            await reader.start()
+            await (app.reader_started or reader.start())
 
         async def on_stop(self) -> None:
             watchdog.start()
@@ -488,6 +491,7 @@ def run_worker(settings: Settings) -> int:
           f"batches up to {settings.batch_max_events}, "
           f"{'exactly once' if app.publisher.transactional_id else 'at least once'}", flush=True)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    app.reader_started = worker.loop.create_task(app.reader.start())  # runs once the loop does
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

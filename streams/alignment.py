@@ -82,27 +82,28 @@ class PartitionAligner:
         return out
 
     def _limit(self, pending: dict[Hashable, list[Any]], has_more: dict[Hashable, bool]) -> int | None:
-        """The slowest partition still to be read, plus the lead; None: no limit."""
+        """How far the slowest partition still to be read reaches, plus the lead; None: no
+        limit. A partition with records read reaches its share of a full batch (or all it has
+        read, if less); one waiting for the broker stands where it last handed on. (Held back
+        to the slowest's first record instead, what was held went on an hour at a time, a
+        batch each: 2 workers drained the bench's backlog at 40k tx/s instead of 70k.)"""
         if self.lead_ms <= 0:
             return None
-        standing = []  # (event time, the partition's records pending)
+        share = max(1, self.batch // max(1, sum(1 for r in pending.values() if r)))
+        reaches = []
         for tp in set(pending) | set(has_more):
             records = pending.get(tp)
-            if records:  # where it stands: its first record not yet handed on
-                t = self.event_time(records[0])
+            if records:
+                times = [t for t in (self.event_time(records[0]), self.event_time(records[min(len(records), share) - 1]))
+                         if t is not None]
+                t = max(times) if times else None
             elif has_more.get(tp):
                 t = self.last_time.get(tp)
             else:
                 continue
             if t is not None:
-                standing.append((t, records or []))
-        if not standing:
-            return None
-        t, records = min(standing, key=lambda s: s[0])
-        share = self.batch // max(1, sum(1 for _, r in standing if r))
-        if share and len(records) > share:
-            t = max(t, self.event_time(records[share - 1]) or t)
-        return t + self.lead_ms
+                reaches.append(t)
+        return min(reaches) + self.lead_ms if reaches else None
 
     def _cut(self, records: list[Any], limit: int) -> int:
         """How many of ``records`` are at or before ``limit``: a partition is in event-time

@@ -61,3 +61,15 @@ def test_lead_zero_hands_everything_on_and_a_drop_forgets_what_was_held():
     aligner.take({"p0": records(0, 48), "p1": records(0, 1)}, has_more={"p0": True, "p1": True})
     aligner.drop({"p0"})
     assert aligner.holding() == set()
+
+
+def test_what_is_held_goes_on_in_full_batches_not_an_hour_at_a_time():
+    """Two partitions a fetch of 30 hours each, batches of 100: each take hands on about a
+    batch (each partition its share, and up to an hour past the other's), held or not."""
+    aligner = PartitionAligner(lead_ms=HOUR, batch=100)
+    first = aligner.take({"p0": records(0, 30), "p1": records(0, 30)}, has_more={"p0": True, "p1": True})
+    assert [len(first[p]) for p in ("p0", "p1")] == [54, 54]  # a share of 50, and the hour past it
+    second = aligner.take({}, has_more={"p0": True, "p1": True})  # from what was held
+    assert [len(second[p]) for p in ("p0", "p1")] == [54, 54]
+    third = aligner.take({}, has_more={"p0": True, "p1": True})
+    assert [len(third[p]) for p in ("p0", "p1")] == [12, 12] and aligner.holding() == set()

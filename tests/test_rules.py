@@ -663,3 +663,14 @@ def test_a_rule_set_is_bounded_in_rules_nesting_length_and_list_size(monkeypatch
     assert "hostile.yaml:3: list 'big'" in refused(big_list)
     # Within the bounds, the same shapes are fine.
     assert validate_rule_set(rule_set_yaml("(" * 10 + "amount > 1" + ")" * 10), "ok.yaml").rules
+
+
+def test_a_rule_set_compiled_before_loads_its_kernel_from_the_cache_and_decides_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rs = validate_rule_set(TWO_RULES.format(set_mode=""), "s.yaml")
+    first = compile_rule_set(rs, COLUMNS)
+    again = compile_rule_set(rs, COLUMNS)  # a new dispatcher: its first call finds the cache
+    assert not first._kernel.stats.cache_hits and sum(again._kernel.stats.cache_hits.values()) >= 1
+    assert list((tmp_path / "riskstream" / "rules").glob("kernel_*.py"))
+    np.testing.assert_array_equal(again.evaluate(BATCH).hits, first.evaluate(BATCH).hits)
+    np.testing.assert_array_equal(again.evaluate(BATCH).hits, again.evaluate_reference(BATCH).hits)

@@ -50,6 +50,8 @@ class PartitionAligner:
         self.held: dict[Hashable, list[Any]] = {}  # partition -> records read but not handed on
         self.last_time: dict[Hashable, int] = {}  # partition -> event time of the last handed on
 
+    NOWHERE = -(1 << 62)  # a limit before any event time
+
     def holding(self) -> set[Hashable]:
         return {tp for tp, records in self.held.items() if records}
 
@@ -86,7 +88,8 @@ class PartitionAligner:
         limit. A partition with records read reaches its share of a full batch (or all it has
         read, if less); one waiting for the broker stands where it last handed on. (Held back
         to the slowest's first record instead, what was held went on an hour at a time, a
-        batch each: 2 workers drained the bench's backlog at 40k tx/s instead of 70k.)"""
+        batch each: 2 workers drained the bench's backlog at 40k tx/s instead of 70k.) A
+        partition with more to read that has handed nothing on yet holds everything back."""
         if self.lead_ms <= 0:
             return None
         share = max(1, self.batch // max(1, sum(1 for r in pending.values() if r)))
@@ -99,6 +102,8 @@ class PartitionAligner:
                 t = max(times) if times else None
             elif has_more.get(tp):
                 t = self.last_time.get(tp)
+                if t is None:  # more to read, from nobody knows when: nothing goes on until it comes
+                    return self.NOWHERE
             else:
                 continue
             if t is not None:

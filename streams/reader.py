@@ -69,6 +69,7 @@ class BatchReader:
         self.consumer = None
         self.aligner = PartitionAligner(settings.partition_lead_ms, batch=settings.batch_max_events)
         self.delivered_at: dict = {}  # transaction TopicPartition -> when it last brought records
+        self.assigned_at: dict = {}  # transaction TopicPartition -> when it was assigned
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -244,8 +245,12 @@ class BatchReader:
 
 
     # A partition counts as having more to read while the broker's high watermark says so, or
-    # while it brought records this recently (Tansu's high watermark lags behind its log).
+    # while it brought records this recently (Tansu's high watermark lags behind its log), or,
+    # for this long after its assignment, until the broker has told where it ends: a partition
+    # not fetched yet stands nowhere, and the others would race ahead (the demo's worker once
+    # decided a partition 40 days ahead in its first second).
     RECENTLY_DELIVERED_S = 1.0
+    UNKNOWN_END_S = 5.0
 
     async def _aligned(self, data: dict) -> dict:
         """Transaction partitions cut to the lead over the slowest (``streams.alignment``); a
@@ -261,9 +266,14 @@ class BatchReader:
             if tp.topic == self.tx_topic:
                 high = self.consumer.highwater(tp)
                 has_more[tp] = (now - self.delivered_at.get(tp, 0.0) <= self.RECENTLY_DELIVERED_S
+                                or (high is None and now - self.assigned_at.get(tp, 0.0) <= self.UNKNOWN_END_S)
                                 or (high is not None and high > await self.consumer.position(tp)))
+                if tp not in self.aligner.last_time and now - self.assigned_at.get(tp, 0.0) > self.UNKNOWN_END_S:
+                    has_more[tp] = False  # never waited on for good (a partition the broker does not serve)
         out = {tp: records for tp, records in data.items() if tp.topic != self.tx_topic}
         out.update(self.aligner.take(tx, has_more))
+        if not out and self.aligner.holding():
+            await asyncio.sleep(0.005)  # waiting for a partition the broker has not answered for yet
         return out
 
 
@@ -307,6 +317,8 @@ class FollowPartitions(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         reader = self.reader
         parts = {tp.partition for tp in assigned if tp.topic == reader.tx_topic}
+        reader.assigned_at.update(dict.fromkeys((tp for tp in assigned if tp.topic == reader.tx_topic),
+                                                time.monotonic()))
         reader.driver.assign_partitions(parts)
         # Loan outcomes wait for every assigned partition of applications, not the fastest.
         reader.driver.assign_partitions({tp.partition for tp in assigned if tp.topic == reader.loans_topic},

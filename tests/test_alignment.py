@@ -73,3 +73,13 @@ def test_what_is_held_goes_on_in_full_batches_not_an_hour_at_a_time():
     assert [len(second[p]) for p in ("p0", "p1")] == [54, 54]
     third = aligner.take({}, has_more={"p0": True, "p1": True})
     assert [len(third[p]) for p in ("p0", "p1")] == [12, 12] and aligner.holding() == set()
+
+
+def test_a_partition_not_read_yet_holds_the_others_until_it_comes():
+    """At start-up one partition's fetch comes first: it waits for the others (more to read,
+    nothing handed on yet) instead of racing days ahead."""
+    aligner = PartitionAligner(lead_ms=HOUR, batch=1000)
+    early = aligner.take({"p0": records(0, 72)}, has_more={"p0": True, "p1": True})
+    assert early == {} and aligner.holding() == {"p0"}
+    both = aligner.take({"p1": records(0, 8)}, has_more={"p0": True, "p1": True})
+    assert len(both["p1"]) == 32 and record_event_time(both["p0"][-1]) <= BASE + 9 * HOUR

@@ -56,6 +56,7 @@ class ChampionChoice:
         self.prove_auc = prove_auc
         self.proof: dict | None = None
         self._registered: str | None = None  # the newest tree version handed to the registry
+        self._report_delays = np.zeros(0, np.int64)  # the latest frauds' event-to-label times, ms
 
     # ----- who decides ------------------------------------------------------------------------
     @property
@@ -212,6 +213,25 @@ class ChampionChoice:
         self.proof = {"at_ms": int(now), "roc_auc": float(auc), "roc_auc_now": float(now_auc),
                       "decisions": int(len(y)), "frauds": int(y.sum())}
 
+    # ----- frauds not reported yet -----------------------------------------------------------------
+    # A decision settles as legit after a day, but chargebacks take weeks: the judging window's
+    # "legit" decisions hold frauds not reported yet, and a calibration fitted on them as legit
+    # gave a third of the fraud rate seen later. The calibration takes the share of frauds
+    # reported by each age into account (``PlattCalibration.fit``), from recent reporting times.
+    REPORT_DELAYS = 5000  # reporting times kept
+
+    def note_reported(self, event_ms: np.ndarray, label_ms: np.ndarray) -> None:
+        """Reporting times of frauds just labelled (``learn_from_labels``)."""
+        delays = np.maximum(np.asarray(label_ms, np.int64) - np.asarray(event_ms, np.int64), 0)
+        self._report_delays = np.concatenate([self._report_delays, delays])[-self.REPORT_DELAYS:]
+
+    def reported_share(self, age_ms: np.ndarray) -> np.ndarray:
+        """The share of frauds reported by each age, 1 while fewer than 50 reports are known."""
+        delays = np.sort(self._report_delays)
+        if len(delays) < 50:
+            return np.ones(len(age_ms))
+        return np.searchsorted(delays, np.asarray(age_ms, np.int64), side="right") / len(delays)
+
     def _fit_calibrations(self, now: int, sample=None) -> None:
         """Platt scalings of the online model and the trees as they are now (not of the scores
         they gave: a model's scale moves as it learns)."""
@@ -221,13 +241,14 @@ class ChampionChoice:
         if sample is None:
             return
         rows, y, weight = sample
+        reported = self.reported_share(now - self._time[rows])
         X = self._X[rows]
         c = self.challenger
         for model, score in ((ONLINE, lambda: self._online_probability(X) if self.ready else None),
                              ("trees", lambda: c.score(X) if c is not None else None)):
             p = score()
             if p is not None:
-                fitted = PlattCalibration.fit(p, y, weight)
+                fitted = PlattCalibration.fit(p, y, weight, reported_share=reported)
                 if fitted is not None:  # else the calibration in force stays
                     self.calibrations[model] = fitted
 

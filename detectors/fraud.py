@@ -493,15 +493,16 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
             return 0
         keys = hash_ids(event_ids)
         y = np.asarray(is_positive).astype(np.int8)
+        label_ms = np.broadcast_to(np.asarray(label_time_ms, np.int64), y.shape)
         slots = self.slots_of(keys)
         found = slots >= 0
         self.stats["labels_missed"] += int((~found).sum())
-        slots, y = slots[found], y[found]
+        slots, y, label_ms = slots[found], y[found], label_ms[found]
         # First label per event in this call wins for duplicates; positives take precedence.
         order = np.lexsort((-y, slots))
-        slots, y = slots[order], y[order]
+        slots, y, label_ms = slots[order], y[order], label_ms[order]
         first = np.r_[True, slots[1:] != slots[:-1]] if len(slots) else np.zeros(0, bool)
-        slots, y = slots[first], y[first]
+        slots, y, label_ms = slots[first], y[first], label_ms[first]
         status = self._status[slots]
         fresh = status == PENDING
         correction = (status == LEARNED_NEG) & (y == 1)
@@ -515,6 +516,8 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
             self._status[slots[waiting]] = POSITIVE_WAITING
             fresh &= ~waiting
         learn = fresh | correction
+        reported = learn & (y == 1)
+        self.note_reported(self._time[slots[reported]], label_ms[reported])
         settled = 0
         if learn.any():
             self._settle(slots[learn], y[learn], "labels")

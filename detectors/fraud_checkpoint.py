@@ -32,7 +32,8 @@ class FraudCheckpoints:
                               self._updated_at_ms),
                  "challenger": self.challenger.state() if self.challenger is not None else None,
                  "promotion": (self.promote_margin, self.promoted, self.comparisons),
-                 "calibration": (self.calibrations, self.calibrated_at_ms, self.proof)}
+                 "calibration": (self.calibrations, self.calibrated_at_ms, self.proof),
+                 "report_delays": self._report_delays}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -83,3 +84,4 @@ class FraudCheckpoints:
         self.promote_margin, self.promoted, self.comparisons = state.get(
             "promotion", (self.promote_margin, False, []))
         self.calibrations, self.calibrated_at_ms, self.proof = state.get("calibration", ({}, None, None))
+        self._report_delays = state.get("report_delays", np.zeros(0, np.int64))

@@ -678,3 +678,40 @@ def test_the_online_model_is_proven_on_its_recent_record_reaching_back_for_enoug
     # The window reached back past the week, and not to the start.
     window_days = proof["decisions"] / per_day
     assert 7.5 < window_days < proven_on_day - 2, window_days
+
+
+def _stream_reported_late(models, X, y, t, ids, delay, per_batch=1000):
+    """Decisions in batches; each fraud's label comes ``delay`` after it, as the stream reaches it."""
+    reported_until = -1
+    for s in range(0, len(X), per_batch):
+        rows = slice(s, s + per_batch)
+        scores = models.score(X[rows], NAMES)
+        models.remember(ids[rows], X[rows], t[rows], scores=scores.probability, online_scores=scores.online)
+        until = t[min(s + per_batch, len(X)) - 1]
+        due = np.flatnonzero((y == 1) & (t + delay > reported_until) & (t + delay <= until))
+        models.learn_from_labels(ids[due], np.ones(len(due), np.int8), t[due] + delay[due])
+        reported_until = until
+
+
+def test_calibration_counts_the_frauds_not_reported_yet():
+    """Frauds reported half a day to 6 days late: the judging window's "legit" decisions hold
+    frauds not reported yet. Fitted with the share reported by each age (from the reporting
+    times seen), the calibrated probability stays near the fraud rate; counting every
+    unreported decision as legit, it falls well below it."""
+    rng = np.random.default_rng(31)
+    n = 60_000
+    X, y = _fraud_data(rng, n, fraud_rate=0.02)
+    t = np.linspace(0, 30 * DAY_MS, n).astype(np.int64)
+    delay = (rng.uniform(0.5, 6, n) * DAY_MS).astype(np.int64)
+    fresh_X, fresh_y = _fraud_data(np.random.default_rng(32), 20_000, fraud_rate=0.02)
+    means = {}
+    for corrected in (True, False):
+        models = FraudModels(NAMES, capacity=80_000, seed=3, calibrate=True)
+        if not corrected:
+            models.reported_share = lambda age: np.ones(len(age))
+        _stream_reported_late(models, X, y, t, _ids("r", n), delay)
+        assert models.proven
+        means[corrected] = float(models.score(fresh_X, NAMES).probability.mean())
+    rate = fresh_y.mean()
+    assert 0.7 * rate < means[True] < 1.4 * rate, (means, rate)
+    assert means[False] < 0.65 * means[True], (means, rate)

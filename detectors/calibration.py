@@ -70,7 +70,10 @@ class PlattCalibration:
             for _ in range(EM_ROUNDS):
                 p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -700, 700)))
                 t = np.where(y, t_pos, np.maximum(p * (1 - r) / (1 - p * r), t_neg))
+                previous = (a, b)
                 a, b = _newton(z, t, c, a, b, iterations)
+                if abs(a - previous[0]) + abs(b - previous[1]) < 1e-3:
+                    break
         if not (np.isfinite(a) and np.isfinite(b)) or not SLOPES[0] <= a <= SLOPES[1]:
             return None
         return cls(float(a), float(b), len(y), int(y.sum()))
@@ -86,7 +89,7 @@ class PlattCalibration:
                 f"({self.frauds} frauds in {self.decisions:,} settled decisions)")
 
 
-EM_ROUNDS = 5  # the intercept moves by under 1% between the 4th and 5th round in the demo
+EM_ROUNDS = 8  # at most; the rounds stop once slope and intercept move by under 0.001
 
 
 def _newton(z: np.ndarray, t: np.ndarray, c: np.ndarray, a: float, b: float, iterations: int) -> tuple[float, float]:
@@ -104,10 +107,12 @@ def _newton(z: np.ndarray, t: np.ndarray, c: np.ndarray, a: float, b: float, ite
         h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(h, g)
         scale = 1.0
-        while scale > 1e-4 and not loss(a - scale * step[0], b - scale * step[1]) <= current:
+        trial = loss(a - step[0], b - step[1])
+        while scale > 1e-4 and not trial <= current:
             scale /= 2  # a full Newton step can overshoot far from the optimum
+            trial = loss(a - scale * step[0], b - scale * step[1])
         a, b = a - scale * step[0], b - scale * step[1]
-        previous, current = current, loss(a, b)
+        previous, current = current, trial
         if previous - current < 1e-9 * max(1.0, abs(current)):
             break
     return a, b

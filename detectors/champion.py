@@ -163,7 +163,7 @@ class ChampionChoice:
     # The models are judged and calibrated as they are now, on the settled decisions of the
     # judging window: every fraud, and a sample of this many legit ones weighted for all of them.
     JUDGE_FRAUDS = 50
-    LEGIT_SAMPLE = 20_000
+    LEGIT_SAMPLE = 10_000  # two parameters to fit: plenty, and each fit costs half of 20,000
     PROOF_EVERY = 20_000
 
     def _settled_sample(self, now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -211,7 +211,8 @@ class ChampionChoice:
         if self.calibrate and ONLINE not in self.calibrations:
             return
         self.proof = {"at_ms": int(now), "roc_auc": float(auc), "roc_auc_now": float(now_auc),
-                      "decisions": int(len(y)), "frauds": int(y.sum())}
+                      "decisions": int(len(y)), "frauds": int(y.sum()),
+                      "window_days": round((now - int(self._time[rows].min())) / DAY_MS, 2)}
 
     # ----- frauds not reported yet -----------------------------------------------------------------
     # A decision settles as legit after a day, but chargebacks take weeks: the judging window's

@@ -258,3 +258,19 @@ def test_a_timestamp_is_not_taken_for_a_card_number():
         assert looks_like_pan(card), card
     masked = PanTokenizer(b"k" * 32).mask(b'{"event_time": 1796440609438, "pan": "4111111111111111"}')
     assert b"1796440609438" in masked and b"4111111111111111" not in masked
+
+
+def test_from_columns_blanks_missing_text_and_spells_out_numbers():
+    """Text columns (Parquet, CSV) keep their values with blanks for the missing, NaN included
+    (a CSV's empty cell); numbers given as ids become their text."""
+    import numpy as np
+
+    from riskstream.schemas.transactions import TransactionBatch
+
+    batch = TransactionBatch.from_columns({
+        "transaction_id": np.array(["t1", None, "t3"], dtype=object), "event_time": [1, 2, 3],
+        "amount": [1.0, 2.0, 3.0], "card_id": [17, 18, None], "merchant_id": ["m1", float("nan"), "m3"]})
+    assert batch.transaction_id.tolist() == ["t1", "", "t3"]
+    assert batch.card_id.tolist() == ["17", "18", ""]
+    assert batch.merchant_id.tolist() == ["m1", "", "m3"]
+    assert batch.optional["country"].tolist() == ["", "", ""]

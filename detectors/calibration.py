@@ -57,7 +57,8 @@ class PlattCalibration:
         A row not reported may then be a fraud still to come: the fit alternates between the
         chance of that under the current fit, p (1 - r) / (1 - p r), taken as the row's target,
         and a fit to those targets (expectation-maximisation for outcomes seen late).
-        Counted as legit instead, they gave a third of the fraud rate seen later."""
+        Counted as legit instead, they held the probability at a half to a fifth of the fraud
+        rate seen later (docs/model-quality.md, the demo)."""
         z = _logit(score)
         y = np.asarray(y).astype(bool)
         c = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)

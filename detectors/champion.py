@@ -217,7 +217,7 @@ class ChampionChoice:
     # ----- frauds not reported yet -----------------------------------------------------------------
     # A decision settles as legit after a day, but chargebacks take weeks: the judging window's
     # "legit" decisions hold frauds not reported yet, and a calibration fitted on them as legit
-    # gave a third of the fraud rate seen later. The calibration takes the share of frauds
+    # gave a half to a fifth of the fraud rate seen later. The calibration takes the share of frauds
     # reported by each age into account (``PlattCalibration.fit``), from recent reporting times.
     REPORT_DELAYS = 5000  # reporting times kept
 

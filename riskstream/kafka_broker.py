@@ -10,13 +10,12 @@ heap: the machine also runs the engine.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 
-from riskstream.settings import ConfigError, Settings
+from riskstream.settings import ConfigError, Settings, user_cache_dir
 
 KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "pom.xml"
@@ -26,8 +25,7 @@ MISSING = ("`--broker kafka` runs Apache Kafka from its jars, which needs {what}
 
 
 def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "riskstream" / "kafka" / KAFKA_VERSION
+    return user_cache_dir() / "kafka" / KAFKA_VERSION
 
 
 def java() -> str:

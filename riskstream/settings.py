@@ -402,6 +402,12 @@ class Settings(BaseSettings):
         return out
 
 
+def user_cache_dir() -> Path:
+    """Where riskstream keeps what it can build again (Kafka's jars, compiled rule kernels):
+    ``$XDG_CACHE_HOME/riskstream``, else ``~/.cache/riskstream``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "riskstream"
+
+
 def _yaml_key_lines(text: str) -> dict[str, int]:
     """Line number (1-based) of every top-level key, for error messages."""
     node = yaml.compose(text)

@@ -31,6 +31,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -323,14 +324,15 @@ def _jit(source: str) -> Callable[..., None]:
     return numba.njit(nogil=True, error_model="numpy", cache=path is not None)(namespace["rules_kernel"])
 
 
-def _kernel_file(source: str):
+def _kernel_file(source: str) -> Path | None:
     """The generated source kept in the user cache under its hash (numba's cache needs a
     source file to key on), or None where that cannot be written."""
     import hashlib
     import os
-    from pathlib import Path
 
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "riskstream" / "rules"
+    from riskstream.settings import user_cache_dir
+
+    base = user_cache_dir() / "rules"
     path = base / f"kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
     try:
         if not path.exists():

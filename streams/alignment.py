@@ -16,7 +16,8 @@ partition out of its fetches while some of it is held (what the consumer has pre
 stays; nothing is committed past what was handed on), and serves the held records first once
 the others have caught up. The slowest
 partition always moves, so nothing waits for good; a partition with nothing left to read
-holds nobody back. In steady state every partition is within the lead, and the cost is one
+holds nobody back, and one with more to read that has handed nothing on yet (at start-up, the
+broker not having answered for it) holds everybody back, which the reader bounds in time. In steady state every partition is within the lead, and the cost is one
 JSON parse per partition per batch.
 """
 

@@ -165,8 +165,8 @@ class Settings(BaseSettings):
     partition_lead_ms: int = Field(
         3_600_000, ge=0,
         description="While a backlog is drained, a transaction partition this far ahead in event time of "
-                    "the slowest one with records left is paused until it catches up (labels, maturity and "
-                    "learning wait for the slowest). 0: no pausing.",
+                    "the slowest one with records left waits, not fetched, until it catches up (labels, "
+                    "maturity and learning wait for the slowest). 0: no waiting.",
     )
     fetch_max_wait_ms: int = Field(
         20, ge=0, le=5000,

@@ -227,6 +227,14 @@ class BatchReader:
             await self.settle(commit_now=True)
             return None
         got = sum(map(len, data.values()))
+        if got >= most and self.aligner.lead_ms > 0:
+            # A full fetch can hold a few partitions only; alignment would then cut them at where
+            # the others last stood, an hour of traffic (on Kafka, every other batch was that
+            # small). The others' records, prefetched already, come too, and alignment cuts all.
+            others = [tp for tp in (fetch or self.consumer.assignment()) if tp.topic == self.tx_topic and tp not in data]
+            if others:
+                for tp, records in (await self.consumer.getmany(*others, timeout_ms=0, max_records=most)).items():
+                    data.setdefault(tp, []).extend(records)
         linger = batch_linger_s(got, self.settings)  # a trickle: give the batch a moment to fill
         if linger and (fetch or not holding):
             await asyncio.sleep(linger)

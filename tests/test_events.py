@@ -96,7 +96,7 @@ ARROW_READS = {0, 1, 4, 5, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 20, 21, 23}
 
 @pytest.mark.parametrize("mutation", range(len(MUTATIONS)))
 def test_arrow_reader_matches_reference(mutation):
-    from riskstream.schemas.transactions import arrow_transactions
+    from riskstream.schemas.transactions_arrow import arrow_transactions
 
     values = [orjson.dumps(_good(i)) for i in range(50)]
     for i in (7, 20):

@@ -650,6 +650,24 @@ def test_a_pinned_model_decides_until_the_pin_is_released():
     assert models.pinned is None and models.deciding == "online"  # not promoted: no comparison won
 
 
+def _stream_reported_late(models, X, y, t, ids, delay, per_batch=1000, record=None, on_batch=None):
+    """Decisions in batches; each fraud's label comes ``delay`` after it, as the stream reaches
+    it. ``record``: the online model's decision-time scores to remember instead of its own;
+    ``on_batch(event time)`` after each batch."""
+    reported_until = -1
+    for s in range(0, len(X), per_batch):
+        rows = slice(s, s + per_batch)
+        scores = models.score(X[rows], NAMES)
+        models.remember(ids[rows], X[rows], t[rows], scores=scores.probability,
+                        online_scores=scores.online if record is None else record[rows])
+        until = t[min(s + per_batch, len(X)) - 1]
+        due = np.flatnonzero((y == 1) & (t + delay > reported_until) & (t + delay <= until))
+        models.learn_from_labels(ids[due], np.ones(len(due), np.int8), t[due] + delay[due])
+        reported_until = until
+        if on_batch is not None:
+            on_batch(int(t[s]))
+
+
 def test_the_online_model_is_proven_on_its_recent_record_reaching_back_for_enough_frauds():
     """Proof judges the scores the model gave in shadow on the settled decisions of the last
     week, or back until they hold 50 settled frauds. Here frauds are reported 6 days late, so a
@@ -663,33 +681,15 @@ def test_the_online_model_is_proven_on_its_recent_record_reaching_back_for_enoug
     # The decision-time scores in shadow: noise for 8 days, then ranking the frauds.
     record = np.where(t >= 8 * DAY_MS, 0.3 * y + 0.7 * rng.random(n), rng.random(n)).astype(np.float32)
     models = FraudModels(NAMES, capacity=60_000, seed=5, calibrate=True, prove_auc=0.8)
-    proven_on_day = None
-    for s in range(0, n, 1000):
-        rows = slice(s, s + 1000)
-        scores = models.score(X[rows], NAMES)
-        models.remember(ids[rows], X[rows], t[rows], scores=scores.probability, online_scores=record[rows])
-        reported = np.flatnonzero(y & (t + 6 * DAY_MS >= t[s]) & (t + 6 * DAY_MS < t[s] + 1000 * (DAY_MS // per_day)))
-        models.learn_from_labels(ids[reported], np.ones(len(reported), np.int8), t[reported] + 6 * DAY_MS)
-        if models.proven and proven_on_day is None:
-            proven_on_day = int(t[s]) // DAY_MS
+    proven_days = []
+    _stream_reported_late(models, X, y, t, ids, np.full(n, 6 * DAY_MS), record=record,
+                          on_batch=lambda at: proven_days.append(at // DAY_MS) if models.proven else None)
+    proven_on_day = proven_days[0] if proven_days else None
     assert proven_on_day is not None and 15 <= proven_on_day <= 22, proven_on_day
     proof = models.proof
     assert proof["roc_auc"] >= 0.8 and proof["frauds"] >= models.JUDGE_FRAUDS
     # The window reached back past the week, and not to the start.
     assert 7.5 < proof["window_days"] < proven_on_day - 2, proof
-
-
-def _stream_reported_late(models, X, y, t, ids, delay, per_batch=1000):
-    """Decisions in batches; each fraud's label comes ``delay`` after it, as the stream reaches it."""
-    reported_until = -1
-    for s in range(0, len(X), per_batch):
-        rows = slice(s, s + per_batch)
-        scores = models.score(X[rows], NAMES)
-        models.remember(ids[rows], X[rows], t[rows], scores=scores.probability, online_scores=scores.online)
-        until = t[min(s + per_batch, len(X)) - 1]
-        due = np.flatnonzero((y == 1) & (t + delay > reported_until) & (t + delay <= until))
-        models.learn_from_labels(ids[due], np.ones(len(due), np.int8), t[due] + delay[due])
-        reported_until = until
 
 
 def test_calibration_counts_the_frauds_not_reported_yet():

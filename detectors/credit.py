@@ -76,9 +76,16 @@ class PdModel:
 
     name = "credit_pd"
 
-    def __init__(self, *, prior_pd: float = 0.05, l2: float = 5.0, refit_every: int = 1,
-                 max_outcomes: int = 50_000, max_categories: int = 50, remember_capacity: int = 200_000):
+    def __init__(self, *, prior_pd: float = 0.05, l2: float = 5.0, intercept_l2: float = 1.0,
+                 min_each: int = 5, refit_every: int = 1, max_outcomes: int = 50_000,
+                 max_categories: int = 50, remember_capacity: int = 200_000):
         self.prior_pd, self.l2, self.refit_every = prior_pd, l2, refit_every
+        # The base rate has a prior too, and no fit comes before ``min_each`` defaults and as
+        # many repaid loans: defaults are reported months before loans are repaid, so the
+        # first outcomes are all defaults. With the intercept free, the demo's first default
+        # put every applicant's PD at 99.9% for three weeks.
+        self.intercept_l2, self.min_each = intercept_l2, min_each
+        self._both_known = False
         self.max_outcomes, self.max_categories, self.remember_capacity = max_outcomes, max_categories, remember_capacity
         self.scaler = preprocessing.StandardScaler()
         self.categories: dict[str, set[str]] = collections.defaultdict(set)
@@ -220,9 +227,16 @@ class PdModel:
             del self.outcomes[:drop], self._encoded[:drop]
         self.n_learned += learned
         self._since_fit += learned
-        if learned and self._since_fit >= self.refit_every:
+        if learned and self._since_fit >= self.refit_every and self._both_kinds_known():
             self.refit()
         return learned
+
+    def _both_kinds_known(self) -> bool:
+        if self._both_known:  # outcomes kept only grow, or stay at max_outcomes
+            return True
+        defaults = sum(y for _, y in self.outcomes)
+        self._both_known = min(defaults, len(self.outcomes) - defaults) >= self.min_each
+        return self._both_known
 
     def learn_rows(self, rows: Sequence[Mapping[str, Any]], defaulted: Sequence[int | bool]) -> int:
         """Learn from applications with known outcomes at once (a back book, a test)."""
@@ -234,7 +248,7 @@ class PdModel:
 
     def refit(self, iterations: int = 25) -> None:
         """Newton's method on every outcome kept, from the current weights, penalised toward
-        the prior (the intercept hardly at all)."""
+        the prior (the intercept less than the other weights)."""
         self._since_fit = 0
         if not self.outcomes:
             return
@@ -258,7 +272,7 @@ class PdModel:
         w0 = self._prior(len(self.columns))
         w = np.concatenate([self.weights, w0[len(self.weights):]])
         penalty = np.full(len(w), self.l2)
-        penalty[0] = 1e-4
+        penalty[0] = self.intercept_l2
         def loss(w: np.ndarray) -> float:
             z = X @ w
             return float(np.logaddexp(0.0, z).sum() - y @ z + 0.5 * (penalty * (w - w0) ** 2).sum())

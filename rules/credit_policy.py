@@ -41,7 +41,8 @@ from riskstream.schemas.events import LOAN_KNOWN
 RATIOS = ("debt_to_income", "payment_to_income", "loan_to_income")
 LOAN_RULE_ACTIONS = ("decline", "review", "allow")
 SECTIONS = ("fields", "attributes", "model", "decision", "limit")
-MODEL_KEYS = {"prior_pd": (0.05, 1e-4, 0.5), "l2": (5.0, 1e-6, 1e6), "refit_every": (1, 1, 1_000_000),
+MODEL_KEYS = {"prior_pd": (0.05, 1e-4, 0.5), "l2": (5.0, 1e-6, 1e6), "intercept_l2": (1.0, 1e-6, 1e6),
+              "min_each": (5, 0, 100_000), "refit_every": (1, 1, 1_000_000),
               "max_outcomes": (50_000, 100, 10_000_000), "max_categories": (50, 2, 10_000)}
 DECISION_KEYS = {"refer_pd": (0.10, 0.0, 1.0), "decline_pd": (0.30, 0.0, 1.0)}
 LIMIT_KEYS = {"income_share": (0.5, 0.0, 100.0), "max_amount": (50_000.0, 0.0, 1e12)}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from riskstream.streams.alignment import PartitionAligner, record_event_time
+from riskstream.streams.alignment import PartitionAligner, record_event_time, record_time_by_topic
 
 HOUR = 3_600_000
 BASE = 1_790_000_000_000  # 2026-09
@@ -16,6 +16,7 @@ BASE = 1_790_000_000_000  # 2026-09
 class Record:
     offset: int
     value: bytes
+    topic: str = "transactions"
 
 
 def records(start_hour: int, hours: int, per_hour: int = 4, first_offset: int = 0) -> list[Record]:
@@ -83,3 +84,27 @@ def test_a_partition_not_read_yet_holds_the_others_until_it_comes():
     assert early == {} and aligner.holding() == {"p0"}
     both = aligner.take({"p1": records(0, 8)}, has_more={"p0": True, "p1": True})
     assert len(both["p1"]) == 32 and record_event_time(both["p0"][-1]) <= BASE + 9 * HOUR
+
+
+def test_labels_go_along_with_transactions_by_when_they_became_known():
+    # A label's time is when it became known (label_time; its event_time is the payment's).
+    # Transactions may not run past the labels partition before the broker has answered for
+    # it, nor more than the lead past the labels read so far while it has more to read.
+    aligner = PartitionAligner(lead_ms=HOUR, event_time=record_time_by_topic(
+        {"transactions": "event_time", "labels": "label_time"}))
+    payments = records(0, 72)
+    labels = [Record(i, orjson.dumps({"event_time": BASE, "label_time": BASE + (6 + 6 * i) * HOUR}), "labels")
+              for i in range(11)]  # known every 6 hours from hour 6 to hour 66
+    assert aligner.take({"tx": payments}, has_more={"tx": True, "lab": True}) == {}  # labels not answered yet
+    out = aligner.take({"lab": labels[:3]}, has_more={"tx": True, "lab": True})  # labels known up to hour 18
+    handed_tx = out["tx"]
+    assert BASE + 18 * HOUR <= record_event_time(handed_tx[-1]) <= BASE + 19 * HOUR  # by label_time
+    assert [r.offset for r in out["lab"]] == [0, 1, 2]
+    out = aligner.take({"lab": labels[3:6]}, has_more={"tx": True, "lab": True})  # up to hour 36
+    handed_tx += out["tx"]
+    assert BASE + 36 * HOUR <= record_event_time(handed_tx[-1]) <= BASE + 37 * HOUR
+    # Read to its end, the labels partition holds nobody back (a label's time once held the
+    # transactions within an hour past it while a sparse partition counted as having more).
+    out = aligner.take({"lab": labels[6:]}, has_more={"tx": True, "lab": False})
+    handed_tx += out["tx"]
+    assert [r.offset for r in handed_tx] == [r.offset for r in payments]  # all, in order

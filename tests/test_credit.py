@@ -118,6 +118,27 @@ def test_the_pd_model_learns_from_outcomes_and_survives_separation_and_a_restart
     assert again.version == model.version == "credit_pd-400"
 
 
+def test_defaults_reported_before_any_repaid_loan_do_not_move_every_pd():
+    # Defaults come months before repayments: the first outcomes are all defaults. The model
+    # waits for five of each kind, and its base rate has a prior, so early defaults cannot
+    # put every applicant at a PD near 100% (the demo's first default did, with the base
+    # rate free).
+    model = PdModel()
+    ordinary = [{"amount": 10_000.0, "income": 50_000.0, "term_months": 36.0, "existing_debt": 10_000.0,
+                 "attributes": {}}]
+    prior = float(model.score_rows(ordinary)[0][0])
+    model.learn_rows(ordinary * 4, [1, 1, 1, 1])
+    assert model.fits == 0 and float(model.score_rows(ordinary)[0][0]) == pytest.approx(prior)
+    model.learn_rows(ordinary * 5, [1, 0, 0, 0, 0])
+    assert model.fits == 0  # four repaid so far
+    model.learn_rows(ordinary, [0])
+    pd_now = float(model.score_rows(ordinary)[0][0])
+    assert model.fits == 1 and prior < pd_now < 0.35  # 5 of 10 defaulted: up, held by the prior
+    free = PdModel(intercept_l2=1e-4, min_each=0)
+    free.learn_rows(ordinary * 3, [1, 1, 1])
+    assert float(free.score_rows(ordinary)[0][0]) > 0.9  # what the prior prevents
+
+
 def test_calibration_deciles_and_rates():
     rng = np.random.default_rng(1)
     pd_ = rng.uniform(0, 0.4, 20_000)

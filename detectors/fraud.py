@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from river import drift
+from riskstream.detectors.drift import ADWIN
 
 from riskstream.detectors.base import Detector, DetectorError
 from riskstream.detectors.fraud_detectors import (
@@ -158,7 +158,7 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
                       "evicted_unsettled": 0, "duplicate_labels": 0, "settled_positives": 0,
                       "settled_negatives": 0}
         self._alerts: list[dict] = []
-        self._adwin = {"fraud_score": drift.ADWIN(delta=drift_delta), "legit_score": drift.ADWIN(delta=drift_delta)}
+        self._adwin = {"fraud_score": ADWIN(delta=drift_delta), "legit_score": ADWIN(delta=drift_delta)}
         self._column_maps: dict[tuple[str, ...], np.ndarray | None] = {}
         self._learned_rows = 0  # rows given to learn_many, for their ids
         if feature_names is not None:

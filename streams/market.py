@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from river import drift
+from riskstream.detectors.drift import ADWIN
 
 from riskstream.detectors.portfolio_kernels import portfolio_figures
 from riskstream.rules.limits import Limit, LimitSet, load_limits
@@ -118,7 +118,7 @@ class MarketRiskProcessor:
         for slot, day, r in closed:
             detector = self.regimes.get(slot)
             if detector is None:
-                detector = self.regimes[slot] = drift.ADWIN(delta=0.002, clock=1)
+                detector = self.regimes[slot] = ADWIN(delta=0.002, clock=1)
             before = detector.estimation * REGIME_UNIT
             detector.update(min(1.0, abs(r) / REGIME_UNIT))
             now = detector.estimation * REGIME_UNIT

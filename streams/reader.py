@@ -216,6 +216,9 @@ class BatchReader:
                 self.consumer.seek(tp, committed)
         self.uncommitted.clear()
         self.aligner.drop()
+        # Where each partition stands is forgotten with what was held: until the broker has
+        # answered for a partition again, it holds the others back, as just after assignment.
+        self.assigned_at = dict.fromkeys(self.assigned_at, time.monotonic())
 
     async def next_batch(self) -> BatchEnvelope | None:
         """The next fetched batch (None when idle), registered for an in-order commit."""

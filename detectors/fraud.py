@@ -150,6 +150,7 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         self.drift_delta = drift_delta
         self.feature_names: tuple[str, ...] | None = None
         self.newest_event_ms: int | None = None
+        self.oldest_event_ms: int | None = None  # since when the model has watched (reporting times)
         # Event-time watermark from the caller (the slowest input partition): while several
         # partitions catch up unevenly, "a day old" must mean old for all of them, or
         # frauds whose chargebacks are still to come would be learned as negatives.
@@ -383,8 +384,9 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
             self._cursor, self._span = self._head, self.capacity
         else:
             self._span += n
-        newest = int(times.max())
+        newest, oldest = int(times.max()), int(times.min())
         self.newest_event_ms = newest if self.newest_event_ms is None else max(self.newest_event_ms, newest)
+        self.oldest_event_ms = oldest if self.oldest_event_ms is None else min(self.oldest_event_ms, oldest)
         self.stats["remembered"] += n
         T = signed_log1p(X)  # once for both: the log is a fifth of the statistics' cost
         self.linear.observe_signed_log(T)

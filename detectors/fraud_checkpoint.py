@@ -33,7 +33,8 @@ class FraudCheckpoints:
                  "challenger": self.challenger.state() if self.challenger is not None else None,
                  "promotion": (self.promote_margin, self.promoted, self.comparisons),
                  "calibration": (self.calibrations, self.calibrated_at_ms, self.proof),
-                 "report_delays": self._report_delays}
+                 "report_delays": self._report_delays,
+                 "reports": (self._report_at, self._reports_noted, self.oldest_event_ms)}
         if self.feature_names is not None:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
@@ -85,3 +86,5 @@ class FraudCheckpoints:
             "promotion", (self.promote_margin, False, []))
         self.calibrations, self.calibrated_at_ms, self.proof = state.get("calibration", ({}, None, None))
         self._report_delays = state.get("report_delays", np.zeros(0, np.int64))
+        self._report_at, self._reports_noted, self.oldest_event_ms = state.get(
+            "reports", (np.zeros(len(self._report_delays), np.int64), len(self._report_delays), None))

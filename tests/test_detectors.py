@@ -692,6 +692,24 @@ def test_the_online_model_is_proven_on_its_recent_record_reaching_back_for_enoug
     assert 7.5 < proof["window_days"] < proven_on_day - 2, proof
 
 
+def test_reporting_times_seen_in_the_first_weeks_count_the_long_ones_not_seen_yet():
+    """Frauds at a steady rate from day 0, reported 0-30 days later, the stream now on day 20:
+    only frauds of the first 10 days can have shown a 10-day delay, so plainly counted, three
+    quarters of the delays seen are under 10 days. Weighted by how long each delay could have
+    been seen, the share is the truth as far as 20 days of reports tell it: half."""
+    rng = np.random.default_rng(41)
+    n = 40_000
+    X, y = _fraud_data(rng, n, fraud_rate=0.03)
+    t = np.linspace(0, 20 * DAY_MS, n).astype(np.int64)
+    delay = (rng.uniform(0, 30, n) * DAY_MS).astype(np.int64)
+    models = FraudModels(NAMES, capacity=60_000, seed=3)
+    _stream_reported_late(models, X, y, t, _ids("w", n), delay)
+    ten_days = np.array([10 * DAY_MS])
+    weighted = float(models.reported_share(ten_days, models._clock())[0])
+    plain = float(models.reported_share(ten_days)[0])
+    assert 0.42 < weighted < 0.58 and plain > 0.68, (weighted, plain)
+
+
 def test_calibration_counts_the_frauds_not_reported_yet():
     """Frauds reported half a day to 6 days late: the judging window's "legit" decisions hold
     frauds not reported yet. Fitted with the share reported by each age (from the reporting
@@ -707,7 +725,7 @@ def test_calibration_counts_the_frauds_not_reported_yet():
     for corrected in (True, False):
         models = FraudModels(NAMES, capacity=80_000, seed=3, calibrate=True)
         if not corrected:
-            models.reported_share = lambda age: np.ones(len(age))
+            models.reported_share = lambda age, now=None: np.ones(len(age))
         _stream_reported_late(models, X, y, t, _ids("r", n), delay)
         assert models.proven
         means[corrected] = float(models.score(fresh_X, NAMES).probability.mean())

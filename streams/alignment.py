@@ -116,7 +116,7 @@ class PartitionAligner:
         full = self._full_batch_time(list(spans.values()))
         reaches = []
         for tp in set(pending) | set(has_more):
-            if tp in spans:  # what it has read is all it has: it holds nobody back but the batch's size
+            if tp in spans:  # read to its end, it bounds only the batch's size
                 reaches.append(min(full, spans[tp][1]) if has_more.get(tp) else full)
             elif pending.get(tp):
                 continue  # none of its records can be read: they go on, the driver dead-letters them
@@ -130,8 +130,8 @@ class PartitionAligner:
     def _full_batch_time(self, spans: list[tuple[int, int, int]]) -> int:
         """The event time by which the records read add up to a full batch, each partition's
         read as spread evenly between its first and last (two parses a partition). Counted
-        in records, not partitions: a partition of labels holds weeks in a few hundred, and
-        a share per partition halved the bench drain's batches."""
+        in records, not partitions: a partition of labels holds weeks in a few hundred, and a
+        share of the batch per partition counted it as much as one of transactions."""
         if not spans:
             return self.NOWHERE
         lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)

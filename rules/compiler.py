@@ -31,12 +31,12 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from riskstream.rules.conditions import All, AnyOf, Arith, Between, Col, Compare, Condition, Expr, InList, Not, Num
+from riskstream.rules.kernel_cache import jit_kernel
 from riskstream.rules.language import check_columns, validate_rule_set
 from riskstream.rules.model import STRING_COLUMNS, Rule, RuleSet, RuleSetError
 from riskstream.schemas.transactions import constant_column
@@ -239,7 +239,7 @@ class CompiledRuleSet:
         self.consts = np.asarray(builder.consts, dtype=np.float64)
         self.rule_ids = tuple(r.id for r in self.rules)
         self.shadow = np.asarray([r.shadow for r in self.rules], dtype=bool)
-        self._kernel = _jit(self.kernel_source)
+        self._kernel = jit_kernel(self.kernel_source)
         self._warm_up()
         self.compile_seconds = time.perf_counter() - t0
 
@@ -308,41 +308,6 @@ class CompiledRuleSet:
             severities=tuple(r.severity for r in self.rules), shadow=self.shadow,
             ruleset_version=self.version, _rules=self.rules, _columns=columns,
         )
-
-
-def _jit(source: str) -> Callable[..., None]:
-    import numba  # deferred: importing numba costs ~0.5 s that `riskstream --help` need not pay
-
-    # A cached kernel's globals are looked up again by module name when it loads: this module's
-    # (the kernel uses builtins only).
-    namespace: dict[str, Any] = {"__name__": __name__}
-    path = _kernel_file(source)
-    exec(compile(source, str(path) if path else "<riskstream rules kernel>", "exec"), namespace)  # noqa: S102 - generated source only
-    # error_model="numpy": x / 0 gives inf/nan like numpy instead of raising mid-batch. Cached
-    # when the source could be kept in a file: numba compiles a rule set in ~0.45 s, and every
-    # worker, replay and backtest compiles the same few; from the cache it loads in milliseconds.
-    return numba.njit(nogil=True, error_model="numpy", cache=path is not None)(namespace["rules_kernel"])
-
-
-def _kernel_file(source: str) -> Path | None:
-    """The generated source kept in the user cache under its hash (numba's cache needs a
-    source file to key on), or None where that cannot be written."""
-    import hashlib
-    import os
-
-    from riskstream.settings import user_cache_dir
-
-    base = user_cache_dir() / "rules"
-    path = base / f"kernel_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
-    try:
-        if not path.exists():
-            base.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(source)
-            os.replace(tmp, path)  # whole or not at all: another process may be compiling it too
-        return path
-    except OSError:
-        return None
 
 
 def _column(columns: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import socket
 import subprocess
 import textwrap
@@ -674,3 +675,23 @@ def test_a_rule_set_compiled_before_loads_its_kernel_from_the_cache_and_decides_
     assert list((tmp_path / "riskstream" / "rules").glob("kernel_*.py"))
     np.testing.assert_array_equal(again.evaluate(BATCH).hits, first.evaluate(BATCH).hits)
     np.testing.assert_array_equal(again.evaluate(BATCH).hits, again.evaluate_reference(BATCH).hits)
+
+
+def test_the_kernel_cache_keeps_the_rule_sets_used_last(tmp_path, monkeypatch):
+    from riskstream.rules import kernel_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kernel_cache, "KEPT_KERNELS", 2)
+    # Kernels are keyed by the rules' shape (thresholds are arguments): three shapes.
+    shapes = ("amount > 1", "amount > 1 and amount < 5", "amount > 1 or amount < -5")
+    rule_sets = [validate_rule_set(rule_set_yaml(when), f"r{k}.yaml") for k, when in enumerate(shapes)]
+    kernels = tmp_path / "riskstream" / "rules"
+    compile_rule_set(rule_sets[0], COLUMNS).evaluate(BATCH)
+    (first,) = kernels.glob("kernel_*.py")
+    compile_rule_set(rule_sets[1], COLUMNS).evaluate(BATCH)
+    os.utime(first, (1, 1))  # long unused ...
+    compile_rule_set(rule_sets[0], COLUMNS).evaluate(BATCH)  # ... until compiled again: touched
+    compile_rule_set(rule_sets[2], COLUMNS).evaluate(BATCH)  # a third: the one unused longest goes
+    kept = {p.stem for p in kernels.glob("kernel_*.py")}
+    assert len(kept) == 2 and first.stem in kept
+    assert {p.name.split(".")[0] for p in (kernels / "__pycache__").glob("*.nbi")} <= kept

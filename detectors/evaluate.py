@@ -217,6 +217,12 @@ def evaluate(settings, start: date, end_inclusive: date, budgets: tuple[float, f
                          np.float64, n)  # NaN comes back as null
     trained = ~np.isnan(shadow)
     result["cold_start"] = {"decisions": int(cold.sum()), "days": int(len(np.unique(day[cold])))}
+    if (~cold).any():
+        # With several workers each model warms up on its own partitions' cards: the first day
+        # any model decided, and the share of the traffic from then on that a model decided.
+        since = day >= day[~cold].min()
+        result["cold_start"].update({"model_from_day": int(day[~cold].min() - day.min()),
+                                     "model_share_since": float((~cold & since).sum() / since.sum())})
     # The model that decides and the one in shadow (detectors.champion): the online logistic
     # regression and the retrained trees trade places when the trees are promoted.
     trees_decide = np.array([r["model_version"].startswith("gbdt-") for r in rows], dtype=bool)

@@ -447,9 +447,16 @@ def _fraud_summary(settings: Settings) -> str:
         return ""
     cold = r.get("cold_start", {})
     m = r.get("models", {}).get("deciding model, after warm-up")
+    if "model_from_day" not in cold:
+        alone = f"decided alone for all {r['days']} days: the model was still warming up or proving itself."
+    else:
+        alone = (f"decided alone for the first {cold['model_from_day']} of {r['days']} days, while the model warmed "
+                 "up and proved itself on settled labels.")
+        if cold["model_share_since"] < 0.95:  # several workers, one model each, proven one by one
+            alone += (f" From then on a model decided {cold['model_share_since']:.0%} of the transactions: each "
+                      "worker's model learns from its own partitions' cards and proves itself on them.")
     lines = [f"Fraud model: {r['frauds']:,} frauds labelled by the end of the stream; the rules and the anomaly score "
-             f"decided alone for the first {cold.get('days', 0)} of {r['days']} days, while the model warmed up and "
-             "proved itself on settled labels."]
+             + alone]
     if m:
         rb = m["review_budget"]
         lines.append(f"  since then: ROC AUC {m['roc_auc']:.3f}, average precision {m['average_precision']:.3f}, "

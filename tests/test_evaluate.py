@@ -175,3 +175,28 @@ def test_evaluate_reports_the_cold_start_apart_and_each_model_on_its_own_rows(tm
     rows = [line for line in out.splitlines() if line.startswith("     ") and "given" in line]
     assert rows and all("seen" in line for line in rows)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_with_several_workers_the_cold_start_says_when_a_model_first_decided_and_how_much(tmp_path):
+    # Two workers, one model each on its own cards: one proves itself on day 1, the other
+    # never within the three days. The cold start is then every day, but a model decided
+    # half the traffic from day 1 on.
+    from datetime import date
+
+    from riskstream.detectors.evaluate import evaluate
+    from riskstream.settings import Settings
+
+    n = 600
+    t = JAN1 + np.arange(n) * (3 * DAY_S // n)
+    first_worker = np.arange(n) % 2 == 0
+    model_decides = first_worker & (t >= JAN1 + DAY_S)
+    decisions = [
+        {"event_id": f"t{i}", "stream": "transactions", "entity_id": f"c{i % 40}", "event_time": float(t[i]),
+         "decided_at": float(t[i]), "score": 0.1, "decision": "approve", "reasons": [], "rules_version": "r1",
+         "model_version": "fraud-lr9-z9" if model_decides[i] else "fraud-proving-lr9", "amount": 10.0}
+        for i in range(n)]
+    _store(tmp_path, decisions, [])
+    r = evaluate(Settings(data_dir=tmp_path), date(2024, 1, 1), date(2024, 1, 3))
+    cold = r["cold_start"]
+    assert cold["days"] == 3 and cold["model_from_day"] == 1
+    assert cold["model_share_since"] == pytest.approx(0.5)

@@ -227,8 +227,9 @@ class BatchReader:
         # Partitions with records held back for alignment are left out of the fetch, which keeps
         # what the consumer has prefetched of them (pausing them would drop it, and the broker
         # would be asked for it again). Held records wait for the others to move, so the fetch
-        # waits for the broker as usual: labels are held for most of a drain (they run ahead
-        # in event time), and not waiting made batches small (the bench's drain fell by 40%).
+        # waits for the broker as usual: labels are held for most of a drain (they run ahead in
+        # event time), and returning at once made a loop of small batches (in one bench run, 2
+        # workers drained 41.9k tx/s instead of 51.4k).
         holding = self.aligner.holding()
         fetch = [tp for tp in self.consumer.assignment() if tp not in holding] if holding else []
         data = await self.consumer.getmany(*fetch, timeout_ms=50, max_records=most) if fetch or not holding else {}
@@ -284,7 +285,7 @@ class BatchReader:
                 high = self.consumer.highwater(tp)
                 # Recent delivery counts for transactions only: labels and loan applications are
                 # sparse, a fetch brings all there is, and a label's time held every transaction
-                # partition within an hour past it for a second (the bench's drain fell by 30%).
+                # partition within an hour past it for a second after each delivery.
                 has_more[tp] = (tp.topic == self.tx_topic and now - self.delivered_at.get(tp, 0.0) <= self.RECENTLY_DELIVERED_S
                                 or (high is None and now - self.assigned_at.get(tp, 0.0) <= self.UNKNOWN_END_S)
                                 or (high is not None and high > await self.consumer.position(tp)))

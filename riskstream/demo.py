@@ -104,7 +104,10 @@ def demo_credit_line(tx: dict, start_ms: int, end_ms: int) -> list[dict]:
              "amount": round(limit / 3, 2), "source": "riskstream demo"}]
 
 
-def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStream:
+def build_stream(n_transactions: int, seed: int = 7, progress=_say, start_ms: int | None = None) -> DemoStream:
+    """The demo's messages, in time order. ``start_ms``: when the stream starts (the same
+    start gives the same stream); by default weeks before now, ending an hour ago, so the
+    stream moves with the clock and runs a day apart see different traffic."""
     from riskstream.simulate import simulate
 
     # Eight weeks: chargebacks take 2-30 days, so a fraud model needs weeks of settled labels
@@ -113,8 +116,9 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     days = 56 if n_transactions >= 20_000 else 7
     customers = max(50, int(n_transactions / (days * 2.2)) + 1)
     terminals = max(20, customers // 4)
+    fixed_start = start_ms is not None
     now_ms = int(time.time() * 1000)
-    start_ms = now_ms - days * DAY_MS - 3_600_000
+    start_ms = int(start_ms) if fixed_start else now_ms - days * DAY_MS - 3_600_000
     progress(f"simulating {days} days of {customers:,} customers at {terminals:,} terminals ...")
     sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
                    market_history_days=MARKET_HISTORY_DAYS, progress=lambda s: progress(f"  {s}"))
@@ -122,7 +126,8 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     # Top up with more days if the simulated volume fell short, then keep exactly n.
     while len(tx["amount"]) < n_transactions:
         days += 7
-        start_ms = now_ms - days * DAY_MS - 3_600_000
+        if not fixed_start:
+            start_ms = now_ms - days * DAY_MS - 3_600_000
         sim = simulate(days=days, customers=customers, terminals=terminals, seed=seed, start_ms=start_ms,
                        market_history_days=MARKET_HISTORY_DAYS)
         tx = sim.transactions
@@ -180,7 +185,7 @@ def build_stream(n_transactions: int, seed: int = 7, progress=_say) -> DemoStrea
     counts["labels"] = sum(1 for e in entries if e[1] == "labels")
     values = json_documents(e[3] for e in entries)
     entries = [(t, topic, key, value) for (t, topic, key, _), value in zip(entries, values)]
-    bad = malformed_records(now_ms)
+    bad = malformed_records(end_ms)  # times of the stream: the same stream from the same start
     for j, value in enumerate(bad):
         t = int(tx["event_time"][min(len(tx["event_time"]) - 1, (j + 1) * n_transactions // (len(bad) + 1))])
         entries.append((t, "transactions", f"bad-{j}".encode(), value))
@@ -270,12 +275,12 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> float:
     return time.monotonic() - t0
 
 
-def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1) -> int:
+def run_demo(settings: Settings, events: int, seconds: float, workers: int = 1, start_ms: int | None = None) -> int:
     from confluent_kafka import Producer
 
     from riskstream.sinks.clickhouse import run_query
 
-    stream = build_stream(events)
+    stream = build_stream(events, start_ms=start_ms)
     _say(f"stream ready: {stream.transactions:,} transactions ({stream.fraud:,} fraudulent), "
          + ", ".join(f"{v:,} {k}" for k, v in stream.counts.items() if k != "transactions")
          + f", {stream.malformed} malformed records")

@@ -294,3 +294,17 @@ def test_fraud_rate_zero_means_no_fraud():
     quiet = simulate(days=2, customers=100, terminals=40, fraud_rate=0.0, with_market=False, with_credit=False)
     assert quiet.transactions["is_fraud"].sum() == 0
     assert set(quiet.scenario_counts().values()) == {0}
+
+
+def test_the_demo_stream_from_a_given_day_is_the_same_every_run():
+    # `riskstream demo --start DATE`: runs of two builds can be compared on the same traffic
+    # (by default the stream ends an hour before now, so it moves with the clock).
+    from datetime import datetime, timezone
+
+    from riskstream.demo import build_stream
+
+    start_ms = int(datetime(2026, 9, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    first, again = (build_stream(2000, progress=lambda _: None, start_ms=start_ms) for _ in range(2))
+    assert first.messages == again.messages and first.transactions == 2000
+    first_payment = next(v for topic, key, v in first.messages if topic == "transactions" and not key.startswith(b"bad-"))
+    assert start_ms <= orjson.loads(first_payment)["event_time"] < start_ms + DAY_MS

@@ -184,6 +184,16 @@ SETTINGS join_use_nulls = 0
 """
 
 
+def several_models_note(cold: dict) -> str:
+    """What to say when models decided only part of the traffic once the first took over
+    (several workers: each model proves itself on its own partitions' cards); "" otherwise."""
+    share = cold.get("model_share_since", 1.0)
+    if share >= 0.95:
+        return ""
+    return (f"a model decided from day {cold['model_from_day']}, {share:.0%} of the transactions since "
+            "(each worker's model proves itself on its own partitions' cards)")
+
+
 def evaluate(settings, start: date, end_inclusive: date, budgets: tuple[float, float] = (0.005, 0.02)) -> dict:
     """Metrics for the decisions of [start, end_inclusive] against their labels; per model
     also precision and recall at the review and step-up ``budgets`` (shares of a day's
@@ -223,6 +233,7 @@ def evaluate(settings, start: date, end_inclusive: date, budgets: tuple[float, f
         since = day >= day[~cold].min()
         result["cold_start"].update({"model_from_day": int(day[~cold].min() - day.min()),
                                      "model_share_since": float((~cold & since).sum() / since.sum())})
+    result["cold_start"]["several_models_note"] = several_models_note(result["cold_start"])
     # The model that decides and the one in shadow (detectors.champion): the online logistic
     # regression and the retrained trees trade places when the trees are promoted.
     trees_decide = np.array([r["model_version"].startswith("gbdt-") for r in rows], dtype=bool)

@@ -41,9 +41,9 @@ class DemoStream:
     fraud: int
 
 
-def malformed_records(now_ms: int) -> list[bytes]:
-    """Bad input a real feed produces; each must end in the dead-letter table."""
-    good = {"transaction_id": "bad-0", "event_time": now_ms - 1000, "card_id": "c-x", "merchant_id": "m-x",
+def malformed_records(at_ms: int) -> list[bytes]:
+    """Bad input a real feed produces, timed near ``at_ms``; each must end in the dead-letter table."""
+    good = {"transaction_id": "bad-0", "event_time": at_ms - 1000, "card_id": "c-x", "merchant_id": "m-x",
             "amount": 10.0}
     return [
         b"{not json",
@@ -52,7 +52,7 @@ def malformed_records(now_ms: int) -> list[bytes]:
         orjson.dumps(good | {"transaction_id": "bad-2", "amount": "ten"}),
         orjson.dumps(good | {"transaction_id": "bad-3", "amount": -5}),
         orjson.dumps(good | {"transaction_id": "bad-4", "amount": 1e12}),
-        orjson.dumps(good | {"transaction_id": "bad-5", "event_time": (now_ms - 1000) // 1000}),
+        orjson.dumps(good | {"transaction_id": "bad-5", "event_time": (at_ms - 1000) // 1000}),
         orjson.dumps(good | {"transaction_id": "bad-6", "merchant_id": None}),
         # A malformed record that carries a card number: it is dead-lettered with the PAN masked.
         orjson.dumps({"transaction_id": "bad-7", "pan": "4111111111111111", "amount": "x"}),
@@ -457,9 +457,8 @@ def _fraud_summary(settings: Settings) -> str:
     else:
         alone = (f"decided alone for the first {cold['model_from_day']} of {r['days']} days, while the model warmed "
                  "up and proved itself on settled labels.")
-        if cold["model_share_since"] < 0.95:  # several workers, one model each, proven one by one
-            alone += (f" From then on a model decided {cold['model_share_since']:.0%} of the transactions: each "
-                      "worker's model learns from its own partitions' cards and proves itself on them.")
+        if cold["several_models_note"]:
+            alone += f" Then {cold['several_models_note']}."
     lines = [f"Fraud model: {r['frauds']:,} frauds labelled by the end of the stream; the rules and the anomaly score "
              + alone]
     if m:

@@ -200,3 +200,4 @@ def test_with_several_workers_the_cold_start_says_when_a_model_first_decided_and
     cold = r["cold_start"]
     assert cold["days"] == 3 and cold["model_from_day"] == 1
     assert cold["model_share_since"] == pytest.approx(0.5)
+    assert cold["several_models_note"].startswith("a model decided from day 1, 50% of the transactions since")

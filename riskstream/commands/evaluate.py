@@ -57,9 +57,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if cold.get("decisions"):
         print(f"  cold start: {cold['decisions']:,} decisions on {cold['days']} day(s) decided by the rules and the "
               "anomaly score while the model warmed up")
-        if cold.get("model_share_since", 1.0) < 0.95:  # several workers' models, proven one by one
-            print(f"  a model decided from day {cold['model_from_day']}, {cold['model_share_since']:.0%} of the "
-                  "transactions since (each worker's model proves itself on its own partitions' cards)")
+        if cold.get("several_models_note"):
+            print(f"  {cold['several_models_note']}")
     if r.get("models"):
         review, step_up = next(iter(r["models"].values()))["review_budget"]["share"], \
             next(iter(r["models"].values()))["step_up_budget"]["share"]

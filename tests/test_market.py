@@ -351,7 +351,9 @@ def test_positions_read_ahead_of_the_prices_wait_for_their_time(tmp_path):
 def test_the_demo_stream_has_market_history_and_a_portfolio_that_breaches_and_clears(tmp_path):
     from riskstream.demo import DEMO_LIMITS, DEMO_PORTFOLIO, MARKET_HISTORY_DAYS, build_stream
 
-    stream = build_stream(3000, progress=lambda _: None)
+    # From a fixed day: by default the stream ends an hour before now, and the desk's path then
+    # depends on the hour (at 09:00 UTC on 2026-12-06 it went breach, near, cleared, ok).
+    stream = build_stream(3000, progress=lambda _: None, start_ms=1_788_220_800_000)  # 2026-09-01
     first_tx = None
     for topic, key, value in stream.messages:  # in time order; the first well-formed transaction
         if topic == "transactions" and not key.startswith(b"bad-"):

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+from redis.exceptions import NoScriptError
 
 from riskstream.detectors.features import id_hashes
 from riskstream.streams.redis_outage import RedisUnavailable
@@ -151,10 +152,30 @@ class DecisionMemory:
         return found
 
     def _recall_all(self, groups, hashes: np.ndarray) -> list:
-        pipe = self.redis.pipeline(transaction=False)
-        for key, rows in groups:
-            self._recall_script(keys=[key], args=[hashes[rows].tobytes()], client=pipe)
-        return pipe.execute()
+        def build(pipe) -> None:
+            for key, rows in groups:
+                pipe.evalsha(self._recall_script.sha, 1, key, hashes[rows].tobytes())
+        return self._execute(build)
+
+    def _execute(self, build) -> list:
+        """A pipeline whose scripts go by EVALSHA alone. Passed to a pipeline, redis-py's
+        scripts ask SCRIPT EXISTS before every execute: a second round trip for each batch's
+        look-up and for its write, a fifth of a worker's time at 1,000 transactions/s in
+        batches of one or two (bench/results/2026-12-06-worker-per-batch-costs.txt). Redis
+        forgets scripts only on a restart or SCRIPT FLUSH: then they are loaded and the
+        pipeline sent again (its commands can run twice: look-ups, and writes of the same
+        values)."""
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in (self._recall_script, self._remember_script):
+                    self.redis.script_load(script.script)
+        return []
 
     def remember(self, topic: str, scored, rows: np.ndarray, hashes: np.ndarray | None = None) -> None:
         """Remember the decisions of ``rows`` of a scored batch (``hashes``: the id hashes of
@@ -198,14 +219,14 @@ class DecisionMemory:
         return out
 
     def _write(self, groups, records: np.ndarray, extra: dict[int, bytes]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for key, sel in groups:
-            self._remember_script(keys=[key], args=[records[sel].tobytes(), self.ttl_s, _RECORD.itemsize],
-                                  client=pipe)
-            more = {records[k : k + 1]["id"].tobytes(): v for k, v in extra.items() if sel[k]}
-            if more:
-                pipe.hset(key, mapping=more)
-        pipe.execute()
+        def build(pipe) -> None:
+            for key, sel in groups:
+                pipe.evalsha(self._remember_script.sha, 1, key, records[sel].tobytes(), self.ttl_s,
+                             _RECORD.itemsize)
+                more = {records[k : k + 1]["id"].tobytes(): v for k, v in extra.items() if sel[k]}
+                if more:
+                    pipe.hset(key, mapping=more)
+        self._execute(build)
 
     # ----- row-shaped streams (loan applications): few a second, the decision as JSON -------
     def recall_decisions(self, topic: str, ids: list[str], event_time_ms: list[int]) -> dict[int, dict]:

@@ -476,6 +476,18 @@ class ShutdownWatchdog:
         os._exit(0)
 
 
+def faust_worker(app, settings: Settings):
+    """Faust's worker without its terminal spinner. To spin on every log record, the spinner
+    put the root logger at DEBUG, so every library's debug line became a log record (aiokafka
+    writes one for each fetch request): 6% of a worker's time at 1,000 transactions/s
+    (bench/results/2026-12-06-worker-per-batch-costs.txt)."""
+    import faust
+
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    return worker
+
+
 def run_worker(settings: Settings) -> int:
     import faust
 
@@ -490,7 +502,7 @@ def run_worker(settings: Settings) -> int:
     print(f"worker {os.getpid()}: kafka {settings.kafka_servers()}, rules {app.driver.rules.current.version}, "
           f"batches up to {settings.batch_max_events}, "
           f"{'exactly once' if app.publisher.transactional_id else 'at least once'}", flush=True)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker = faust_worker(app, settings)
     app.reader_started = worker.loop.create_task(app.reader.start())  # runs once the loop does
     try:
         worker.execute_from_commandline()

@@ -152,7 +152,8 @@ def test_limit_controls_issued_while_valkey_is_frozen_reach_it_when_it_answers(s
 def test_a_transaction_read_again_gets_the_decision_it_was_given_the_first_time(stack):
     """A partition's next owner reads an uncommitted batch again with other state (here, other
     thresholds stand in for features that moved on). From the decision memory in Valkey it
-    gives each record the decision, score and reasons of the first time."""
+    gives each record the decision, score and reasons of the first time. Valkey forgets its
+    scripts when it restarts (here SCRIPT FLUSH before each pass): the memory loads them again."""
     from pydantic import SecretStr
 
     from riskstream.sinks.kafka import connect_redis
@@ -172,9 +173,11 @@ def test_a_transaction_read_again_gets_the_decision_it_was_given_the_first_time(
         out = Driver(settings, memory=memory).process("transactions", values, [2] * 300, offsets, now_ms=now_ms)
         return list(zip(out.scored.decision.tolist(), out.scored.score.tolist(), map(tuple, out.scored.reasons)))
 
+    client.script_flush()
     first = decide(DecisionMemory(client, RedisGuard(client)))
     other = dict(step_up_score=0.0, review_score=0.0, decline_score=0.0)  # everything declined
     assert decide(None, **other) != first, "without the memory the second pass decides otherwise"
+    client.script_flush()
     memory = DecisionMemory(client, RedisGuard(client))
     assert decide(memory, **other) == first
     assert memory.recalled == 300

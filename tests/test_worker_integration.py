@@ -242,3 +242,26 @@ def test_an_idle_worker_commits_everything_it_published_at_once(stack, worker_fa
     rows = wait_for(lambda: _decisions(stack, "it-"), 30, "300 decisions in ClickHouse", worker,
                     ok=lambda r: len(r) == 300)
     assert len({r["event_id"] for r in rows}) == 300  # and each was decided and stored once
+
+
+def test_the_worker_logs_at_the_level_it_is_given_not_at_debug():
+    """Faust's terminal spinner put the root logger at DEBUG, so every library's debug line
+    became a log record (aiokafka writes one per fetch request) though none was shown."""
+    import logging
+
+    import faust
+
+    from riskstream.settings import load_settings
+    from riskstream.streams.worker import faust_worker
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        worker = faust_worker(faust.App("log-level-test", broker="kafka://127.0.0.1:9"),
+                              load_settings(None).model_copy(update={"log_level": "WARNING"}))
+        worker._setup_logging()  # what the worker does as it starts
+        assert not logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("aiokafka.consumer.fetcher").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers

@@ -57,17 +57,38 @@ def _transactions(n: int, now_ms: int) -> list[tuple[bytes, bytes]]:
             for i in range(n)]
 
 
+def _kill_inside_a_transaction(worker, committed: DecisionsTopic, everything: DecisionsTopic, cut_short: int) -> int:
+    """SIGKILL the worker while it has outputs on the broker in a transaction not committed
+    yet. Killed at a moment taken blind, it sometimes sat between a commit and its next
+    batch's outputs, and in some runs none of three kills cut a transaction short. Frozen
+    (SIGSTOP), it cannot commit while both consumers read all there is: outputs that only
+    the uncommitted one sees, beyond those of earlier kills (``cut_short``), belong to its
+    open transaction. Returns the new count; the worker's successor aborts them."""
+    for _ in range(40):
+        worker.proc.send_signal(signal.SIGSTOP)
+        committed.drain()
+        everything.drain()
+        open_now = sum(everything.seen.values()) - sum(committed.seen.values())
+        if open_now > cut_short:
+            worker.stop(signal.SIGKILL)
+            return open_now
+        worker.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("the worker was never caught with a transaction open")
+
+
 @pytest.mark.only_broker("kafka")
 def test_sigkilled_worker_leaves_exactly_one_decision_per_transaction(stack, worker_factory):
     n = 120_000
     produce(stack, "transactions", _transactions(n, int(time.time() * 1000)))
     committed = DecisionsTopic(stack)
+    everything = DecisionsTopic(stack, "read_uncommitted")
     worker = worker_factory(extra_env=EXACTLY_ONCE)
-    kills_at = []
+    kills_at, cut_short = [], 0
     for share in (0.1, 0.35, 0.6):  # three SIGKILLs during the drain, at growing progress
         wait_for(committed.read, 180, f"{share:.0%} of decisions committed", worker, ok=lambda d: d >= share * n)
-        kills_at.append(committed.read())
-        worker.stop(signal.SIGKILL)
+        cut_short = _kill_inside_a_transaction(worker, committed, everything, cut_short)
+        kills_at.append(len(committed.seen))
         worker = worker_factory(extra_env=EXACTLY_ONCE)
     assert all(0 < k < n for k in kills_at), kills_at  # every kill came in the middle of the drain
     wait_for(committed.read, 300, f"all {n} decisions committed", worker, ok=lambda d: d >= n)
@@ -78,7 +99,6 @@ def test_sigkilled_worker_leaves_exactly_one_decision_per_transaction(stack, wor
     assert set(committed.seen) == {f"eo-{i}" for i in range(n)}
 
     # The kills did cut transactions short: uncommitted readers see their outputs, read-committed ones don't.
-    everything = DecisionsTopic(stack, "read_uncommitted")
     everything.drain()
     aborted = sum(everything.seen.values()) - n
     committed.close()

@@ -376,7 +376,8 @@ def raw_getmany_drain(settings: Settings, expected: int, max_records: int = 1000
 # ------------------------------------------------------------------------------------------
 def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list[int], seconds: float,
                      progress: Progress = quiet, drain_s: float = 15.0,
-                     roles: dict[str, list[int]] | None = None) -> tuple[dict[str, dict], int]:
+                     roles: dict[str, list[int]] | None = None,
+                     service_linger_ms: float = 5.0) -> tuple[dict[str, dict], int]:
     """Offer each rate for ``seconds``; latency = decision arrival - send (both ``time.time()``).
 
     Open loop: message i is due at t0 + i/rate whatever the engine does, so queueing shows
@@ -417,10 +418,11 @@ def latency_at_rates(settings: Settings, msgs: Messages, start: int, rates: list
 
     reader = threading.Thread(target=consume, daemon=True, name="latency-consumer")
     reader.start()
-    # linger 5 ms, as a transaction service would batch: fewer, larger produce requests give
-    # the lowest latency on both brokers here (1 ms floods Tansu with requests; on Kafka 0 ms
-    # could not offer 10,000/s and 2 ms was no better than 5).
-    producer = Producer({**settings.kafka_client_config(), "linger.ms": 5, "compression.type": "lz4",
+    # ``service_linger_ms``: how long a transaction service gathers transactions into one
+    # request. 5 gives the lowest latency on Tansu (1 floods it with requests); on Kafka 0
+    # could not offer 10,000/s, and 1 halves the broker hop when a core is free
+    # (bench/results/2026-12-06-worker-per-batch-costs.txt).
+    producer = Producer({**settings.kafka_client_config(), "linger.ms": service_linger_ms, "compression.type": "lz4",
                          "queue.buffering.max.messages": 2_000_000})
     topic = settings.topic("transactions")
     out: dict[str, dict] = {}

@@ -160,8 +160,8 @@ class DecisionMemory:
     def _execute(self, build) -> list:
         """A pipeline whose scripts go by EVALSHA alone. Passed to a pipeline, redis-py's
         scripts ask SCRIPT EXISTS before every execute: a second round trip for each batch's
-        look-up and for its write, a fifth of a worker's time at 1,000 transactions/s in
-        batches of one or two (bench/results/2026-12-06-worker-per-batch-costs.txt). Redis
+        look-up and for its write, ~8% of a worker's time at 1,000 transactions/s in batches
+        of one or two (bench/results/2026-12-06-worker-per-batch-costs.txt). Redis
         forgets scripts only on a restart or SCRIPT FLUSH: then they are loaded and the
         pipeline sent again (its commands can run twice: look-ups, and writes of the same
         values)."""

@@ -20,7 +20,6 @@ Shadow rules are evaluated and recorded in reasons as ``shadow:`` but never chan
 from __future__ import annotations
 
 import functools
-
 import math
 import time
 from dataclasses import dataclass, field
@@ -451,9 +450,9 @@ def _array(values, type=None):
 
 def _string_columns(scored: ScoredBatch) -> dict:
     """The batch's text columns as Arrow, for both tables: those it came with (offline
-    replay), the others converted from their Python strings in one call and sliced. One
-    ``pa.array`` per column cost ~3 µs each before its first value: 16 columns, most of the
-    encoding of a batch of a few transactions (~40 ns a value either way)."""
+    replay), the others converted from their Python strings in one call and sliced. A
+    ``pa.array`` per column and table, 16 calls a batch, cost ~3 µs each before its first
+    value: most of the encoding of a batch of a few transactions (~40 ns a value either way)."""
     import pyarrow as pa
 
     b = scored.batch

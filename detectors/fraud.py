@@ -121,7 +121,6 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         self.learn_every_ms = int(learn_every_ms)
         self._queued: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"labels": [], "matured": []}
         self._since_update = 0  # decisions remembered since the model last learned
-        self._unobserved = 0  # decisions remembered, not yet in the statistics (OBSERVE_ROWS)
         self._updated_at_ms: int | None = None  # event time of that update
         # Warm-up. A logistic regression fed one class has nothing to separate: on negatives
         # alone (no labels flowing yet, the first week of matured decisions) Adam's
@@ -212,7 +211,6 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         self._entity = np.zeros(cap, np.uint64)
         self._status = np.zeros(cap, np.int8)
         self._head = 0
-        self._unobserved = 0
         self._cursor = 0  # oldest slot not yet checked for maturity
         self._span = 0  # slots from the cursor up to the head
         self._new_id_index()
@@ -390,9 +388,9 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
         self.newest_event_ms = newest if self.newest_event_ms is None else max(self.newest_event_ms, newest)
         self.oldest_event_ms = oldest if self.oldest_event_ms is None else min(self.oldest_event_ms, oldest)
         self.stats["remembered"] += n
-        self._unobserved += n
-        if self._unobserved >= self.OBSERVE_ROWS or self.anomaly.n_learned < self.OBSERVE_ROWS:
-            self._observe_unobserved()
+        T = signed_log1p(X)  # once for both: the log is a fifth of the statistics' cost
+        self.linear.observe_signed_log(T)
+        self.anomaly.learn_signed_log(T)
         self._since_update += n
         if self._updated_at_ms is None:
             self._updated_at_ms = self._clock()
@@ -400,25 +398,6 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
             self._learn_matured(min_rows=2048)  # settles them (quality, drift) in a few large pieces
         self._learn_queued()
         self._daily()
-
-    # The scaler's and the anomaly detector's statistics take the remembered rows in pieces of
-    # at least this many (the first ones at once): a worker's batches in traffic as it comes
-    # are a few dozen rows, and the two updates cost ~0.1 ms a batch whatever its size
-    # (bench/results/2026-12-06-worker-per-batch-costs.txt). Statistics over 200,000 rows move
-    # by nothing that matters in 512 rows; a batch of 512 or more is taken whole, as before.
-    OBSERVE_ROWS = 512
-
-    def _observe_unobserved(self) -> None:
-        """Fold the rows remembered since the last fold into the statistics, from the ring."""
-        n = min(self._unobserved, self.capacity)
-        self._unobserved = 0
-        if n == 0:
-            return
-        pieces = self._ring_pieces((self._head - n) % self.capacity, n)
-        X = self._X[pieces[0][0]] if len(pieces) == 1 else np.concatenate([self._X[r] for r, _ in pieces])
-        T = signed_log1p(X)  # once for both: the log is a fifth of the statistics' cost
-        self.linear.observe_signed_log(T)
-        self.anomaly.learn_signed_log(T)
 
     def _clock(self) -> int:
         """Event time "now" for maturity: the newest event seen, held back by the watermark."""
@@ -572,7 +551,6 @@ class FraudModels(OutcomeMonitoring, ChampionChoice, FraudCheckpoints, Detector)
             return
         if self.learn_every > 1:
             self._learn_matured(min_rows=1)
-        self._observe_unobserved()  # the scaler as it would be with every batch taken whole
         for source in ("labels", "matured"):
             queued, self._queued[source] = self._queued[source], []
             if queued:

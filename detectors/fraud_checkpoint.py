@@ -39,7 +39,6 @@ class FraudCheckpoints:
             state.update({
                 "supervised": self.linear.checkpoint(), "anomaly": self.anomaly.checkpoint(),
                 "head": self._head, "cursor": self._cursor, "span": self._span, "q_n": self._q_n,
-                "unobserved": self._unobserved,
                 # The slots written so far, not the whole preallocated ring (a million rows of
                 # 36 float32 features is 191 MB; a worker's stop writes this checkpoint).
                 "arrays": {**{k: getattr(self, k)[:self._ring_written()] for k in self._RING_ARRAYS},
@@ -61,7 +60,6 @@ class FraudCheckpoints:
                 getattr(self, k)[:len(v)] = v  # the written prefix; the rest stays as new
             self._head, self._cursor, self._q_n = state["head"], state["cursor"], state["q_n"]
             self._span = state["span"]
-            self._unobserved = state.get("unobserved", 0)
             # Checkpoints written before ids were hashed with `id_hashes` (pandas SipHash)
             # hold keys no label will match: their decisions still mature as negatives, but
             # their labels count as missed.

@@ -165,17 +165,17 @@ class DecisionMemory:
         forgets scripts only on a restart or SCRIPT FLUSH: then they are loaded and the
         pipeline sent again (its commands can run twice: look-ups, and writes of the same
         values)."""
-        for attempt in range(2):
+        def send() -> list:
             pipe = self.redis.pipeline(transaction=False)
             build(pipe)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                for script in (self._recall_script, self._remember_script):
-                    self.redis.script_load(script.script)
-        return []
+            return pipe.execute()
+
+        try:
+            return send()
+        except NoScriptError:
+            for script in (self._recall_script, self._remember_script):
+                self.redis.script_load(script.script)
+            return send()
 
     def remember(self, topic: str, scored, rows: np.ndarray, hashes: np.ndarray | None = None) -> None:
         """Remember the decisions of ``rows`` of a scored batch (``hashes``: the id hashes of
